@@ -1,0 +1,300 @@
+//! Turns the model's raw output into detections in source pixels: layout, score filter, NMS,
+//! and the inverse letterbox.
+
+use crate::error::DetectorError;
+use crate::infer::RawOutput;
+use crate::preprocess::Letterbox;
+
+/// How an output tensor is laid out. YOLOv8/11 write `[1, 4 + classes + 3 x keypoints, anchors]`:
+/// per anchor the box centre and size in input pixels, one score per class (already sigmoid), then
+/// `x, y, visibility` per keypoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Anchors { classes: usize, keypoints: usize, keypoint_dims: usize },
+}
+
+impl Layout {
+    /// Tells the layout from the output shape and the model's metadata (`names` and, for pose
+    /// models, `kpt_shape`). `num_names` is 0 when the model has no `names`.
+    pub fn from_shape(shape: &[i64], num_names: usize, kpt_shape: Option<(usize, usize)>) -> Result<Self, String> {
+        let unsupported = |why: &str| format!("unsupported output layout {shape:?}: {why}");
+        let channels = match shape {
+            [1, c, n] if *c > 4 && (*n > 0 || *n == -1) => *c as usize,
+            _ => return Err(unsupported("expected [1, 4 + classes (+ 3 x keypoints), anchors]")),
+        };
+        let (classes, keypoints, keypoint_dims) = match kpt_shape {
+            Some((k, d)) if (d == 2 || d == 3) && channels > 4 + k * d => (channels - 4 - k * d, k, d),
+            Some((k, d)) => return Err(unsupported(&format!("metadata kpt_shape [{k}, {d}] does not fit"))),
+            None if num_names == 0 || channels == 4 + num_names => (channels - 4, 0, 3),
+            None => return Err(unsupported(&format!("{} channels do not fit {num_names} class names", channels))),
+        };
+        if num_names != 0 && classes != num_names {
+            return Err(unsupported(&format!("{classes} class channels but {num_names} class names")));
+        }
+        Ok(Layout::Anchors { classes, keypoints, keypoint_dims })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Layout::Anchors { classes, .. } => *classes,
+        }
+    }
+}
+
+/// Ultralytics writes `names` as a Python dict literal: `{0: 'person', 1: 'bicycle'}`.
+pub fn parse_names(s: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = s.trim().trim_start_matches('{');
+    while let Some(colon) = rest.find(':') {
+        let after = rest[colon + 1..].trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else { break };
+        let Some(end) = after[1..].find(quote) else { break };
+        names.push(after[1..1 + end].to_string());
+        rest = &after[end + 2..];
+    }
+    names
+}
+
+/// `kpt_shape` is written as `[17, 3]`.
+pub fn parse_kpt_shape(s: &str) -> Option<(usize, usize)> {
+    let inner = s.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let mut it = inner.split(',').map(|v| v.trim().parse::<usize>());
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(k)), Some(Ok(d)), None) => Some((k, d)),
+        _ => None,
+    }
+}
+
+/// A detection in model-input pixels, before the inverse letterbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub class_id: usize,
+    pub score: f32,
+    /// x1, y1, x2, y2
+    pub xyxy: [f32; 4],
+    pub keypoints: Vec<[f32; 3]>,
+}
+
+pub struct Decoder {
+    pub layout: Layout,
+    pub conf: f32,
+    pub iou: f32,
+    /// Per class id: whether the class filter keeps it.
+    pub keep_class: Vec<bool>,
+    pub class_names: Vec<String>,
+}
+
+/// Ultralytics' caps: boxes entering NMS, and detections kept per frame.
+const MAX_NMS: usize = 30_000;
+const MAX_DET: usize = 300;
+
+impl Decoder {
+    pub fn new(layout: Layout, class_names: Vec<String>, keep: &[String], conf: f32, iou: f32) -> Result<Self, DetectorError> {
+        let keep_class: Vec<bool> = class_names.iter().map(|n| keep.iter().any(|k| k.trim() == n)).collect();
+        if !keep_class.iter().any(|k| *k) {
+            return Err(DetectorError::Config(format!(
+                "--classes {keep:?} names no class of this model (it has {class_names:?})"
+            )));
+        }
+        Ok(Decoder { layout, conf, iou, keep_class, class_names })
+    }
+
+    /// Candidates above the score threshold, of kept classes, after NMS, best first.
+    pub fn candidates(&self, raw: &RawOutput) -> Result<Vec<Candidate>, DetectorError> {
+        let Layout::Anchors { classes, keypoints, keypoint_dims } = self.layout;
+        let channels = 4 + classes + keypoints * keypoint_dims;
+        let anchors = match raw.shape.as_slice() {
+            [1, c, n] if *c == channels && raw.data.len() == c * n => *n,
+            s => {
+                return Err(DetectorError::Inference(format!(
+                    "output shape {s:?} does not match the layout's {channels} channels"
+                )))
+            }
+        };
+        let at = |c: usize, i: usize| raw.data[c * anchors + i];
+        let mut found = Vec::new();
+        for i in 0..anchors {
+            let (mut class_id, mut score) = (0, f32::MIN);
+            for c in 0..classes {
+                let s = at(4 + c, i);
+                if s > score {
+                    (class_id, score) = (c, s);
+                }
+            }
+            if score <= self.conf || !self.keep_class[class_id] {
+                continue;
+            }
+            let (cx, cy, w, h) = (at(0, i), at(1, i), at(2, i), at(3, i));
+            let kbase = 4 + classes;
+            let kps = (0..keypoints)
+                .map(|k| {
+                    let c = kbase + k * keypoint_dims;
+                    let vis = if keypoint_dims == 3 { at(c + 2, i) } else { 1.0 };
+                    [at(c, i), at(c + 1, i), vis]
+                })
+                .collect();
+            found.push(Candidate {
+                class_id,
+                score,
+                xyxy: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                keypoints: kps,
+            });
+        }
+        Ok(nms(found, self.iou, MAX_NMS, MAX_DET))
+    }
+
+    /// The frame's detections in source pixels, ready for the wire.
+    pub fn decode(&self, raw: &RawOutput, lb: &Letterbox) -> Result<Vec<wire::Detection>, DetectorError> {
+        Ok(self
+            .candidates(raw)?
+            .into_iter()
+            .map(|c| {
+                let (x1, y1) = lb.to_source(c.xyxy[0], c.xyxy[1]);
+                let (x2, y2) = lb.to_source(c.xyxy[2], c.xyxy[3]);
+                let keypoints = (!c.keypoints.is_empty()).then(|| {
+                    c.keypoints
+                        .iter()
+                        .map(|[x, y, s]| {
+                            let (sx, sy) = lb.to_source(*x, *y);
+                            [sx, sy, *s]
+                        })
+                        .collect()
+                });
+                wire::Detection {
+                    class: self.class_names[c.class_id].clone(),
+                    score: c.score,
+                    bbox: wire::BBox { x1, y1, x2, y2 },
+                    keypoints,
+                }
+            })
+            .collect())
+    }
+}
+
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy per-class NMS, as torchvision's with Ultralytics' class offsets: best score first, a box
+/// is dropped when it overlaps a kept box of its class by more than `iou_threshold`.
+pub fn nms(mut found: Vec<Candidate>, iou_threshold: f32, max_in: usize, max_out: usize) -> Vec<Candidate> {
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    found.truncate(max_in);
+    let mut kept: Vec<Candidate> = Vec::new();
+    for c in found {
+        if kept.len() == max_out {
+            break;
+        }
+        if kept.iter().all(|k| k.class_id != c.class_id || iou(&k.xyxy, &c.xyxy) <= iou_threshold) {
+            kept.push(c);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(class_id: usize, score: f32, xyxy: [f32; 4]) -> Candidate {
+        Candidate { class_id, score, xyxy, keypoints: vec![] }
+    }
+
+    #[test]
+    fn layouts_from_shape_and_metadata() {
+        let pose = Layout::from_shape(&[1, 56, 8400], 1, Some((17, 3))).unwrap();
+        assert_eq!(pose, Layout::Anchors { classes: 1, keypoints: 17, keypoint_dims: 3 });
+        let det = Layout::from_shape(&[1, 84, 8400], 80, None).unwrap();
+        assert_eq!(det, Layout::Anchors { classes: 80, keypoints: 0, keypoint_dims: 3 });
+        assert_eq!(Layout::from_shape(&[1, 84, -1], 0, None).unwrap().num_classes(), 80);
+        let err = Layout::from_shape(&[1, 8400, 85], 80, None).unwrap_err();
+        assert!(err.contains("[1, 8400, 85]"), "{err}");
+        assert!(Layout::from_shape(&[1, 56, 8400], 80, None).is_err());
+        assert!(Layout::from_shape(&[2, 3], 0, None).is_err());
+    }
+
+    #[test]
+    fn metadata_parsers() {
+        assert_eq!(parse_names("{0: 'person', 1: \"traffic light\"}"), vec!["person", "traffic light"]);
+        assert!(parse_names("").is_empty());
+        assert_eq!(parse_kpt_shape("[17, 3]"), Some((17, 3)));
+        assert_eq!(parse_kpt_shape("[17]"), None);
+    }
+
+    #[test]
+    fn iou_of_known_rectangles() {
+        // Two 10x10 squares overlapping in a 5x10 strip: 50 / (100 + 100 - 50) = 1/3.
+        assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(iou(&[0.0, 0.0, 1.0, 1.0], &[2.0, 2.0, 3.0, 3.0]), 0.0);
+        assert_eq!(iou(&[0.0, 0.0, 4.0, 4.0], &[0.0, 0.0, 4.0, 4.0]), 1.0);
+    }
+
+    #[test]
+    fn nms_keeps_best_per_overlap_group_and_per_class() {
+        let found = vec![
+            cand(0, 0.6, [1.0, 0.0, 11.0, 10.0]), // IoU 9/11 with the best: suppressed
+            cand(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            cand(0, 0.5, [5.0, 0.0, 15.0, 10.0]), // IoU 1/3 with the best: kept at 0.45
+            cand(1, 0.4, [0.0, 0.0, 10.0, 10.0]), // another class: never suppressed by class 0
+            cand(0, 0.3, [100.0, 100.0, 110.0, 110.0]),
+        ];
+        let kept = nms(found.clone(), 0.45, 100, 100);
+        let scores: Vec<f32> = kept.iter().map(|c| c.score).collect();
+        assert_eq!(scores, vec![0.9, 0.5, 0.4, 0.3]);
+        // At 0.3 the 1/3 overlap is suppressed too.
+        assert_eq!(nms(found.clone(), 0.3, 100, 100).len(), 3);
+        // Caps on what enters and what leaves.
+        assert_eq!(nms(found.clone(), 0.45, 100, 2).len(), 2);
+        assert_eq!(nms(found, 0.45, 1, 100).len(), 1);
+    }
+
+    /// A synthetic pose output with two anchors: one person box and one below the threshold.
+    #[test]
+    fn decodes_pose_output_into_source_pixels() {
+        let layout = Layout::Anchors { classes: 1, keypoints: 1, keypoint_dims: 3 };
+        let anchors = 2;
+        // channels: cx, cy, w, h, score, kx, ky, kv
+        let rows: [[f32; 2]; 8] = [
+            [320.0, 10.0],
+            [320.0, 10.0],
+            [100.0, 4.0],
+            [200.0, 4.0],
+            [0.9, 0.1],
+            [330.0, 0.0],
+            [300.0, 0.0],
+            [0.8, 0.0],
+        ];
+        let raw = RawOutput { shape: vec![1, 8, anchors], data: rows.iter().flatten().copied().collect() };
+        let dec = Decoder::new(layout, vec!["person".into()], &["person".into()], 0.25, 0.7).unwrap();
+        // Source 768x576 letterboxed to 640x640: gain 5/6, 80 px of padding on top.
+        let lb = Letterbox::new(768, 576, 640, 640);
+        let dets = dec.decode(&raw, &lb).unwrap();
+        assert_eq!(dets.len(), 1);
+        let d = &dets[0];
+        assert_eq!(d.class, "person");
+        assert_eq!(d.score, 0.9);
+        // Input box (270, 220)-(370, 420) -> source ((270-0)*1.2, (220-80)*1.2) = (324, 168), (444, 408).
+        let b = d.bbox;
+        for (got, want) in [(b.x1, 324.0), (b.y1, 168.0), (b.x2, 444.0), (b.y2, 408.0)] {
+            assert!((got - want).abs() < 1e-3, "{b:?}");
+        }
+        let k = d.keypoints.as_ref().unwrap()[0];
+        assert!((k[0] - 396.0).abs() < 1e-3 && (k[1] - 264.0).abs() < 1e-3 && k[2] == 0.8, "{k:?}");
+    }
+
+    #[test]
+    fn class_filter_must_name_a_model_class() {
+        let layout = Layout::Anchors { classes: 1, keypoints: 0, keypoint_dims: 3 };
+        let err = Decoder::new(layout, vec!["person".into()], &["car".into()], 0.25, 0.7).err().unwrap();
+        assert!(err.to_string().contains("car"));
+    }
+}

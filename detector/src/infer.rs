@@ -1,0 +1,106 @@
+//! The model: an ONNX Runtime session, what its input wants and what its output means.
+
+use std::io::Read;
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+use sha2::{Digest, Sha256};
+
+use crate::decode::{parse_kpt_shape, parse_names, Layout};
+use crate::error::DetectorError;
+
+/// A model's raw output for one frame: the first output tensor, row-major.
+#[derive(Debug, Clone)]
+pub struct RawOutput {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+pub struct Model {
+    session: Session,
+    /// Input width and height, taken from the model.
+    pub input_w: u32,
+    pub input_h: u32,
+    /// How to read the output tensor.
+    pub layout: Layout,
+    /// Class names by id, from the model's metadata where present.
+    pub class_names: Vec<String>,
+    /// For the wire message: file stem and a sha256 prefix of the file.
+    pub info: wire::ModelInfo,
+}
+
+impl Model {
+    pub fn load(path: &Path, intra_threads: usize) -> Result<Self, DetectorError> {
+        let err = |reason: String| DetectorError::model(path, reason);
+        let sha256 = file_sha256(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let env = ort::init()
+            .with_name("detector")
+            .build()
+            .map_err(|e| err(format!("cannot start ONNX Runtime: {e}")))?;
+        let session = Session::builder(&env)
+            .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
+            .and_then(|b| Ok(b.with_intra_threads(intra_threads)?))
+            .and_then(|mut b| b.commit_from_file(path))
+            .map_err(|e| err(format!("not a loadable ONNX model: {e}")))?;
+
+        let input = session.inputs().first().ok_or_else(|| err("the model has no input".into()))?;
+        let in_shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        let (input_h, input_w) = match in_shape.as_slice() {
+            [_, 3, h, w] if *h > 0 && *w > 0 => (*h as u32, *w as u32),
+            _ => return Err(err(format!("expected an image input [N,3,H,W] with fixed H and W, got {in_shape:?}"))),
+        };
+        let output = session.outputs().first().ok_or_else(|| err("the model has no output".into()))?;
+        let out_shape: Vec<i64> = output.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+
+        let meta = session.metadata().map_err(|e| err(format!("cannot read metadata: {e}")))?;
+        let names = meta.custom("names").map(|s| parse_names(&s)).unwrap_or_default();
+        let kpt_shape = meta.custom("kpt_shape").and_then(|s| parse_kpt_shape(&s));
+        drop(meta);
+        let layout = Layout::from_shape(&out_shape, names.len(), kpt_shape).map_err(err)?;
+        let class_names = if names.is_empty() {
+            (0..layout.num_classes()).map(|i| format!("class{i}")).collect()
+        } else {
+            names
+        };
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Model {
+            session,
+            input_w,
+            input_h,
+            layout,
+            class_names,
+            info: wire::ModelInfo { name, sha256: sha256[..12].to_string() },
+        })
+    }
+
+    /// Runs one letterboxed frame (3 x input_h x input_w floats).
+    pub fn run(&mut self, input: &[f32]) -> Result<RawOutput, DetectorError> {
+        let shape = [1usize, 3, self.input_h as usize, self.input_w as usize];
+        let tensor = TensorRef::from_array_view((shape, input))
+            .map_err(|e| DetectorError::Inference(format!("input tensor: {e}")))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| DetectorError::Inference(e.to_string()))?;
+        let (shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
+        Ok(RawOutput { shape: shape.iter().map(|&d| d as usize).collect(), data: data.to_vec() })
+    }
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,53 @@
+//! detector: video in, person detections out to Kafka. See `detector --help`.
+
+mod config;
+mod decode;
+mod error;
+mod infer;
+mod pipeline;
+mod preprocess;
+mod publish;
+mod source;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cfg = config::Config::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    // First SIGINT/SIGTERM: stop capture, drain, flush. A second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop)).expect("signal handler");
+        signal_hook::flag::register(sig, Arc::clone(&stop)).expect("signal handler");
+    }
+
+    match cfg.validate().and_then(|()| pipeline::run(&cfg, &stop)) {
+        Ok(s) => {
+            tracing::info!(
+                frames = s.frames_read,
+                dropped = s.frames_dropped,
+                messages = s.messages,
+                seconds = format!("{:.1}", s.elapsed.as_secs_f64()),
+                fps = format!("{:.1}", s.messages as f64 / s.elapsed.as_secs_f64()),
+                "detector finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(blame = %e.blame(), retryable = e.retryable(), "{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Letterbox exactly as Ultralytics does (keep aspect, centre, pad with grey 114), then BGR->RGB,
+//! /255, NCHW float32: the model's input tensor.
+
+use opencv::core::{Mat, Size};
+use opencv::imgproc;
+use opencv::prelude::*;
+
+use crate::error::DetectorError;
+
+pub const PAD_VALUE: u8 = 114;
+
+/// The geometry of one letterbox: how a source frame maps into the model's input and back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub src_w: u32,
+    pub src_h: u32,
+    pub dst_w: u32,
+    pub dst_h: u32,
+    /// Size of the resized image inside the padding.
+    pub new_w: u32,
+    pub new_h: u32,
+    /// Padding on the left and top, where the resized image starts.
+    pub left: u32,
+    pub top: u32,
+    /// Source-to-input scale.
+    pub gain: f64,
+    /// Offsets the inverse mapping subtracts (Ultralytics' `scale_boxes`, which derives them from
+    /// the gain rather than from the rounded sizes).
+    pub inv_pad_x: f64,
+    pub inv_pad_y: f64,
+}
+
+/// Python's `round`: halves go to the even neighbour. Ultralytics' sizes and pads use it.
+fn py_round(v: f64) -> f64 {
+    v.round_ties_even()
+}
+
+impl Letterbox {
+    pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Self {
+        let (sw, sh, dw, dh) = (src_w as f64, src_h as f64, dst_w as f64, dst_h as f64);
+        let gain = (dh / sh).min(dw / sw);
+        let new_w = py_round(sw * gain) as u32;
+        let new_h = py_round(sh * gain) as u32;
+        let pad_w = (dst_w - new_w) as f64 / 2.0;
+        let pad_h = (dst_h - new_h) as f64 / 2.0;
+        Letterbox {
+            src_w,
+            src_h,
+            dst_w,
+            dst_h,
+            new_w,
+            new_h,
+            left: py_round(pad_w - 0.1) as u32,
+            top: py_round(pad_h - 0.1) as u32,
+            gain,
+            inv_pad_x: py_round((dw - sw * gain) / 2.0 - 0.1),
+            inv_pad_y: py_round((dh - sh * gain) / 2.0 - 0.1),
+        }
+    }
+
+    /// Maps a point of the model's input back to source pixels, clipped to the frame.
+    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
+        let sx = ((x as f64 - self.inv_pad_x) / self.gain).clamp(0.0, self.src_w as f64);
+        let sy = ((y as f64 - self.inv_pad_y) / self.gain).clamp(0.0, self.src_h as f64);
+        (sx as f32, sy as f32)
+    }
+}
+
+/// Writes the NCHW RGB float tensor from a resized BGR image (`new_w` x `new_h`, 3 bytes a pixel,
+/// rows `stride` bytes apart) placed at (`left`, `top`) on a grey canvas.
+pub fn fill_tensor(resized: &[u8], stride: usize, lb: &Letterbox, out: &mut [f32]) {
+    let (w, h) = (lb.dst_w as usize, lb.dst_h as usize);
+    let plane = w * h;
+    assert_eq!(out.len(), 3 * plane, "tensor buffer must be 3 x {w} x {h}");
+    out.fill(PAD_VALUE as f32 / 255.0);
+    let (left, top) = (lb.left as usize, lb.top as usize);
+    for y in 0..lb.new_h as usize {
+        let row = &resized[y * stride..y * stride + lb.new_w as usize * 3];
+        let base = (top + y) * w + left;
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            // BGR in, RGB planes out.
+            out[base + x] = px[2] as f32 / 255.0;
+            out[plane + base + x] = px[1] as f32 / 255.0;
+            out[2 * plane + base + x] = px[0] as f32 / 255.0;
+        }
+    }
+}
+
+/// Letterboxes a BGR frame into `out` (3 x dst_h x dst_w) and returns the geometry used.
+pub fn letterbox(frame: &Mat, dst_w: u32, dst_h: u32, out: &mut [f32]) -> Result<Letterbox, DetectorError> {
+    let internal = |e: opencv::Error| DetectorError::Inference(format!("preprocessing: {e}"));
+    if frame.typ() != opencv::core::CV_8UC3 {
+        return Err(DetectorError::Inference(format!(
+            "preprocessing: expected an 8-bit 3-channel frame, got OpenCV type {}",
+            frame.typ()
+        )));
+    }
+    let lb = Letterbox::new(frame.cols() as u32, frame.rows() as u32, dst_w, dst_h);
+    let resized;
+    let src = if lb.new_w == lb.src_w && lb.new_h == lb.src_h {
+        frame
+    } else {
+        let mut dst = Mat::default();
+        let size = Size::new(lb.new_w as i32, lb.new_h as i32);
+        // INTER_LINEAR: what Ultralytics' LetterBox uses.
+        imgproc::resize(frame, &mut dst, size, 0.0, 0.0, imgproc::INTER_LINEAR).map_err(internal)?;
+        resized = dst;
+        &resized
+    };
+    let stride = src.step1(0).map_err(internal)? * src.elem_size1();
+    let bytes = if src.is_continuous() {
+        src.data_bytes().map_err(internal)?
+    } else {
+        // A view into a larger image: rows are `stride` apart, which fill_tensor honours.
+        let len = stride * (src.rows() as usize - 1) + src.cols() as usize * 3;
+        // SAFETY: `data()` points at the first pixel and the rows lie `stride` apart within the
+        // parent buffer, which outlives this borrow of `src`.
+        unsafe { std::slice::from_raw_parts(src.data(), len) }
+    };
+    fill_tensor(bytes, stride, &lb, out);
+    Ok(lb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_of_a_landscape_frame() {
+        // 768x576 into 640x640: gain 640/768 = 5/6, image 640x480, 80 rows of padding each side.
+        let lb = Letterbox::new(768, 576, 640, 640);
+        assert!((lb.gain - 5.0 / 6.0).abs() < 1e-12);
+        assert_eq!((lb.new_w, lb.new_h), (640, 480));
+        assert_eq!((lb.left, lb.top), (0, 80));
+        assert_eq!((lb.inv_pad_x, lb.inv_pad_y), (0.0, 80.0));
+    }
+
+    #[test]
+    fn geometry_with_odd_padding_and_python_rounding() {
+        // 100x51 into 64x64: gain 0.64, 64 x 32.64 -> round 33 high; 31 rows of padding, split
+        // round(15.5 - 0.1) = 15 above and 16 below.
+        let lb = Letterbox::new(100, 51, 64, 64);
+        assert_eq!((lb.new_w, lb.new_h), (64, 33));
+        assert_eq!((lb.left, lb.top), (0, 15));
+        // Inverse pad from the gain: (64 - 32.64) / 2 - 0.1 = 15.58 -> 16.
+        assert_eq!(lb.inv_pad_y, 16.0);
+        // A portrait frame pads left and right instead.
+        let lb = Letterbox::new(480, 640, 320, 320);
+        assert_eq!((lb.new_w, lb.new_h, lb.left, lb.top), (240, 320, 40, 0));
+    }
+
+    #[test]
+    fn inverse_mapping_round_trips_and_clips() {
+        let lb = Letterbox::new(768, 576, 640, 640);
+        // Source (384, 288), the centre, lands at (320, 80 + 240) in the input.
+        assert_eq!(lb.to_source(320.0, 320.0), (384.0, 288.0));
+        // Points in the padding clip to the frame's edge.
+        assert_eq!(lb.to_source(-10.0, 10.0), (0.0, 0.0));
+        assert_eq!(lb.to_source(700.0, 639.0), (768.0, 576.0));
+    }
+
+    #[test]
+    fn tensor_is_rgb_planes_on_grey_padding() {
+        let lb = Letterbox::new(2, 1, 2, 2);
+        // 2x1 into 2x2: no resize, top pad round(0.5 - 0.1) = 0, so the image is row 0.
+        assert_eq!((lb.new_w, lb.new_h, lb.left, lb.top), (2, 1, 0, 0));
+        let bgr = [10u8, 20, 30, 40, 50, 60];
+        let mut out = vec![0.0; 12];
+        fill_tensor(&bgr, 6, &lb, &mut out);
+        let g = 114.0 / 255.0;
+        let v = |x: u8| x as f32 / 255.0;
+        assert_eq!(&out[0..4], &[v(30), v(60), g, g]); // R plane
+        assert_eq!(&out[4..8], &[v(20), v(50), g, g]); // G plane
+        assert_eq!(&out[8..12], &[v(10), v(40), g, g]); // B plane
+    }
+
+    #[test]
+    fn letterbox_resizes_a_real_mat() {
+        let frame = Mat::new_rows_cols_with_default(576, 768, opencv::core::CV_8UC3, opencv::core::Scalar::new(0.0, 0.0, 255.0, 0.0)).unwrap();
+        let mut out = vec![0.0; 3 * 64 * 64];
+        let lb = letterbox(&frame, 64, 64, &mut out).unwrap();
+        assert_eq!((lb.new_w, lb.new_h, lb.top), (64, 48, 8));
+        // Red in BGR is (0, 0, 255): the R plane is 1.0 inside the image and grey in the padding.
+        assert_eq!(out[8 * 64 + 5], 1.0);
+        assert_eq!(out[64 * 64 + 8 * 64 + 5], 0.0);
+        assert_eq!(out[0], 114.0 / 255.0);
+    }
+}

@@ -1,0 +1,149 @@
+//! The last stage: frame messages out, to Kafka or to standard output.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::config::{redact, Config, OutputKind};
+use crate::error::DetectorError;
+
+/// Counts delivery reports, which librdkafka hands back on its own thread.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "kafka delivery failed");
+                *self.last_error.lock().unwrap() = Some(e.to_string());
+            }
+        }
+    }
+}
+
+pub struct KafkaOutput {
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: String,
+    sent: u64,
+}
+
+pub enum Output {
+    Kafka(KafkaOutput),
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+}
+
+impl Output {
+    pub fn open(cfg: &Config) -> Result<Self, DetectorError> {
+        match cfg.output {
+            OutputKind::Stdout => Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout()))),
+            OutputKind::Kafka => KafkaOutput::connect(cfg).map(Output::Kafka),
+        }
+    }
+
+    pub fn publish(&mut self, msg: &wire::FrameMessage) -> Result<(), DetectorError> {
+        match self {
+            Output::Kafka(k) => k.send(msg),
+            Output::Stdout(out) => {
+                let mut line = msg.to_json();
+                line.push(b'\n');
+                out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))
+            }
+        }
+    }
+
+    /// Waits for every message to be delivered (or the timeout), then reports.
+    pub fn finish(self, timeout: Duration) -> Result<(), DetectorError> {
+        match self {
+            Output::Kafka(k) => k.finish(timeout),
+            Output::Stdout(mut out) => {
+                out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))
+            }
+        }
+    }
+}
+
+impl KafkaOutput {
+    fn connect(cfg: &Config) -> Result<Self, DetectorError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("detector-{}", cfg.camera_id))
+            // Idempotence keeps retries from duplicating or reordering a camera's frames.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            // 0 = retry forever: a file's frames wait for a broker that is away rather than
+            // being dropped; the bounded queue then holds capture back.
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.messages", "10000");
+        for (k, v) in &cfg.kafka_properties {
+            client.set(k, v);
+        }
+        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        tracing::info!(brokers = %cfg.brokers, topic = %cfg.topic, extra = ?shown, "connecting to kafka");
+        let producer: ThreadedProducer<DeliveryCounter> = client
+            .create_with_context(DeliveryCounter::default())
+            .map_err(|e| DetectorError::Config(format!("kafka producer settings: {e}")))?;
+        // Fail at start, with the address, rather than queueing into the void.
+        producer
+            .client()
+            .fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))
+            .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.brokers)))?;
+        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), sent: 0 })
+    }
+
+    fn send(&mut self, msg: &wire::FrameMessage) -> Result<(), DetectorError> {
+        let payload = msg.to_json();
+        let mut record = BaseRecord::to(&self.topic).key(msg.camera_id.as_str()).payload(&payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                // The local queue is full (broker slow or away): wait, which backs the pipeline up.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(DetectorError::Kafka(format!("send: {e}"))),
+            }
+        }
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn finish(self, timeout: Duration) -> Result<(), DetectorError> {
+        let flushed = self.producer.flush(timeout);
+        let ctx = self.producer.context();
+        let delivered = ctx.delivered.load(Ordering::Relaxed);
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed > 0 || flushed.is_err() || delivered != self.sent {
+            let last = ctx.last_error.lock().unwrap().clone().unwrap_or_else(|| "flush timed out".into());
+            return Err(DetectorError::Kafka(format!(
+                "{} of {} messages not delivered ({failed} failed): {last}",
+                self.sent - delivered,
+                self.sent
+            )));
+        }
+        tracing::info!(delivered, "all messages delivered");
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs everything the pipeline needs on a fresh Debian 12 machine, from package registries only.
+# Idempotent: each step checks what is already there. Run as root (or with passwordless sudo).
+#   1. Debian packages: OpenCV (dev), clang/libclang, cmake, ffmpeg, GStreamer plugins, PostgreSQL
+#   2. ONNX Runtime's shared library, taken from the PyPI wheel, into $ORT_LIB_DIR
+#   3. Apache Kafka's broker jars from Maven Central, into the cache
+#   4. The sample media (Debian opencv-doc), checked by sha256, into samples/
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+APT_PACKAGES=(
+  libopencv-dev clang libclang-dev pkg-config cmake ffmpeg
+  # librdkafka (built from source by rdkafka): TLS, SASL, zstd; its conf.c includes curl.h even
+  # with curl off, so the header must exist.
+  libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libcurl4-openssl-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
+  postgresql postgresql-client
+  unzip ca-certificates
+)
+
+install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then log "apt: all packages present"; return; fi
+  log "apt: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  # The packaged PostgreSQL cluster is not used (scripts/services.sh runs its own); don't start it.
+  $SUDO env DEBIAN_FRONTEND=noninteractive TMPDIR="$TMPDIR" \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+install_onnxruntime() {
+  local so="$ORT_LIB_DIR/libonnxruntime.so.$ORT_VERSION"
+  if [ -f "$so" ] && [ -e "$ORT_LIB_DIR/libonnxruntime.so" ]; then log "onnxruntime: $so present"; return; fi
+  local dl="$CACHE_DIR/onnxruntime-$ORT_VERSION"
+  mkdir -p "$dl"
+  if ! ls "$dl"/onnxruntime-"$ORT_VERSION"-*.whl >/dev/null 2>&1; then
+    log "onnxruntime: downloading the $ORT_VERSION wheel from PyPI"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_28_x86_64 -d "$dl" "onnxruntime==$ORT_VERSION"
+  fi
+  local whl
+  whl=$(ls "$dl"/onnxruntime-"$ORT_VERSION"-*.whl | head -n 1)
+  unzip -o -q -j "$whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$dl"
+  $SUDO mkdir -p "$ORT_LIB_DIR"
+  $SUDO install -m 0755 "$dl/libonnxruntime.so.$ORT_VERSION" "$so"
+  # The wheel has only the versioned file; the linker wants the bare name, the loader the SONAME.
+  $SUDO ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_LIB_DIR/libonnxruntime.so.1"
+  $SUDO ln -sf "libonnxruntime.so.1" "$ORT_LIB_DIR/libonnxruntime.so"
+  $SUDO ldconfig
+  log "onnxruntime: installed $so"
+}
+
+install_kafka() {
+  if [ -f "$KAFKA_HOME/.complete" ]; then log "kafka: $KAFKA_HOME present"; return; fi
+  log "kafka: fetching Apache Kafka $KAFKA_VERSION jars from Maven Central"
+  mkdir -p "$KAFKA_HOME"
+  mvn -q -B -f "$REPO_ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs"
+  touch "$KAFKA_HOME/.complete"
+  log "kafka: $(ls "$KAFKA_HOME/libs" | wc -l) jars in $KAFKA_HOME/libs"
+}
+
+install_samples() {
+  "$REPO_ROOT/samples/fetch.sh"
+}
+
+install_apt
+install_onnxruntime
+install_kafka
+install_samples
+log "provision: done"
