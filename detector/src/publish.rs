@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -21,7 +21,21 @@ pub struct DeliveryCounter {
     last_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    // librdkafka reports trouble it retries by itself (a broker away, a reconnect): warnings here,
+    // so that the one ERROR line is the detector's own verdict.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        if (level as i32) <= RDKafkaLogLevel::Critical as i32 {
+            tracing::warn!(target: "librdkafka", "{fac} {msg}");
+        } else {
+            tracing::debug!(target: "librdkafka", "{fac} {msg}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -1,6 +1,7 @@
 //! Kafka consumption in a consumer group: the first stage of the sink.
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -9,11 +10,25 @@ use rdkafka::ClientContext;
 use crate::config::RunArgs;
 use crate::error::SinkError;
 
-/// Logs partition hand-overs so a scaled-out group's behaviour can be followed, and consumer lag
-/// per partition from librdkafka's statistics (every `statistics.interval.ms`).
-pub struct GroupContext;
+/// The sink's Kafka clients' context. It logs partition hand-overs, so a scaled-out group can be
+/// followed, and consumer lag per partition from librdkafka's statistics.
+pub struct KafkaContext;
 
-impl ClientContext for GroupContext {
+impl ClientContext for KafkaContext {
+    // librdkafka reports trouble it retries by itself (a broker away, a reconnect): warnings here,
+    // so that an ERROR line is the sink's own verdict.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        if (level as i32) <= RDKafkaLogLevel::Critical as i32 {
+            tracing::warn!(target: "librdkafka", "{fac} {msg}");
+        } else {
+            tracing::debug!(target: "librdkafka", "{fac} {msg}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+
     fn stats(&self, stats: Statistics) {
         let mut lag: Vec<(String, i32, i64)> = stats
             .topics
@@ -29,7 +44,7 @@ impl ClientContext for GroupContext {
     }
 }
 
-impl ConsumerContext for GroupContext {
+impl ConsumerContext for KafkaContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -45,7 +60,7 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-pub type GroupConsumer = StreamConsumer<GroupContext>;
+pub type GroupConsumer = StreamConsumer<KafkaContext>;
 
 /// One consumed message, owned, with where it came from.
 #[derive(Debug, Clone)]
@@ -73,7 +88,7 @@ pub fn connect(args: &RunArgs) -> Result<GroupConsumer, SinkError> {
         cfg.set(k, v);
     }
     let consumer: GroupConsumer =
-        cfg.create_with_context(GroupContext).map_err(|e| SinkError::Config(format!("kafka consumer settings: {e}")))?;
+        cfg.create_with_context(KafkaContext).map_err(|e| SinkError::Config(format!("kafka consumer settings: {e}")))?;
     rdkafka::consumer::Consumer::subscribe(&consumer, &[&args.topic])?;
     Ok(consumer)
 }

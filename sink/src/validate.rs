@@ -8,7 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::RunArgs;
-use crate::consume::Consumed;
+use crate::consume::{Consumed, KafkaContext};
 use crate::error::SinkError;
 
 /// Parses and checks one payload; the error text says why it was refused.
@@ -18,7 +18,7 @@ pub fn check(payload: Option<&[u8]>) -> Result<wire::FrameMessage, String> {
 }
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     topic: String,
     source_topic: String,
 }
@@ -32,7 +32,7 @@ impl DeadLetters {
         for (k, v) in &args.kafka_properties {
             cfg.set(k, v);
         }
-        let producer = cfg.create().map_err(|e| SinkError::Config(format!("kafka producer settings: {e}")))?;
+        let producer = cfg.create_with_context(KafkaContext).map_err(|e| SinkError::Config(format!("kafka producer settings: {e}")))?;
         Ok(DeadLetters { producer, topic: args.dead_letter_topic(), source_topic: args.topic.clone() })
     }
 

@@ -1,0 +1,189 @@
+//! The whole pipeline on real parts: the detector on the sample video publishes to the real Kafka
+//! broker, the sink writes to the real PostgreSQL, and the rows equal what was published.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use pipeline_tests::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sqlx::{PgConnection, Row};
+use wire::FrameMessage;
+
+async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(conn).await?)
+}
+
+/// Polls until `sql` returns `want` (or the timeout), and returns the last value seen.
+async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i64, timeout: Duration) -> Result<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count(conn, sql).await?;
+        if n == want || Instant::now() > deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn migrate(db: &TestDb) -> Result<()> {
+    let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", &db.url), Duration::from_secs(60))?;
+    ensure!(out.status.success(), "sink migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+fn start_sink(db: &TestDb, topic: &str) -> Result<std::process::Child> {
+    Ok(Command::new(bin("sink"))
+        .args(["run", "--topic", topic, "--group-id", &unique("group"), "--brokers", &brokers()])
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+fn stop_sink(sink: std::process::Child) -> Result<String> {
+    sigterm(&sink);
+    let out = wait_output(sink, Duration::from_secs(60))?;
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "sink exited with {:?}:\n{log}", out.status);
+    Ok(log)
+}
+
+fn run_detector(source: &std::path::Path, camera: &str, topic: &str) -> Result<()> {
+    let out = run(
+        Command::new(bin("detector"))
+            .arg("--source")
+            .arg(source)
+            .arg("--model")
+            .arg(model())
+            .args(["--camera-id", camera, "--topic", topic, "--brokers", &brokers()]),
+        Duration::from_secs(900),
+    )?;
+    ensure!(out.status.success(), "detector failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Result<()> {
+    let video = sample("vtest.avi");
+    let frames_in_video = ffprobe_frame_count(&video)?;
+    let topic = unique("e2e");
+    create_topic(&topic, 4).await?;
+    let db = TestDb::create("e2e").await?;
+    migrate(&db)?;
+    // The sink runs while the detector publishes, as in production.
+    let sink = start_sink(&db, &topic)?;
+    run_detector(&video, "e2e-cam", &topic)?;
+
+    // What the detector published, read back from the broker.
+    let published = read_topic(&topic, Duration::from_secs(60))?;
+    let mut by_seq: BTreeMap<i64, (i32, i64, FrameMessage)> = BTreeMap::new();
+    for (partition, offset, payload) in &published {
+        let msg = FrameMessage::from_json(payload)?;
+        assert_eq!(msg.camera_id, "e2e-cam");
+        let prev = by_seq.insert(msg.frame_seq as i64, (*partition, *offset, msg));
+        assert!(prev.is_none(), "frame published twice");
+    }
+    assert_eq!(published.len() as u64, frames_in_video, "one message per decoded frame");
+    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (0..frames_in_video as i64).collect::<Vec<_>>());
+
+    let mut conn = db.connect().await?;
+    let stored = wait_for_count(&mut conn, "SELECT count(*) FROM frames", frames_in_video as i64, Duration::from_secs(120)).await?;
+    let log = stop_sink(sink)?;
+    assert_eq!(stored as u64, frames_in_video, "frames in the table; sink log:\n{log}");
+
+    // Frames: every column equals the message it came from, and where it was read.
+    let rows = sqlx::query(
+        "SELECT frame_seq, camera_id, captured_at, pts_ms, frame_width, frame_height, person_count,
+                model_name, model_sha256, kafka_partition, kafka_offset FROM frames ORDER BY frame_seq",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    for row in &rows {
+        let seq: i64 = row.get("frame_seq");
+        let (partition, offset, msg) = &by_seq[&seq];
+        assert_eq!(row.get::<String, _>("camera_id"), msg.camera_id);
+        assert_eq!(row.get::<chrono::DateTime<chrono::Utc>, _>("captured_at"), msg.captured_at);
+        assert_eq!(row.get::<i64, _>("pts_ms"), msg.pts_ms);
+        assert_eq!(row.get::<i32, _>("frame_width") as u32, msg.frame_width);
+        assert_eq!(row.get::<i32, _>("frame_height") as u32, msg.frame_height);
+        assert_eq!(row.get::<i32, _>("person_count") as usize, msg.detections.len());
+        assert_eq!(row.get::<String, _>("model_name"), msg.model.name);
+        assert_eq!(row.get::<String, _>("model_sha256"), msg.model.sha256);
+        assert_eq!((row.get::<i32, _>("kafka_partition"), row.get::<i64, _>("kafka_offset")), (*partition, *offset));
+    }
+
+    // Detections: one row per published detection, equal to the float.
+    let rows = sqlx::query(
+        "SELECT frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints::text AS kps, captured_at
+         FROM detections ORDER BY frame_seq, det_index",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let published_detections: usize = by_seq.values().map(|(_, _, m)| m.detections.len()).sum();
+    assert!(published_detections > 0, "the sample video has people in it");
+    assert_eq!(rows.len(), published_detections);
+    for row in &rows {
+        let (_, _, msg) = &by_seq[&row.get::<i64, _>("frame_seq")];
+        let d = &msg.detections[row.get::<i32, _>("det_index") as usize];
+        assert_eq!(row.get::<String, _>("class"), d.class);
+        assert_eq!(row.get::<f32, _>("score"), d.score);
+        let bbox = [row.get::<f32, _>("x1"), row.get("y1"), row.get("x2"), row.get("y2")];
+        assert_eq!(bbox, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]);
+        let kps: Option<Vec<[f32; 3]>> = row.get::<Option<String>, _>("kps").map(|s| serde_json::from_str(&s)).transpose()?;
+        assert_eq!(kps, d.keypoints);
+        assert_eq!(row.get::<chrono::DateTime<chrono::Utc>, _>("captured_at"), msg.captured_at);
+    }
+
+    // The stored offsets cover every message: per partition, one past the last.
+    let mut high: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o, _) in &published {
+        let e = high.entry(*p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    let stored: Vec<(i32, i64)> = sqlx::query_as("SELECT kafka_partition, next_offset FROM sink_offsets ORDER BY 1")
+        .fetch_all(&mut conn)
+        .await?;
+    assert_eq!(stored, high.into_iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+/// A frame sent twice makes one row; malformed messages go to the dead-letter topic with their
+/// reason, and the good ones around them are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()> {
+    let topic = unique("replay");
+    create_topic(&topic, 1).await?;
+    let db = TestDb::create("replay").await?;
+    migrate(&db)?;
+    let image = sample("basketball1.png");
+    run_detector(&image, "still", &topic)?;
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
+    let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).2;
+    let mut v2: serde_json::Value = serde_json::from_slice(&good)?;
+    v2["schema_version"] = 2.into();
+    let v2 = v2.to_string();
+    for payload in [b"{not json".as_slice(), v2.as_bytes()] {
+        producer.send(BaseRecord::<str, [u8]>::to(&topic).key("still").payload(payload)).map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(10))?;
+    // The same frame again, as a detector re-processing its file after a restart would send it.
+    run_detector(&image, "still", &topic)?;
+
+    let sink = start_sink(&db, &topic)?;
+    let mut conn = db.connect().await?;
+    let next = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 4, Duration::from_secs(60)).await?;
+    stop_sink(sink)?;
+    assert_eq!(next, 4, "all four messages accounted for");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, 1);
+    let detections = count(&mut conn, "SELECT count(*) FROM detections").await?;
+    assert_eq!(detections, FrameMessage::from_json(&good)?.detections.len() as i64);
+
+    let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].2, b"{not json");
+    assert_eq!(dead[1].2, v2.as_bytes());
+    Ok(())
+}
