@@ -84,8 +84,8 @@ impl Config {
         if !(0.0..=1.0).contains(&self.iou) {
             return Err(DetectorError::Config(format!("--iou must be within 0 and 1, got {}", self.iou)));
         }
-        if self.camera_id.is_empty() || self.camera_id.len() > 128 {
-            return Err(DetectorError::Config("--camera-id must be 1 to 128 characters".into()));
+        if self.camera_id.is_empty() || self.camera_id.len() > 128 || self.camera_id.chars().any(char::is_control) {
+            return Err(DetectorError::Config("--camera-id must be 1 to 128 characters, none of them control characters".into()));
         }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));

@@ -95,16 +95,17 @@ impl FrameMessage {
 
     /// Checks what serde's types cannot: ranges and geometry.
     fn check(&self) -> Result<(), WireError> {
-        if self.camera_id.is_empty() || self.camera_id.len() > 128 {
-            return Err(field("camera_id", "must be 1 to 128 characters"));
+        // Control characters (NUL above all) would make PostgreSQL refuse the whole batch.
+        if self.camera_id.is_empty() || self.camera_id.len() > 128 || self.camera_id.chars().any(char::is_control) {
+            return Err(field("camera_id", "must be 1 to 128 characters, none of them control characters"));
         }
         if self.frame_width == 0 || self.frame_height == 0 {
             return Err(field("frame_width/frame_height", "must be positive"));
         }
         for (i, d) in self.detections.iter().enumerate() {
             let at = |name: &str| format!("detections[{i}].{name}");
-            if d.class.is_empty() {
-                return Err(field(&at("class"), "must not be empty"));
+            if d.class.is_empty() || d.class.chars().any(char::is_control) {
+                return Err(field(&at("class"), "must be non-empty, without control characters"));
             }
             if !(0.0..=1.0).contains(&d.score) {
                 return Err(field(&at("score"), "must be within 0 and 1"));
@@ -191,6 +192,11 @@ mod tests {
         assert!(matches!(FrameMessage::from_json(v.to_string().as_bytes()), Err(WireError::Json(_))));
 
         assert!(matches!(FrameMessage::from_json(b"not json"), Err(WireError::Json(_))));
+
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["camera_id"] = "cam\u{0}1".into();
+        let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("camera_id"), "{err}");
     }
 
     /// The schema file names exactly the fields the Rust type writes, and requires the ones that

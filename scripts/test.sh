@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: provisions what is missing, builds, starts Kafka and PostgreSQL, runs every
+# test (unit and end-to-end), and stops the servers again whatever happens.
+#   scripts/test.sh [extra cargo test args]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+t0=$SECONDS
+"$REPO_ROOT/scripts/provision.sh"
+log "provision took $((SECONDS - t0)) s"
+
+t1=$SECONDS
+# The end-to-end tests run these release binaries; building them first keeps one target dir.
+cargo build --release --workspace --bins
+log "build took $((SECONDS - t1)) s"
+
+trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
+"$REPO_ROOT/scripts/services.sh" start
+
+export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export DATABASE_ADMIN_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres"
+export PGPASSWORD="$PG_PASSWORD" # for the tests' psql clean-up
+t2=$SECONDS
+cargo test --release --workspace "$@"
+log "tests took $((SECONDS - t2)) s; total $((SECONDS - t0)) s"
