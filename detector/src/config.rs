@@ -60,19 +60,12 @@ pub struct Config {
     pub topic: String,
 
     /// Extra librdkafka producer property, as kcat takes it (repeatable): -X security.protocol=SSL
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
     /// How long to wait for outstanding deliveries at exit, in seconds.
     #[arg(long, env = "DETECTOR_FLUSH_TIMEOUT", default_value_t = 30)]
     pub flush_timeout_s: u64,
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
 }
 
 impl Config {
@@ -102,28 +95,9 @@ impl Config {
     }
 }
 
-/// Hides the values of properties that may hold secrets, for logs and errors.
-pub fn redact(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    if ["password", "secret", "token", "key"].iter().any(|s| k.contains(s)) && !k.ends_with(".location") {
-        "<redacted>".to_string()
-    } else {
-        value.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn properties_parse_and_secrets_are_redacted() {
-        assert_eq!(parse_property("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
-        assert!(parse_property("novalue").is_err());
-        assert_eq!(redact("sasl.password", "hunter2"), "<redacted>");
-        assert_eq!(redact("ssl.key.location", "/etc/k.pem"), "/etc/k.pem");
-        assert_eq!(redact("compression.type", "lz4"), "lz4");
-    }
 
     #[test]
     fn validate_rejects_out_of_range_thresholds() {

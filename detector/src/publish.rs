@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::config::{redact, Config, OutputKind};
+use crate::config::{Config, OutputKind};
 use crate::error::DetectorError;
 
 /// Counts delivery reports, which librdkafka hands back on its own thread.
@@ -22,18 +22,12 @@ pub struct DeliveryCounter {
 }
 
 impl ClientContext for DeliveryCounter {
-    // librdkafka reports trouble it retries by itself (a broker away, a reconnect): warnings here,
-    // so that the one ERROR line is the detector's own verdict.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        if (level as i32) <= RDKafkaLogLevel::Critical as i32 {
-            tracing::warn!(target: "librdkafka", "{fac} {msg}");
-        } else {
-            tracing::debug!(target: "librdkafka", "{fac} {msg}");
-        }
+        kafka_support::log_librdkafka(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        kafka_support::log_client_error(error, reason);
     }
 }
 
@@ -113,7 +107,7 @@ impl KafkaOutput {
         for (k, v) in &cfg.kafka_properties {
             client.set(k, v);
         }
-        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", kafka_support::redact(k, v))).collect();
         tracing::info!(brokers = %cfg.brokers, topic = %cfg.topic, extra = ?shown, "connecting to kafka");
         let producer: ThreadedProducer<DeliveryCounter> = client
             .create_with_context(DeliveryCounter::default())

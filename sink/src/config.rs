@@ -67,7 +67,7 @@ pub struct RunArgs {
     pub report_every_s: u64,
 
     /// Extra librdkafka property for the consumer and dead-letter producer (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 }
 
@@ -87,13 +87,6 @@ impl RunArgs {
             return Err("--dead-letter-topic must differ from --topic".into());
         }
         Ok(())
-    }
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }
 

@@ -15,18 +15,12 @@ use crate::error::SinkError;
 pub struct KafkaContext;
 
 impl ClientContext for KafkaContext {
-    // librdkafka reports trouble it retries by itself (a broker away, a reconnect): warnings here,
-    // so that an ERROR line is the sink's own verdict.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        if (level as i32) <= RDKafkaLogLevel::Critical as i32 {
-            tracing::warn!(target: "librdkafka", "{fac} {msg}");
-        } else {
-            tracing::debug!(target: "librdkafka", "{fac} {msg}");
-        }
+        kafka_support::log_librdkafka(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        kafka_support::log_client_error(error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
