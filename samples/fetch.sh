@@ -26,9 +26,14 @@ mkdir -p "$dl"
 deb="$dl/opencv-doc_${DEB_VERSION}_all.deb"
 if [ ! -f "$deb" ]; then
   log "samples: downloading opencv-doc $DEB_VERSION"
-  # apt-get download writes into the current folder.
-  (cd "$dl" && apt-get download -q "opencv-doc=$DEB_VERSION" 2>&1 | grep -v unsandboxed || true)
-  [ -f "$deb" ] || die "could not download opencv-doc=$DEB_VERSION (run apt-get update?)"
+  # apt-get download writes into the current folder; stale package lists get one refresh.
+  fetch() { (cd "$dl" && apt-get download -q "opencv-doc=$DEB_VERSION" 2>&1 | grep -v unsandboxed || true); }
+  fetch
+  if [ ! -f "$deb" ]; then
+    $([ "$(id -u)" = 0 ] || echo sudo) apt-get update -q >/dev/null
+    fetch
+  fi
+  [ -f "$deb" ] || die "could not download opencv-doc=$DEB_VERSION from the Debian archive"
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
