@@ -2,6 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::write::WriteMode;
+
 /// Consumes detection messages (wire schema v1) from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches, one transaction per batch, committing offsets only once rows are durable.
 #[derive(Debug, Parser)]
@@ -61,6 +63,10 @@ pub struct RunArgs {
     /// Write a batch at the latest this long after its first message, in milliseconds.
     #[arg(long, env = "SINK_BATCH_MS", default_value_t = 200)]
     pub batch_ms: u64,
+
+    /// How batches are written; the alternatives are there to be measured (see the benchmark).
+    #[arg(long, env = "SINK_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy)]
+    pub write_mode: WriteMode,
 
     /// Seconds between progress lines in the log.
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
