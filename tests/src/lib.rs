@@ -14,7 +14,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Connection, PgConnection};
 
@@ -98,8 +100,22 @@ impl Drop for TestDb {
     }
 }
 
+/// A message read back from a topic.
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
 /// Every message in the topic, read from the start of each partition to its end.
-pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, Vec<u8>)>> {
+pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<Record>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
@@ -123,11 +139,71 @@ pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, Vec<u
         }
         if let Some(m) = consumer.poll(Duration::from_millis(500)) {
             let m = m?;
-            out.push((m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()));
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec(), headers });
             remaining -= 1;
         }
     }
     Ok(out)
+}
+
+/// A realistic frame message: `persons` people with boxes and 17 keypoints each.
+pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMessage {
+    let detections = (0..persons)
+        .map(|i| {
+            let x = 10.0 + 90.0 * i as f32 + (seq % 7) as f32;
+            wire::Detection {
+                class: "person".into(),
+                score: 0.5 + 0.05 * i as f32,
+                bbox: wire::BBox { x1: x, y1: 50.5, x2: x + 60.25, y2: 230.0 },
+                keypoints: Some((0..17).map(|k| [x + k as f32, 60.0 + 10.0 * k as f32, 0.9]).collect()),
+            }
+        })
+        .collect();
+    wire::FrameMessage {
+        schema_version: wire::SCHEMA_VERSION,
+        camera_id: camera.to_string(),
+        frame_seq: seq,
+        captured_at: chrono::DateTime::from_timestamp_millis(1_790_000_000_000 + seq as i64 * 100).unwrap(),
+        pts_ms: seq as i64 * 100,
+        frame_width: 768,
+        frame_height: 576,
+        model: wire::ModelInfo { name: "synthetic".into(), sha256: "0123456789ab".into() },
+        detections,
+    }
+}
+
+/// Produces keyed payloads and waits until the broker has them all.
+pub fn produce<'a>(topic: &str, messages: impl IntoIterator<Item = (&'a str, Vec<u8>)>) -> Result<usize> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()?;
+    let mut n = 0;
+    for (key, payload) in messages {
+        let mut record = BaseRecord::to(topic).key(key).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(n)
 }
 
 /// Frames in a video as FFmpeg counts them by decoding: an independent count for the detector's.
@@ -161,4 +237,98 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> Result<Output> {
 /// Asks a process to stop as an operator would.
 pub fn sigterm(child: &Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+}
+
+/// `sink migrate` against a database.
+pub fn migrate(db_url: &str) -> Result<()> {
+    let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", db_url), Duration::from_secs(60))?;
+    anyhow::ensure!(out.status.success(), "sink migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A running `sink run`, its log in a file (a pipe nobody reads could fill and block it).
+pub struct SinkProcess {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl SinkProcess {
+    pub fn start(db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Result<Self> {
+        let log_path = std::env::temp_dir().join(format!("{}.log", unique("sink")));
+        let child = Command::new(bin("sink"))
+            .args(["run", "--topic", topic, "--group-id", group, "--brokers", &brokers(), "--report-every-s", "2"])
+            .args(extra)
+            .env("DATABASE_URL", db_url)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?;
+        Ok(SinkProcess { child: Some(child), log_path })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the log.
+    pub fn stop(mut self) -> Result<String> {
+        let mut child = self.child.take().expect("running");
+        sigterm(&child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("sink did not stop in 60 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self.log();
+        anyhow::ensure!(status.success(), "sink exited with {status:?}:\n{log}");
+        Ok(log)
+    }
+
+    /// SIGKILL: a crash, with no chance to finish anything.
+    pub fn kill9(mut self) -> Result<String> {
+        let mut child = self.child.take().expect("running");
+        child.kill()?;
+        child.wait()?;
+        Ok(self.log())
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Polls a count query until it returns `want` or the timeout passes; returns the last value.
+pub async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i64, timeout: Duration) -> Result<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
+        if n == want || Instant::now() > deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last value a sink logged for `key=` in its progress lines.
+pub fn last_logged(log: &str, key: &str) -> Option<u64> {
+    let needle = format!(" {key}=");
+    log.lines().rev().find_map(|l| {
+        let at = l.find(&needle)? + needle.len();
+        l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
 }

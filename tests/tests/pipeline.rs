@@ -2,53 +2,16 @@
 //! broker, the sink writes to the real PostgreSQL, and the rows equal what was published.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use pipeline_tests::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sqlx::{PgConnection, Row};
 use wire::FrameMessage;
 
 async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(conn).await?)
-}
-
-/// Polls until `sql` returns `want` (or the timeout), and returns the last value seen.
-async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i64, timeout: Duration) -> Result<i64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = count(conn, sql).await?;
-        if n == want || Instant::now() > deadline {
-            return Ok(n);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn migrate(db: &TestDb) -> Result<()> {
-    let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", &db.url), Duration::from_secs(60))?;
-    ensure!(out.status.success(), "sink migrate failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-fn start_sink(db: &TestDb, topic: &str) -> Result<std::process::Child> {
-    Ok(Command::new(bin("sink"))
-        .args(["run", "--topic", topic, "--group-id", &unique("group"), "--brokers", &brokers()])
-        .env("DATABASE_URL", &db.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?)
-}
-
-fn stop_sink(sink: std::process::Child) -> Result<String> {
-    sigterm(&sink);
-    let out = wait_output(sink, Duration::from_secs(60))?;
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    ensure!(out.status.success(), "sink exited with {:?}:\n{log}", out.status);
-    Ok(log)
 }
 
 fn run_detector(source: &std::path::Path, camera: &str, topic: &str) -> Result<()> {
@@ -72,18 +35,18 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
     let topic = unique("e2e");
     create_topic(&topic, 4).await?;
     let db = TestDb::create("e2e").await?;
-    migrate(&db)?;
+    migrate(&db.url)?;
     // The sink runs while the detector publishes, as in production.
-    let sink = start_sink(&db, &topic)?;
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     run_detector(&video, "e2e-cam", &topic)?;
 
     // What the detector published, read back from the broker.
     let published = read_topic(&topic, Duration::from_secs(60))?;
     let mut by_seq: BTreeMap<i64, (i32, i64, FrameMessage)> = BTreeMap::new();
-    for (partition, offset, payload) in &published {
-        let msg = FrameMessage::from_json(payload)?;
+    for r in &published {
+        let msg = FrameMessage::from_json(&r.payload)?;
         assert_eq!(msg.camera_id, "e2e-cam");
-        let prev = by_seq.insert(msg.frame_seq as i64, (*partition, *offset, msg));
+        let prev = by_seq.insert(msg.frame_seq as i64, (r.partition, r.offset, msg));
         assert!(prev.is_none(), "frame published twice");
     }
     assert_eq!(published.len() as u64, frames_in_video, "one message per decoded frame");
@@ -91,7 +54,7 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
 
     let mut conn = db.connect().await?;
     let stored = wait_for_count(&mut conn, "SELECT count(*) FROM frames", frames_in_video as i64, Duration::from_secs(120)).await?;
-    let log = stop_sink(sink)?;
+    let log = sink.stop()?;
     assert_eq!(stored as u64, frames_in_video, "frames in the table; sink log:\n{log}");
 
     // Frames: every column equals the message it came from, and where it was read.
@@ -139,9 +102,9 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
 
     // The stored offsets cover every message: per partition, one past the last.
     let mut high: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, o, _) in &published {
-        let e = high.entry(*p).or_insert(0);
-        *e = (*e).max(o + 1);
+    for r in &published {
+        let e = high.entry(r.partition).or_insert(0);
+        *e = (*e).max(r.offset + 1);
     }
     let stored: Vec<(i32, i64)> = sqlx::query_as("SELECT kafka_partition, next_offset FROM sink_offsets ORDER BY 1")
         .fetch_all(&mut conn)
@@ -157,25 +120,21 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
     let topic = unique("replay");
     create_topic(&topic, 1).await?;
     let db = TestDb::create("replay").await?;
-    migrate(&db)?;
+    migrate(&db.url)?;
     let image = sample("basketball1.png");
     run_detector(&image, "still", &topic)?;
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
-    let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).2;
+    let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).payload;
     let mut v2: serde_json::Value = serde_json::from_slice(&good)?;
     v2["schema_version"] = 2.into();
     let v2 = v2.to_string();
-    for payload in [b"{not json".as_slice(), v2.as_bytes()] {
-        producer.send(BaseRecord::<str, [u8]>::to(&topic).key("still").payload(payload)).map_err(|(e, _)| e)?;
-    }
-    producer.flush(Duration::from_secs(10))?;
+    produce(&topic, [("still", b"{not json".to_vec()), ("still", v2.clone().into_bytes())])?;
     // The same frame again, as a detector re-processing its file after a restart would send it.
     run_detector(&image, "still", &topic)?;
 
-    let sink = start_sink(&db, &topic)?;
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     let mut conn = db.connect().await?;
     let next = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 4, Duration::from_secs(60)).await?;
-    stop_sink(sink)?;
+    sink.stop()?;
     assert_eq!(next, 4, "all four messages accounted for");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, 1);
     let detections = count(&mut conn, "SELECT count(*) FROM detections").await?;
@@ -183,7 +142,11 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
 
     let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
     assert_eq!(dead.len(), 2);
-    assert_eq!(dead[0].2, b"{not json");
-    assert_eq!(dead[1].2, v2.as_bytes());
+    assert_eq!(dead[0].payload, b"{not json");
+    assert_eq!(dead[1].payload, v2.as_bytes());
+    assert!(dead[0].header("dlq.error").unwrap().contains("not a v1 frame message"));
+    assert!(dead[1].header("dlq.error").unwrap().contains("schema_version 2"));
+    assert_eq!(dead[1].header("dlq.source.topic"), Some(topic.as_str()));
+    assert_eq!(dead[1].header("dlq.source.offset"), Some("2"));
     Ok(())
 }
