@@ -65,7 +65,8 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
 async fn connect(db: &DbArgs) -> Result<PgPool, SinkError> {
     PgPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
+        // Short, so an outage surfaces as an error (and the partitions pause) within seconds.
+        .acquire_timeout(Duration::from_secs(3))
         .connect(&db.database_url)
         .await
         .map_err(|e| SinkError::Config(format!("cannot connect to PostgreSQL at {}: {e}", db.redacted_url())))

@@ -130,6 +130,18 @@ fn push_text(out: &mut String, s: &str) {
     }
 }
 
+/// A 2-D real[] literal: `{{x,y,s},{x,y,s}}`.
+fn push_keypoints(out: &mut String, kps: &[[f32; 3]]) {
+    out.push('{');
+    for (i, [x, y, s]) in kps.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{{x},{y},{s}}}");
+    }
+    out.push('}');
+}
+
 fn captured_at(m: &wire::FrameMessage) -> String {
     m.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -161,7 +173,7 @@ fn detections_text(batch: &Batch) -> String {
             // f32's Display is the shortest text that parses back to the same value.
             let _ = write!(out, "\t{}\t{}\t{}\t{}\t{}\t", d.score, d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2);
             match &d.keypoints {
-                Some(k) => push_text(&mut out, &serde_json::to_string(k).expect("keypoints serialize")),
+                Some(k) => push_keypoints(&mut out, k),
                 None => out.push_str("\\N"),
             }
             let _ = writeln!(out, "\t{at}");
@@ -197,7 +209,7 @@ async fn unnest(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), Si
     .rows_affected();
     let d = sqlx::query(
         "INSERT INTO detections (camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at)
-         SELECT c, s, i, cl, sc, a, b, e, f, k::jsonb, t
+         SELECT c, s, i, cl, sc, a, b, e, f, k::real[], t
          FROM UNNEST($1::text[], $2::bigint[], $3::int[], $4::text[], $5::real[], $6::real[], $7::real[],
                      $8::real[], $9::real[], $10::text[], $11::timestamptz[]) AS u(c, s, i, cl, sc, a, b, e, f, k, t)
          ON CONFLICT (camera_id, frame_seq, det_index) DO NOTHING",
@@ -211,7 +223,17 @@ async fn unnest(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), Si
     .bind(dets().map(|(_, _, d)| d.bbox.y1).collect::<Vec<_>>())
     .bind(dets().map(|(_, _, d)| d.bbox.x2).collect::<Vec<_>>())
     .bind(dets().map(|(_, _, d)| d.bbox.y2).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.keypoints.as_ref().map(|k| serde_json::to_string(k).expect("keypoints serialize"))).collect::<Vec<_>>())
+    .bind(
+        dets()
+            .map(|(_, _, d)| {
+                d.keypoints.as_ref().map(|k| {
+                    let mut s = String::new();
+                    push_keypoints(&mut s, k);
+                    s
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
     .bind(dets().map(|(m, _, _)| m.captured_at).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?
@@ -249,5 +271,8 @@ mod tests {
         batch.push(msg, 2, 41);
         assert_eq!(frames_text(&batch), "cam\\t1\t5\t2026-11-22T10:00:00.123000Z\t500\t640\t480\t1\tm\t0123abcd\t2\t41\n");
         assert_eq!(detections_text(&batch), "cam\\t1\t5\t0\tperson\t0.1\t1.5\t2\t3.25\t4\t\\N\t2026-11-22T10:00:00.123000Z\n");
+        let mut k = String::new();
+        push_keypoints(&mut k, &[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]);
+        assert_eq!(k, "{{1.5,2,0.25},{3,4.125,1}}");
     }
 }

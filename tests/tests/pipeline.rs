@@ -80,7 +80,7 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
 
     // Detections: one row per published detection, equal to the float.
     let rows = sqlx::query(
-        "SELECT frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints::text AS kps, captured_at
+        "SELECT frame_seq, det_index, class, score, x1, y1, x2, y2, array_to_json(keypoints)::text AS kps, captured_at
          FROM detections ORDER BY frame_seq, det_index",
     )
     .fetch_all(&mut conn)

@@ -75,20 +75,26 @@ impl FrameMessage {
         serde_json::to_vec(self).expect("a FrameMessage always serializes")
     }
 
-    /// Parses and checks a payload. The version is checked before the shape, so a message from a
-    /// newer detector is reported as such rather than as a pile of field errors.
+    /// Parses and checks a payload. A message of another version is reported as such rather than
+    /// as a pile of field errors; that second look is taken only when parsing fails.
     pub fn from_json(payload: &[u8]) -> Result<Self, WireError> {
-        #[derive(Deserialize)]
-        struct Versioned {
-            schema_version: Option<serde_json::Value>,
+        let msg: FrameMessage = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Versioned {
+                    schema_version: Option<serde_json::Value>,
+                }
+                let version = serde_json::from_slice::<Versioned>(payload).ok().and_then(|v| v.schema_version);
+                return Err(match version.as_ref().and_then(|v| v.as_u64()) {
+                    Some(v) if v != u64::from(SCHEMA_VERSION) => WireError::Version(v),
+                    _ => WireError::Json(e),
+                });
+            }
+        };
+        if msg.schema_version != SCHEMA_VERSION {
+            return Err(WireError::Version(msg.schema_version.into()));
         }
-        let versioned: Versioned = serde_json::from_slice(payload)?;
-        match versioned.schema_version.as_ref().and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-            Some(v) => return Err(WireError::Version(v)),
-            None => return Err(field("schema_version", "missing or not an unsigned integer")),
-        }
-        let msg: FrameMessage = serde_json::from_slice(payload)?;
         msg.check()?;
         Ok(msg)
     }

@@ -1,0 +1,112 @@
+//! Sink benchmark against the real broker and database (services running, release binaries built):
+//!   cargo bench -p pipeline-tests --bench sink [-- MESSAGES]
+//! Pre-fills a 4-partition topic with MESSAGES frame messages (3 people each, 17 keypoints), times
+//! the sink draining it into PostgreSQL in each write mode, and in the same run times a raw
+//! `psql \copy` of the same rows from files. The last line:
+//!   sink_rows_per_s=<f> copy_rows_per_s=<f> ratio=<f>
+//! for the default mode (copy). Rows are frames + detections.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use pipeline_tests::*;
+
+const PERSONS: usize = 3;
+const ROWS_PER_MESSAGE: u64 = 1 + PERSONS as u64;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let messages: u64 = std::env::args().skip(1).find(|a| !a.starts_with('-')).map(|a| a.parse()).transpose()?.unwrap_or(50_000);
+    let frames: Vec<wire::FrameMessage> =
+        (0..messages).map(|s| synthetic_frame(&format!("cam-{}", s % 16), s / 16, PERSONS)).collect();
+    let bytes: usize = frames.iter().map(|m| m.to_json().len()).sum();
+    println!("messages={messages} rows={} payload_mb={:.1}", messages * ROWS_PER_MESSAGE, bytes as f64 / 1e6);
+
+    let topic = unique("bench");
+    create_topic(&topic, 4).await?;
+    let t = Instant::now();
+    produce(&topic, frames.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
+    println!("prefill_s={:.2}", t.elapsed().as_secs_f64());
+
+    let mut copy_mode_rate = 0.0;
+    for mode in ["unnest", "staging", "copy"] {
+        let rate = drain(&topic, messages, mode).await?;
+        println!("mode={mode} sink_rows_per_s={rate:.0} detection_rows_per_s={:.0}", rate * PERSONS as f64 / ROWS_PER_MESSAGE as f64);
+        if mode == "copy" {
+            copy_mode_rate = rate;
+        }
+    }
+    let psql_rate = psql_copy(&frames).await?;
+    println!("psql_copy_rows_per_s={psql_rate:.0}");
+    println!("sink_rows_per_s={copy_mode_rate:.0} copy_rows_per_s={psql_rate:.0} ratio={:.2}", copy_mode_rate / psql_rate);
+    Ok(())
+}
+
+/// Rows per second of one sink draining the topic into a fresh database, measured from its first
+/// committed batch to its last (group join and start-up left out, and the first batch's rows too).
+async fn drain(topic: &str, messages: u64, mode: &str) -> Result<f64> {
+    let db = TestDb::create("bench").await?;
+    migrate(&db.url)?;
+    let mut conn = db.connect().await?;
+    let sink = SinkProcess::start(&db.url, topic, &unique("bench"), &["--write-mode", mode])?;
+    let stored = || "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut t0, mut n0) = (None, 0i64);
+    loop {
+        let n: i64 = sqlx::query_scalar(stored()).fetch_one(&mut conn).await?;
+        let now = Instant::now();
+        if n > 0 && t0.is_none() {
+            (t0, n0) = (Some(now), n);
+        }
+        if n as u64 == messages {
+            let secs = now.duration_since(t0.expect("first batch seen")).as_secs_f64();
+            println!("mode={mode} drain_s={secs:.2} sink_cpu_s={:.2}", sink.cpu_seconds().unwrap_or(f64::NAN));
+            sink.stop()?;
+            ensure!(secs > 0.0, "the first batch held everything: use more messages");
+            return Ok((messages - n0 as u64) as f64 * ROWS_PER_MESSAGE as f64 / secs);
+        }
+        ensure!(now < deadline, "sink did not drain the topic:\n{}", sink.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn keypoints_literal(kps: &[[f32; 3]]) -> String {
+    let inner: Vec<String> = kps.iter().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Rows per second of `psql \copy` of the same rows into a fresh database with the same schema.
+async fn psql_copy(frames: &[wire::FrameMessage]) -> Result<f64> {
+    let db = TestDb::create("benchcopy").await?;
+    migrate(&db.url)?;
+    let dir = std::env::temp_dir().join(unique("benchcopy"));
+    std::fs::create_dir_all(&dir)?;
+    let (mut f, mut d) = (String::new(), String::new());
+    for (i, m) in frames.iter().enumerate() {
+        let at = m.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        writeln!(f, "{}\t{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}\t0\t{i}", m.camera_id, m.frame_seq, m.pts_ms, m.frame_width, m.frame_height,
+            m.detections.len(), m.model.name, m.model.sha256)?;
+        for (j, det) in m.detections.iter().enumerate() {
+            let b = det.bbox;
+            writeln!(d, "{}\t{}\t{j}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{at}", m.camera_id, m.frame_seq, det.class, det.score, b.x1, b.y1, b.x2, b.y2,
+                keypoints_literal(det.keypoints.as_ref().unwrap()))?;
+        }
+    }
+    let (fp, dp) = (dir.join("frames.tsv"), dir.join("detections.tsv"));
+    std::fs::write(&fp, f)?;
+    std::fs::write(&dp, d)?;
+    let t = Instant::now();
+    let out = Command::new("psql")
+        .arg(&db.url)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("\\copy frames (camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, person_count, model_name, model_sha256, kafka_partition, kafka_offset) FROM '{}'", fp.display()))
+        .arg("-qc")
+        .arg(format!("\\copy detections (camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at) FROM '{}'", dp.display()))
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&dir)?;
+    ensure!(out.status.success(), "psql \\copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(frames.len() as f64 * ROWS_PER_MESSAGE as f64 / secs)
+}
