@@ -42,9 +42,15 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_RTSP_TRANSPORT", value_enum, default_value_t = RtspTransport::Tcp)]
     pub rtsp_transport: RtspTransport,
 
-    /// Live streams: seconds an open or a read may take before the stream is reopened.
-    #[arg(long, env = "DETECTOR_STALL_TIMEOUT", default_value_t = 10)]
-    pub stall_timeout_s: u64,
+    /// Live streams (FFmpeg; not V4L2 devices): seconds opening may take. It includes FFmpeg's
+    /// probe of the stream (up to 5 s of it), so keep it well above that.
+    #[arg(long, env = "DETECTOR_OPEN_TIMEOUT", default_value_t = 20)]
+    pub open_timeout_s: u64,
+
+    /// Live streams (FFmpeg; not V4L2 devices): seconds without a frame before the stream counts
+    /// as stalled and is reopened.
+    #[arg(long, env = "DETECTOR_READ_TIMEOUT", default_value_t = 10)]
+    pub read_timeout_s: u64,
 
     /// Camera id: the Kafka message key and the `camera_id` of every row.
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
@@ -109,8 +115,8 @@ impl Config {
         if !(self.max_fps.is_finite() && self.max_fps >= 0.0) {
             return Err(DetectorError::Config(format!("--max-fps must be 0 (no cap) or more, got {}", self.max_fps)));
         }
-        if self.stall_timeout_s == 0 {
-            return Err(DetectorError::Config("--stall-timeout-s must be at least 1".into()));
+        if self.open_timeout_s == 0 || self.read_timeout_s == 0 {
+            return Err(DetectorError::Config("--open-timeout-s and --read-timeout-s must be at least 1".into()));
         }
         if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
             return Err(DetectorError::Config(

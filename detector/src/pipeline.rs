@@ -64,10 +64,8 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// What capture does with the frames it reads, beyond handing them on.
+/// What capture does with the frames it reads before handing them on.
 struct CapturePolicy {
-    /// Never wait for inference: drop the oldest queued frame instead.
-    real_time: bool,
     /// Release each frame at its pts (a file with --realtime).
     paced: bool,
     max_fps: f64,
@@ -75,7 +73,11 @@ struct CapturePolicy {
 
 pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     // Open everything before starting a thread, so a bad input fails at once and clearly.
-    let opts = SourceOptions { looped: cfg.looped, stall_timeout: Duration::from_secs(cfg.stall_timeout_s) };
+    let opts = SourceOptions {
+        looped: cfg.looped,
+        open_timeout: Duration::from_secs(cfg.open_timeout_s),
+        read_timeout: Duration::from_secs(cfg.read_timeout_s),
+    };
     let source = Source::open(&cfg.source, opts)?;
     let model = Model::load(&cfg.model, cfg.intra_threads())?;
     let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.conf, cfg.iou)?;
@@ -87,14 +89,11 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
         threads = cfg.intra_threads(), "detector started"
     );
 
-    let policy = CapturePolicy {
-        real_time: source.kind == SourceKind::Live || cfg.realtime,
-        paced: cfg.realtime,
-        max_fps: cfg.max_fps,
-    };
+    let real_time = source.kind == SourceKind::Live || cfg.realtime;
+    let policy = CapturePolicy { paced: cfg.realtime, max_fps: cfg.max_fps };
     // Real time: room for exactly the newest frame. Files: a little slack so capture overlaps
     // inference.
-    let (frame_tx, frame_rx) = bounded::<Prepared>(if policy.real_time { 1 } else { 4 });
+    let (frame_tx, frame_rx) = bounded::<Prepared>(if real_time { 1 } else { 4 });
     let (done_tx, done_rx) = bounded::<Inferred>(4);
     // Input buffers go back to capture for re-use: each is 3 x 640 x 640 floats.
     let (spare_tx, spare_rx) = bounded::<Vec<f32>>(8);
@@ -105,7 +104,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     let (input_w, input_h) = (model.input_w, model.input_h);
 
     let (publish_result, capture_result, infer_result) = std::thread::scope(|s| {
-        let drop_rx = policy.real_time.then(|| frame_rx.clone());
+        let drop_rx = real_time.then(|| frame_rx.clone());
         let counters = &counters;
         let abort = &abort;
         let capture = std::thread::Builder::new()

@@ -48,13 +48,19 @@ pub fn next_live_frame(
     reconnects: &AtomicU64,
     halted: &dyn Fn() -> bool,
 ) -> Result<Option<Frame>, DetectorError> {
-    let mut reason = match source.next_frame() {
-        Ok(Some(frame)) => {
-            backoff.reset();
-            return Ok(Some(frame));
+    // Only a source that could not be opened at start comes here closed: below, this function
+    // returns with the source open, or halted.
+    let mut reason = if source.is_open() {
+        match source.next_frame() {
+            Ok(Some(frame)) => {
+                backoff.reset();
+                return Ok(Some(frame));
+            }
+            Ok(None) => "no frame (the stream ended, stalled or dropped)".to_string(),
+            Err(e) => e.to_string(),
         }
-        Ok(None) => "no frame (the stream ended, stalled or dropped)".to_string(),
-        Err(e) => e.to_string(),
+    } else {
+        "not reachable at start".to_string()
     };
     loop {
         let (attempt, wait) = backoff.next_attempt();
@@ -72,6 +78,8 @@ pub fn next_live_frame(
                 backoff.reset();
                 return Ok(Some(frame));
             }
+            // Also what OpenCV 4.6 does after an open that overran --open-timeout-s: it reports
+            // success, then fails every read.
             Ok(None) => "opened, but no frame came".to_string(),
             Err(e) => e.to_string(),
         };

@@ -52,9 +52,10 @@ pub struct Frame {
 pub struct SourceOptions {
     /// Files: start again at the end (`--loop`).
     pub looped: bool,
-    /// Live streams through FFmpeg: the longest an open or a read may take before it counts as
-    /// failed, so a stalled stream is noticed and reopened.
-    pub stall_timeout: Duration,
+    /// Live streams through FFmpeg: the longest an open, and a read, may take before it counts
+    /// as failed, so that a stalled stream is noticed and reopened.
+    pub open_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 enum Reader {
@@ -125,12 +126,12 @@ impl Source {
                 let cap = if uri.starts_with("/dev/video") {
                     videoio::VideoCapture::from_file(uri, videoio::CAP_V4L2)
                 } else if live {
-                    let ms = i32::try_from(self.opts.stall_timeout.as_millis()).unwrap_or(i32::MAX);
+                    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
                     let params = Vector::from_slice(&[
                         videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
-                        ms,
+                        ms(self.opts.open_timeout),
                         videoio::CAP_PROP_READ_TIMEOUT_MSEC,
-                        ms,
+                        ms(self.opts.read_timeout),
                     ]);
                     videoio::VideoCapture::from_file_with_params(uri, videoio::CAP_FFMPEG, &params)
                 } else {
@@ -156,6 +157,10 @@ impl Source {
         };
         self.reader = Some(reader);
         Ok(())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.reader.is_some()
     }
 
     /// The next frame, or `None` at the end of a file or image, or when a live source has no
@@ -236,7 +241,8 @@ pub fn select_rtsp_transport(uri: &str, transport: RtspTransport) {
 mod tests {
     use super::*;
 
-    const OPTS: SourceOptions = SourceOptions { looped: false, stall_timeout: Duration::from_secs(2) };
+    const OPTS: SourceOptions =
+        SourceOptions { looped: false, open_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) };
 
     #[test]
     fn kinds_from_uri() {

@@ -165,7 +165,12 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> Result<Output> {
 
 /// Asks a process to stop as an operator would.
 pub fn sigterm(child: &Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    signal(child, "TERM");
+}
+
+/// Sends the signal `name` (TERM, STOP, CONT, ...) to a process.
+pub fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
 }
 
 /// A running child process whose stdout lines and stderr are read by threads, so neither pipe can
@@ -226,8 +231,8 @@ impl Spawned {
         Ok(())
     }
 
-    pub fn sigterm(&self) {
-        sigterm(&self.child);
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
     }
 
     /// Waits for the exit (killing the process after `timeout`), then returns its status, the

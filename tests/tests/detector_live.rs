@@ -40,7 +40,7 @@ fn read_until(det: &Spawned, lines: &mut Vec<String>, n: usize) -> Result<()> {
 
 /// SIGTERM, then: exit code 0, no panic, no error, and every message line.
 fn stop_cleanly(det: Spawned, mut lines: Vec<String>) -> Result<(Vec<FrameMessage>, String)> {
-    det.sigterm();
+    det.signal("TERM");
     let (status, rest, stderr) = det.finish(Duration::from_secs(60))?;
     lines.extend(rest);
     ensure!(status.code() == Some(0), "exit {status}; stderr:\n{stderr}");
@@ -62,7 +62,7 @@ fn rtsp_stream_survives_a_server_restart() -> Result<()> {
     let port = free_port()?;
     let server = start_rtsp_server(&mp4, port)?;
     let url = format!("rtsp://127.0.0.1:{port}/stream");
-    let det = detector(&url, &["--camera-id", "door", "--stall-timeout-s", "5"])?;
+    let det = detector(&url, &["--camera-id", "door"])?;
 
     let mut lines = Vec::new();
     read_until(&det, &mut lines, 10)?;
@@ -76,20 +76,48 @@ fn rtsp_stream_survives_a_server_restart() -> Result<()> {
     let (msgs, stderr) = stop_cleanly(det, lines)?;
 
     assert!(msgs.iter().all(|m| m.camera_id == "door" && (m.frame_width, m.frame_height) == (768, 576)));
+    assert_resumed(&msgs, &stderr);
+    Ok(())
+}
+
+/// Frames from before and after a reopen were published: the new session plays the file from its
+/// start, so pts go back while frame_seq keeps increasing. Each reopen attempt was one WARN line
+/// with its number and delay, and all of them are counted in the summary.
+fn assert_resumed(msgs: &[FrameMessage], stderr: &str) {
     let seqs: Vec<u64> = msgs.iter().map(|m| m.frame_seq).collect();
     assert!(strictly_increasing(&seqs), "frame_seq must keep increasing across the outage: {seqs:?}");
-    // The restarted server plays the file from its start: pts go back, frame_seq does not. Frames
-    // from both sessions were published.
     let restart = msgs.windows(2).position(|w| w[1].pts_ms < w[0].pts_ms);
     let restart = restart.unwrap_or_else(|| panic!("no pts restart in {:?}", msgs.iter().map(|m| m.pts_ms).collect::<Vec<_>>()));
     assert!(msgs.len() - (restart + 1) >= 5, "few frames after the restart: {}", msgs.len() - (restart + 1));
-    // Each attempt: one WARN line with its number and delay, counted in the summary.
     let attempts: Vec<&str> = stderr.lines().filter(|l| l.contains(LOST)).collect();
-    assert!(attempts.len() >= 2, "{stderr}");
+    assert!(!attempts.is_empty(), "{stderr}");
+    // One outage: its attempts are numbered 1, 2, 3, ...
     for (i, line) in attempts.iter().enumerate() {
         assert!(line.contains(" WARN ") && line.contains(&format!("attempt={} ", i + 1)) && line.contains("delay_ms="), "{line}");
     }
-    assert_eq!(log_field(&stderr, FINISHED, "reconnects"), Some(attempts.len() as u64), "{stderr}");
+    assert_eq!(log_field(stderr, FINISHED, "reconnects"), Some(attempts.len() as u64), "{stderr}");
+}
+
+#[test]
+fn a_stalled_stream_is_reopened_after_the_read_timeout() -> Result<()> {
+    let dir = TempDir::new("live")?;
+    let mp4 = dir.join("vtest.mp4");
+    h264_mp4(&sample("vtest.avi"), &mp4, None)?;
+    let port = free_port()?;
+    let server = start_rtsp_server(&mp4, port)?;
+    let det = detector(&format!("rtsp://127.0.0.1:{port}/stream"), &["--read-timeout-s", "2"])?;
+    let mut lines = Vec::new();
+    read_until(&det, &mut lines, 10)?;
+    // SIGSTOP: the connection stays up, but nothing comes any more.
+    server.signal("STOP");
+    let stalled = det.wait_stderr("the stall", Duration::from_secs(60), |e| e.contains("reason=no frame"));
+    server.signal("CONT");
+    stalled?;
+    det.wait_stderr("the reopened stream", Duration::from_secs(120), |e| e.contains("live source reopened"))?;
+    let reopened_at = lines.len();
+    read_until(&det, &mut lines, reopened_at + 10)?;
+    let (msgs, stderr) = stop_cleanly(det, lines)?;
+    assert_resumed(&msgs, &stderr);
     Ok(())
 }
 
