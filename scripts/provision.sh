@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline needs on a fresh Debian 12 machine, from package registries only.
 # Idempotent: each step checks what is already there. Run as root (or with passwordless sudo).
-#   1. Debian packages: OpenCV (dev), clang/libclang, cmake, ffmpeg, GStreamer plugins, PostgreSQL
+#   1. Debian packages: OpenCV (dev), clang/libclang, cmake, ffmpeg, GStreamer plugins and RTSP server,
+#      PostgreSQL
 #   2. ONNX Runtime's shared library, taken from the PyPI wheel, into $ORT_LIB_DIR
 #   3. Apache Kafka's broker jars from Maven Central, into the cache
 #   4. The sample media (Debian opencv-doc), checked by sha256, into samples/
@@ -17,6 +18,8 @@ APT_PACKAGES=(
   # with curl off, so the header must exist.
   libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libcurl4-openssl-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
+  # The RTSP server the live-source tests run (scripts/rtsp_server.py, on Debian's /usr/bin/python3).
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
   postgresql postgresql-client
   unzip ca-certificates
 )

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::error::DetectorError;
+use crate::source::{RtspTransport, SourceKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputKind {
@@ -22,6 +23,34 @@ pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0).
     #[arg(long, env = "DETECTOR_SOURCE")]
     pub source: String,
+
+    /// Video files: start again at the end, forever; frame_seq and pts_ms keep growing.
+    #[arg(long = "loop", env = "DETECTOR_LOOP")]
+    pub looped: bool,
+
+    /// Video files: release frames at the file's own rate, as a camera would, and drop frames
+    /// that inference cannot keep up with (the live policy) instead of waiting for it.
+    #[arg(long, env = "DETECTOR_REALTIME")]
+    pub realtime: bool,
+
+    /// At most this many frames a second go to inference; capture skips the others (0: no cap).
+    /// Files are paced by their pts, live sources by arrival time.
+    #[arg(long, env = "DETECTOR_MAX_FPS", default_value_t = 0.0)]
+    pub max_fps: f64,
+
+    /// How rtsp:// streams are carried.
+    #[arg(long, env = "DETECTOR_RTSP_TRANSPORT", value_enum, default_value_t = RtspTransport::Tcp)]
+    pub rtsp_transport: RtspTransport,
+
+    /// Live streams (FFmpeg; not V4L2 devices): seconds opening may take. It includes FFmpeg's
+    /// probe of the stream (up to 5 s of it), so keep it well above that.
+    #[arg(long, env = "DETECTOR_OPEN_TIMEOUT", default_value_t = 20)]
+    pub open_timeout_s: u64,
+
+    /// Live streams (FFmpeg; not V4L2 devices): seconds without a frame before the stream counts
+    /// as stalled and is reopened.
+    #[arg(long, env = "DETECTOR_READ_TIMEOUT", default_value_t = 10)]
+    pub read_timeout_s: u64,
 
     /// Camera id: the Kafka message key and the `camera_id` of every row.
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
@@ -83,6 +112,18 @@ impl Config {
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
         }
+        if !(self.max_fps.is_finite() && self.max_fps >= 0.0) {
+            return Err(DetectorError::Config(format!("--max-fps must be 0 (no cap) or more, got {}", self.max_fps)));
+        }
+        if self.open_timeout_s == 0 || self.read_timeout_s == 0 {
+            return Err(DetectorError::Config("--open-timeout-s and --read-timeout-s must be at least 1".into()));
+        }
+        if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
+            return Err(DetectorError::Config(
+                "--loop and --realtime apply to video files only (a live source is real time already, and is reopened when it ends)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -105,5 +146,25 @@ mod tests {
         assert!(c.validate().is_ok());
         c.conf = 1.5;
         assert!(c.validate().unwrap_err().to_string().contains("--conf"));
+    }
+
+    #[test]
+    fn max_fps_must_be_a_rate() {
+        for bad in ["-1", "NaN", "inf"] {
+            let c = Config::parse_from(["detector", "--source", "x.mp4", &format!("--max-fps={bad}")]);
+            assert!(c.validate().unwrap_err().to_string().contains("--max-fps"), "{bad}");
+        }
+        let c = Config::parse_from(["detector", "--source", "rtsp://cam/1", "--max-fps", "2.5"]);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn loop_and_realtime_are_for_files() {
+        let ok = Config::parse_from(["detector", "--source", "x.mp4", "--loop", "--realtime"]);
+        assert!(ok.validate().is_ok());
+        for (source, flag) in [("rtsp://cam/1", "--loop"), ("/dev/video0", "--realtime"), ("a.png", "--loop")] {
+            let c = Config::parse_from(["detector", "--source", source, flag]);
+            assert!(c.validate().unwrap_err().to_string().contains("video files only"), "{source} {flag}");
+        }
     }
 }

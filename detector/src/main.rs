@@ -4,9 +4,11 @@ mod config;
 mod decode;
 mod error;
 mod infer;
+mod pacing;
 mod pipeline;
 mod preprocess;
 mod publish;
+mod reconnect;
 mod source;
 
 use std::io::IsTerminal;
@@ -18,6 +20,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cfg = config::Config::parse();
+    // Here, while this is the only thread: it sets an environment variable.
+    source::select_rtsp_transport(&cfg.source, cfg.rtsp_transport);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -37,7 +41,9 @@ fn main() -> ExitCode {
         Ok(s) => {
             tracing::info!(
                 frames = s.frames_read,
+                skipped = s.frames_skipped,
                 dropped = s.frames_dropped,
+                reconnects = s.reconnects,
                 messages = s.messages,
                 seconds = format!("{:.1}", s.elapsed.as_secs_f64()),
                 fps = format!("{:.1}", s.messages as f64 / s.elapsed.as_secs_f64()),

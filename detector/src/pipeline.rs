@@ -2,8 +2,9 @@
 //! bounded channel -> decode + publish (the calling thread).
 //!
 //! Files lose nothing: a full channel blocks capture (backpressure all the way to the broker).
-//! Live sources stay real time: a full channel drops its oldest frame, so inference always gets
-//! the newest one and latency cannot drift.
+//! Live sources, and files played with `--realtime`, stay real time: a full channel drops its
+//! oldest frame, so inference always gets the newest one and latency cannot drift. `--max-fps`
+//! skips frames in capture, before they cost a letterbox or a place in the channel.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,9 +16,11 @@ use crate::config::Config;
 use crate::decode::Decoder;
 use crate::error::DetectorError;
 use crate::infer::{Model, RawOutput};
+use crate::pacing::{sleep_until, MaxFps, Realtime};
 use crate::preprocess::{letterbox, Letterbox};
 use crate::publish::Output;
-use crate::source::{Source, SourceKind};
+use crate::reconnect::{next_live_frame, Backoff};
+use crate::source::{Source, SourceKind, SourceOptions};
 
 /// What capture hands inference: a letterboxed frame and what the message needs to say about it.
 struct Prepared {
@@ -40,34 +43,57 @@ struct Inferred {
 
 #[derive(Default)]
 struct Counters {
+    /// Decoded, whatever became of them.
     read: AtomicU64,
+    /// Left out by --max-fps.
+    skipped: AtomicU64,
+    /// Pushed out of the full channel by a newer frame (real-time policy).
     dropped: AtomicU64,
     inferred: AtomicU64,
+    /// Attempts to reopen a live source.
+    reconnects: AtomicU64,
 }
 
 #[derive(Debug)]
 pub struct Summary {
     pub frames_read: u64,
+    pub frames_skipped: u64,
     pub frames_dropped: u64,
+    pub reconnects: u64,
     pub messages: u64,
     pub elapsed: Duration,
 }
 
+/// What capture does with the frames it reads before handing them on.
+struct CapturePolicy {
+    /// Release each frame at its pts (a file with --realtime).
+    paced: bool,
+    max_fps: f64,
+}
+
 pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     // Open everything before starting a thread, so a bad input fails at once and clearly.
-    let source = Source::open(&cfg.source)?;
+    let opts = SourceOptions {
+        looped: cfg.looped,
+        open_timeout: Duration::from_secs(cfg.open_timeout_s),
+        read_timeout: Duration::from_secs(cfg.read_timeout_s),
+    };
+    let source = Source::open(&cfg.source, opts)?;
     let model = Model::load(&cfg.model, cfg.intra_threads())?;
     let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.conf, cfg.iou)?;
     let output = Output::open(cfg)?;
     tracing::info!(
-        source = %cfg.source, kind = ?source.kind, model = %model.info.name, sha256 = %model.info.sha256,
+        source = %cfg.source, kind = ?source.kind, realtime = cfg.realtime, looped = cfg.looped,
+        max_fps = cfg.max_fps, model = %model.info.name, sha256 = %model.info.sha256,
         input = %format!("{}x{}", model.input_w, model.input_h), layout = ?model.layout,
         threads = cfg.intra_threads(), "detector started"
     );
 
-    let live = source.kind == SourceKind::Live;
-    // Live: room for exactly the newest frame. Files: a little slack so capture overlaps inference.
-    let (frame_tx, frame_rx) = bounded::<Prepared>(if live { 1 } else { 4 });
+    let real_time = source.kind == SourceKind::Live || cfg.realtime;
+    let policy = CapturePolicy { paced: cfg.realtime, max_fps: cfg.max_fps };
+    // Real time: room for exactly the newest frame. Files: a little slack so capture overlaps
+    // inference.
+    let (frame_tx, frame_rx) = bounded::<Prepared>(if real_time { 1 } else { 4 });
     let (done_tx, done_rx) = bounded::<Inferred>(4);
     // Input buffers go back to capture for re-use: each is 3 x 640 x 640 floats.
     let (spare_tx, spare_rx) = bounded::<Vec<f32>>(8);
@@ -78,13 +104,13 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     let (input_w, input_h) = (model.input_w, model.input_h);
 
     let (publish_result, capture_result, infer_result) = std::thread::scope(|s| {
-        let drop_rx = live.then(|| frame_rx.clone());
+        let drop_rx = real_time.then(|| frame_rx.clone());
         let counters = &counters;
         let abort = &abort;
         let capture = std::thread::Builder::new()
             .name("capture".into())
             .spawn_scoped(s, move || {
-                let r = capture_loop(source, (input_w, input_h), frame_tx, drop_rx, spare_rx, stop, abort, counters);
+                let r = capture_loop(source, &policy, (input_w, input_h), frame_tx, drop_rx, spare_rx, stop, abort, counters);
                 if r.is_err() {
                     abort.store(true, Ordering::Relaxed);
                 }
@@ -113,7 +139,9 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     let messages = publish_result?;
     Ok(Summary {
         frames_read: counters.read.load(Ordering::Relaxed),
+        frames_skipped: counters.skipped.load(Ordering::Relaxed),
         frames_dropped: counters.dropped.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
         messages,
         elapsed: started.elapsed(),
     })
@@ -122,6 +150,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
 #[allow(clippy::too_many_arguments)]
 fn capture_loop(
     mut source: Source,
+    policy: &CapturePolicy,
     (input_w, input_h): (u32, u32),
     tx: Sender<Prepared>,
     drop_rx: Option<Receiver<Prepared>>,
@@ -131,14 +160,38 @@ fn capture_loop(
     counters: &Counters,
 ) -> Result<(), DetectorError> {
     let tensor_len = 3 * input_w as usize * input_h as usize;
-    while !stop.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed) {
-        let Some(frame) = source.next_frame()? else {
-            if frame_count(counters) == 0 {
+    let live = source.kind == SourceKind::Live;
+    let halted = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
+    let mut backoff = Backoff::default();
+    let mut max_fps = MaxFps::new(policy.max_fps);
+    let mut realtime = Realtime::default();
+    let started = Instant::now();
+    while !halted() {
+        let next = if live {
+            next_live_frame(&mut source, &mut backoff, &counters.reconnects, &halted)?
+        } else {
+            source.next_frame()?
+        };
+        let Some(mut frame) = next else {
+            if !live && counters.read.load(Ordering::Relaxed) == 0 {
                 return Err(DetectorError::source(&source.uri, crate::error::Blame::User, "no decodable frames"));
             }
             break;
         };
         counters.read.fetch_add(1, Ordering::Relaxed);
+        // A live stream's pts restart when it is reopened; its arrival time does not.
+        let t_ms = if live { started.elapsed().as_secs_f64() * 1000.0 } else { frame.pts_ms as f64 };
+        if !max_fps.admit(t_ms) {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if policy.paced {
+            if !sleep_until(realtime.due(frame.pts_ms, Instant::now()), &halted) {
+                break;
+            }
+            // Like a camera's frame, it is captured when it is released.
+            frame.captured_at = chrono::Utc::now();
+        }
         let mut input = spare_rx.try_recv().unwrap_or_else(|_| vec![0.0; tensor_len]);
         let lb = letterbox(&frame.image, input_w, input_h, &mut input)?;
         let meta = FrameMeta { seq: frame.seq, pts_ms: frame.pts_ms, captured_at: frame.captured_at };
@@ -150,7 +203,7 @@ fn capture_loop(
                     break;
                 }
             }
-            // Live: never wait; make room by dropping the oldest queued frame.
+            // Real time: never wait; make room by dropping the oldest queued frame.
             Some(drop_rx) => loop {
                 match tx.try_send(item) {
                     Ok(()) => break,
@@ -166,10 +219,6 @@ fn capture_loop(
         }
     }
     Ok(())
-}
-
-fn frame_count(counters: &Counters) -> u64 {
-    counters.read.load(Ordering::Relaxed)
 }
 
 fn infer_loop(
@@ -221,7 +270,9 @@ fn publish_loop(
             tracing::info!(
                 frames = published,
                 fps = format!("{:.1}", published as f64 / started.elapsed().as_secs_f64()),
+                skipped = counters.skipped.load(Ordering::Relaxed),
                 dropped = counters.dropped.load(Ordering::Relaxed),
+                reconnects = counters.reconnects.load(Ordering::Relaxed),
                 "progress"
             );
         }

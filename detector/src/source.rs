@@ -1,9 +1,11 @@
 //! Frame sources through OpenCV: video files, still images, and live streams and devices.
 
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use opencv::core::Mat;
+use clap::ValueEnum;
+use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 use opencv::{imgcodecs, videoio};
 
@@ -38,11 +40,22 @@ impl SourceKind {
 
 /// One decoded frame, BGR.
 pub struct Frame {
-    /// 0-based decode order.
+    /// 0-based decode order; it keeps counting across a reopened live source and a looped file.
     pub seq: u64,
     pub pts_ms: i64,
     pub captured_at: DateTime<Utc>,
     pub image: Mat,
+}
+
+/// How to open and read a source, beyond its URI.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceOptions {
+    /// Files: start again at the end (`--loop`).
+    pub looped: bool,
+    /// Live streams through FFmpeg: the longest an open, and a read, may take before it counts
+    /// as failed, so that a stalled stream is noticed and reopened.
+    pub open_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 enum Reader {
@@ -53,17 +66,53 @@ enum Reader {
 pub struct Source {
     pub uri: String,
     pub kind: SourceKind,
-    reader: Reader,
+    opts: SourceOptions,
+    /// None while a live source is away.
+    reader: Option<Reader>,
     next_seq: u64,
+    /// Added to the decoder's pts, so that a looped file's pts keep growing from pass to pass.
+    pts_offset_ms: i64,
+    /// The last pts handed out and the stream's frame period: where the next pass starts.
+    last_pts_ms: i64,
+    frame_ms: i64,
 }
 
 impl Source {
-    pub fn open(uri: &str) -> Result<Self, DetectorError> {
+    /// Opens a file or an image, failing at once when it is unreadable. A live source that cannot
+    /// be opened now is returned unopened, with a warning: cameras come up later, and
+    /// `reconnect::next_live_frame` keeps trying.
+    pub fn open(uri: &str, opts: SourceOptions) -> Result<Self, DetectorError> {
         let kind = SourceKind::of(uri);
         if kind != SourceKind::Live && !Path::new(uri).is_file() {
             return Err(DetectorError::source(uri, Blame::User, "no such file"));
         }
-        let reader = match kind {
+        let mut source = Source {
+            uri: uri.to_string(),
+            kind,
+            opts,
+            reader: None,
+            next_seq: 0,
+            pts_offset_ms: 0,
+            last_pts_ms: 0,
+            frame_ms: 0,
+        };
+        match source.connect() {
+            Ok(()) => {}
+            Err(e) if kind == SourceKind::Live => tracing::warn!(
+                error = %e,
+                "live source not reachable at start; retrying until it comes up (SIGINT/SIGTERM to stop)"
+            ),
+            Err(e) => return Err(e),
+        }
+        Ok(source)
+    }
+
+    /// (Re)opens the reader.
+    pub fn connect(&mut self) -> Result<(), DetectorError> {
+        self.reader = None;
+        let uri = self.uri.as_str();
+        let live = self.kind == SourceKind::Live;
+        let reader = match self.kind {
             SourceKind::Image => {
                 let img = imgcodecs::imread(uri, imgcodecs::IMREAD_COLOR)
                     .map_err(|e| DetectorError::source(uri, Blame::User, e))?;
@@ -73,51 +122,127 @@ impl Source {
                 Reader::Image(Some(img))
             }
             SourceKind::File | SourceKind::Live => {
-                let api = if uri.starts_with("/dev/video") { videoio::CAP_V4L2 } else { videoio::CAP_FFMPEG };
-                let blame = if kind == SourceKind::Live { Blame::External } else { Blame::User };
-                let cap = videoio::VideoCapture::from_file(uri, api)
-                    .map_err(|e| DetectorError::source(uri, blame, e))?;
+                let blame = if live { Blame::External } else { Blame::User };
+                let cap = if uri.starts_with("/dev/video") {
+                    videoio::VideoCapture::from_file(uri, videoio::CAP_V4L2)
+                } else if live {
+                    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+                    let params = Vector::from_slice(&[
+                        videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
+                        ms(self.opts.open_timeout),
+                        videoio::CAP_PROP_READ_TIMEOUT_MSEC,
+                        ms(self.opts.read_timeout),
+                    ]);
+                    videoio::VideoCapture::from_file_with_params(uri, videoio::CAP_FFMPEG, &params)
+                } else {
+                    videoio::VideoCapture::from_file(uri, videoio::CAP_FFMPEG)
+                }
+                .map_err(|e| DetectorError::source(uri, blame, e))?;
                 if !cap.is_opened().unwrap_or(false) {
-                    let why = if kind == SourceKind::Live {
+                    let why = if live {
                         "cannot connect to the stream or device"
                     } else {
                         "OpenCV cannot decode it (corrupt, or not a supported video format)"
                     };
                     return Err(DetectorError::source(uri, blame, why));
                 }
+                let fps = cap.get(videoio::CAP_PROP_FPS).unwrap_or(0.0);
+                // Unknown rate: the next pass of a loop starts 1 ms after the last frame.
+                self.frame_ms = if fps > 0.0 { (1000.0 / fps).round() as i64 } else { 1 };
+                if live {
+                    tracing::info!(uri, fps, "live source open");
+                }
                 Reader::Video(cap)
             }
         };
-        Ok(Source { uri: uri.to_string(), kind, reader, next_seq: 0 })
+        self.reader = Some(reader);
+        Ok(())
     }
 
-    /// The next frame, or `None` at the end of the source.
+    pub fn is_open(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// The next frame, or `None` at the end of a file or image, or when a live source has no
+    /// frame to give (ended, stalled past the read timeout, or not open; it is closed then).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DetectorError> {
-        let (image, pts_ms) = match &mut self.reader {
-            Reader::Image(img) => match img.take() {
-                Some(img) => (img, 0),
-                None => return Ok(None),
-            },
-            Reader::Video(cap) => {
-                let mut mat = Mat::default();
-                let blame = if self.kind == SourceKind::Live { Blame::External } else { Blame::User };
-                let ok = cap.read(&mut mat).map_err(|e| DetectorError::source(&self.uri, blame, e))?;
-                if !ok || mat.empty() {
-                    return Ok(None);
-                }
-                let pts = cap.get(videoio::CAP_PROP_POS_MSEC).unwrap_or(0.0);
-                (mat, pts.round() as i64)
+        let (image, pts_ms) = match self.read()? {
+            Some(read) => read,
+            None if self.opts.looped && self.kind == SourceKind::File && self.next_seq > 0 => {
+                self.connect()?;
+                self.pts_offset_ms = self.last_pts_ms + self.frame_ms;
+                tracing::info!(frames_so_far = self.next_seq, "end of file; starting it again (--loop)");
+                // A file that yields nothing on a later pass ends the loop rather than spinning.
+                let Some(read) = self.read()? else { return Ok(None) };
+                read
             }
+            None => return Ok(None),
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.last_pts_ms = pts_ms;
         Ok(Some(Frame { seq, pts_ms, captured_at: Utc::now(), image }))
     }
+
+    /// One image and its pts (with the loop offset) from the open reader.
+    fn read(&mut self) -> Result<Option<(Mat, i64)>, DetectorError> {
+        let live = self.kind == SourceKind::Live;
+        match &mut self.reader {
+            None => Ok(None),
+            Some(Reader::Image(img)) => Ok(img.take().map(|img| (img, 0))),
+            Some(Reader::Video(cap)) => {
+                let mut mat = Mat::default();
+                let blame = if live { Blame::External } else { Blame::User };
+                let ok = cap.read(&mut mat).map_err(|e| DetectorError::source(&self.uri, blame, e))?;
+                if !ok || mat.empty() {
+                    if live {
+                        self.reader = None;
+                    }
+                    return Ok(None);
+                }
+                let pts = cap.get(videoio::CAP_PROP_POS_MSEC).unwrap_or(0.0);
+                Ok(Some((mat, self.pts_offset_ms + pts.round() as i64)))
+            }
+        }
+    }
+}
+
+/// FFmpeg's transport for RTSP streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RtspTransport {
+    /// Interleaved in the RTSP connection: passes firewalls and NAT, loses nothing.
+    Tcp,
+    /// RTP over UDP: less latency, but packets (so parts of frames) can be lost.
+    Udp,
+}
+
+/// Chooses FFmpeg's RTSP transport for `uri`. OpenCV's FFmpeg backend reads its options from
+/// OPENCV_FFMPEG_CAPTURE_OPTIONS at every open; call this before any thread starts, as changing
+/// the environment is not thread-safe. Options the user set there are kept; the flag wins.
+pub fn select_rtsp_transport(uri: &str, transport: RtspTransport) {
+    const VAR: &str = "OPENCV_FFMPEG_CAPTURE_OPTIONS";
+    let lower = uri.to_ascii_lowercase();
+    if !(lower.starts_with("rtsp://") || lower.starts_with("rtsps://")) {
+        return;
+    }
+    let transport = match transport {
+        RtspTransport::Tcp => "tcp",
+        RtspTransport::Udp => "udp",
+    };
+    // FFmpeg parses "key;value|key;value" in order, so a later key overrides an earlier one.
+    let options = match std::env::var(VAR) {
+        Ok(user) if !user.is_empty() => format!("{user}|rtsp_transport;{transport}"),
+        _ => format!("rtsp_transport;{transport}"),
+    };
+    std::env::set_var(VAR, options);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OPTS: SourceOptions =
+        SourceOptions { looped: false, open_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) };
 
     #[test]
     fn kinds_from_uri() {
@@ -130,7 +255,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_the_users_error() {
-        let err = Source::open("/nonexistent/video.mp4").err().unwrap();
+        let err = Source::open("/nonexistent/video.mp4", OPTS).err().unwrap();
         assert_eq!(err.blame(), Blame::User);
         assert!(err.to_string().contains("no such file"), "{err}");
     }
@@ -139,8 +264,48 @@ mod tests {
     fn a_file_that_is_not_video_is_refused() {
         let path = std::env::temp_dir().join(format!("not-a-video-{}.mp4", std::process::id()));
         std::fs::write(&path, b"this is not a video").unwrap();
-        let err = Source::open(path.to_str().unwrap()).err().unwrap();
+        let err = Source::open(path.to_str().unwrap(), OPTS).err().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(err.to_string().contains("cannot decode"), "{err}");
+    }
+
+    #[test]
+    fn an_unreachable_camera_is_opened_later_not_refused() {
+        // Port 9 (discard) on loopback: nothing listens there.
+        let mut src = Source::open("rtsp://127.0.0.1:9/none", OPTS).expect("a live source waits for its camera");
+        assert!(src.next_frame().unwrap().is_none());
+        let err = src.connect().unwrap_err();
+        assert_eq!(err.blame(), Blame::External);
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    /// A 3-frame, 10 fps video written with OpenCV into a temp file.
+    fn three_frame_video() -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("three-frames-{}.avi", std::process::id()));
+        let fourcc = videoio::VideoWriter::fourcc('M', 'J', 'P', 'G').unwrap();
+        let size = opencv::core::Size::new(64, 48);
+        let mut w = videoio::VideoWriter::new(path.to_str().unwrap(), fourcc, 10.0, size, true).unwrap();
+        assert!(w.is_opened().unwrap());
+        for i in 0..3 {
+            let grey = opencv::core::Scalar::all(f64::from(i * 80));
+            w.write(&Mat::new_size_with_default(size, opencv::core::CV_8UC3, grey).unwrap()).unwrap();
+        }
+        w.release().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_looped_file_keeps_counting_and_its_pts_keep_growing() {
+        let path = three_frame_video();
+        let read_all = |looped: bool, n: usize| {
+            let mut src = Source::open(path.to_str().unwrap(), SourceOptions { looped, ..OPTS }).unwrap();
+            (0..n).map_while(|_| src.next_frame().unwrap()).map(|f| (f.seq, f.pts_ms)).collect::<Vec<_>>()
+        };
+        let once = read_all(false, 10);
+        let looped = read_all(true, 8);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(once, [(0, 0), (1, 100), (2, 200)]);
+        // The second pass starts one frame period after the last frame of the first.
+        assert_eq!(looped, [(0, 0), (1, 100), (2, 200), (3, 300), (4, 400), (5, 500), (6, 600), (7, 700)]);
     }
 }

@@ -1,12 +1,17 @@
-//! Helpers for the end-to-end tests: where the binaries and services are, and throw-away topics
-//! and databases so tests never see each other's data.
+//! Helpers for the end-to-end tests: where the binaries and services are, throw-away topics and
+//! databases so tests never see each other's data, and for the live-source tests an RTSP server,
+//! test media made with ffmpeg, and child processes that are read while they run.
 //!
 //! The services are the real ones that `scripts/services.sh start` runs; `scripts/test.sh` starts
 //! them and builds the release binaries before `cargo test`. Override with KAFKA_BROKERS,
 //! DATABASE_ADMIN_URL (a URL to the `postgres` database) and PIPELINE_BIN_DIR.
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -236,7 +241,164 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> Result<Output> {
 
 /// Asks a process to stop as an operator would.
 pub fn sigterm(child: &Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    signal(child, "TERM");
+}
+
+/// Sends the signal `name` (TERM, STOP, CONT, ...) to a process.
+pub fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+}
+
+/// A running child process whose stdout lines and stderr are read by threads, so neither pipe can
+/// fill up and block it. Killed when dropped: a failing test leaves nothing running.
+pub struct Spawned {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Spawned {
+    pub fn start(cmd: &mut Command) -> Result<Self> {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let (tx, lines) = mpsc::channel();
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(std::result::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (sink, mut err) = (Arc::clone(&stderr), BufReader::new(child.stderr.take().expect("piped stderr")));
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(err.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Ok(Spawned { child, lines, stderr })
+    }
+
+    /// The next line of stdout; `None` once stdout is closed; an error after `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Result<Option<String>> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(Some(line)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => bail!("no stdout line within {timeout:?}; stderr:\n{}", self.stderr()),
+        }
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr so far satisfies `ready`; an error naming `what` after `timeout`.
+    pub fn wait_stderr(&self, what: &str, timeout: Duration, ready: impl Fn(&str) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !ready(&self.stderr()) {
+            if Instant::now() > deadline {
+                bail!("waited {timeout:?} for {what}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn signal(&self, name: &str) {
+        signal(&self.child, name);
+    }
+
+    /// Waits for the exit (killing the process after `timeout`), then returns its status, the
+    /// stdout lines not read yet, and all of stderr.
+    pub fn finish(mut self, timeout: Duration) -> Result<(ExitStatus, Vec<String>, String)> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("still running {timeout:?} after being asked to stop; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line(Duration::from_secs(10))? {
+            rest.push(line);
+        }
+        // The reader thread may still be appending the last of stderr.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok((status, rest, self.stderr()))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A folder of its own under the system temp folder, removed with the value.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Re-encodes `src` (its first `seconds`, if given) as H.264 in an .mp4, a key frame every 10 frames.
+pub fn h264_mp4(src: &Path, dst: &Path, seconds: Option<u32>) -> Result<()> {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-i"]).arg(src);
+    if let Some(s) = seconds {
+        cmd.args(["-t", &s.to_string()]);
+    }
+    cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p", "-an"]).arg(dst);
+    let out = run(&mut cmd, Duration::from_secs(120))?;
+    if !out.status.success() {
+        bail!("ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `scripts/rtsp_server.py` serving `file` at rtsp://127.0.0.1:`port`/stream, once it listens.
+pub fn start_rtsp_server(file: &Path, port: u16) -> Result<Spawned> {
+    // Debian's Python: the one the python3-gi packages belong to.
+    let server = Spawned::start(
+        Command::new("/usr/bin/python3").arg(repo_root().join("scripts/rtsp_server.py")).arg(file).arg(port.to_string()),
+    )?;
+    match server.next_line(Duration::from_secs(30))? {
+        Some(line) if line.starts_with("ready ") => Ok(server),
+        other => bail!("RTSP server did not start ({other:?}); stderr:\n{}", server.stderr()),
+    }
+}
+
+/// The number in `key=N` on the last stderr line that contains `marker` (tracing's field format).
+pub fn log_field(stderr: &str, marker: &str, key: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.contains(marker))?;
+    let prefix = format!("{key}=");
+    line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).and_then(|v| v.trim_matches('"').parse().ok())
 }
 
 /// `sink migrate` against a database.

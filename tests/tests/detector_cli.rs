@@ -90,3 +90,10 @@ fn bad_flag_value() -> Result<()> {
     assert_clean_failure(&out, 2, "--conf must be within 0 and 1");
     Ok(())
 }
+
+#[test]
+fn loop_on_a_live_source_is_refused() -> Result<()> {
+    let out = detector(&["--source", "rtsp://127.0.0.1:9/stream", "--loop", "--output", "stdout"])?;
+    assert_clean_failure(&out, 2, "--loop and --realtime apply to video files only");
+    Ok(())
+}
