@@ -1,10 +1,15 @@
 //! The sink's loop: consume -> validate -> batch -> write (one transaction) -> commit offsets.
+//!
+//! The write stage runs as its own task with at most one batch in flight: while the database
+//! writes one batch, the next is consumed, validated and encoded, and Kafka commits stay in order.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::batch::Batch;
 use crate::commit::commit;
@@ -12,7 +17,7 @@ use crate::config::RunArgs;
 use crate::consume::{self, Consumed, GroupConsumer};
 use crate::error::SinkError;
 use crate::validate::{self, DeadLetters};
-use crate::write::write_batch;
+use crate::write::{write_batch, Encoded, WriteMode, Written};
 
 /// Exponential backoff from 100 ms, doubling to 10 s.
 struct Backoff(Duration);
@@ -32,6 +37,64 @@ impl Backoff {
     }
 }
 
+/// A batch the writer has made durable.
+struct Done {
+    next_offsets: BTreeMap<i32, i64>,
+    frames: usize,
+    rows: usize,
+    written: Written,
+    took: Duration,
+}
+
+/// The write stage. Retries a batch while the database is away, saying so on the returned watch
+/// (so the consumer can pause), and stops retrying once shutdown is asked.
+fn spawn_writer(
+    pool: PgPool,
+    mode: WriteMode,
+    group: String,
+    topic: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> (mpsc::Sender<Encoded>, mpsc::Receiver<Result<Done, SinkError>>, watch::Receiver<bool>) {
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Encoded>(1);
+    let (done_tx, done_rx) = mpsc::channel(1);
+    let (down_tx, down_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Some(enc) = batch_rx.recv().await {
+            let t = Instant::now();
+            let mut backoff = Backoff::new();
+            let result = loop {
+                match write_batch(&pool, mode, &group, &topic, &enc).await {
+                    Ok(w) => break Ok(w),
+                    Err(e) if e.retryable() && !*shutdown.borrow() => {
+                        down_tx.send_if_modified(|down| !std::mem::replace(down, true));
+                        let delay = backoff.next();
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            down_tx.send_if_modified(|down| std::mem::replace(down, false));
+            let failed = result.is_err();
+            let batch = enc.batch;
+            let done = result.map(|written| Done {
+                frames: batch.frames.len(),
+                rows: batch.rows(),
+                next_offsets: batch.next_offsets,
+                written,
+                took: t.elapsed(),
+            });
+            if done_tx.send(done).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (batch_tx, done_rx, down_rx)
+}
+
 #[derive(Default)]
 struct Totals {
     frames: u64,
@@ -45,23 +108,31 @@ struct Totals {
 
 struct Sink<'a> {
     args: &'a RunArgs,
-    pool: &'a PgPool,
     consumer: GroupConsumer,
     dead_letters: DeadLetters,
     batch: Batch,
     totals: Totals,
     shutdown: watch::Receiver<bool>,
+    to_writer: mpsc::Sender<Encoded>,
+    from_writer: mpsc::Receiver<Result<Done, SinkError>>,
+    in_flight: bool,
+    paused: Option<TopicPartitionList>,
 }
 
 pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+    let (to_writer, from_writer, mut db_down) =
+        spawn_writer(pool.clone(), args.write_mode, args.group_id.clone(), args.topic.clone(), shutdown.clone());
     let mut sink = Sink {
         args,
-        pool,
         consumer: consume::connect(args, pool)?,
         dead_letters: DeadLetters::connect(args)?,
         batch: Batch::default(),
         totals: Totals::default(),
         shutdown,
+        to_writer,
+        from_writer,
+        in_flight: false,
+        paused: None,
     };
     tracing::info!(topic = %args.topic, group = %args.group_id, dlq = %args.dead_letter_topic(), mode = ?args.write_mode, "sink started");
     let started = Instant::now();
@@ -69,20 +140,36 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
     let mut next_report = Instant::now() + report_every;
     let batch_age = Duration::from_millis(args.batch_ms);
     let mut backoff = Backoff::new();
+    let mut revoked = false;
 
     loop {
         let deadline = sink.batch.deadline(batch_age);
+        let full = sink.batch.rows() >= args.batch_rows;
+        let due = full || revoked || deadline.is_some_and(|d| Instant::now() >= d);
+        if due && !sink.batch.is_empty() && !sink.in_flight {
+            sink.send_batch().await;
+            revoked = false;
+            continue;
+        }
+        revoked &= !sink.batch.is_empty();
+        // A full batch waits for the one in flight (backpressure), except while paused: then the
+        // consumer is still polled, so the group keeps this member, and stragglers join the batch.
+        let consume = !(full && sink.in_flight) || sink.paused.is_some();
         tokio::select! {
+            biased;
             _ = sink.shutdown.changed() => break,
-            _ = sleep_until_opt(deadline), if deadline.is_some() => sink.flush().await?,
-            msg = consume::next(&sink.consumer) => match msg {
+            done = sink.from_writer.recv() => sink.on_done(done.expect("the writer outlives the loop")?),
+            Ok(()) = db_down.changed() => {
+                let down = *db_down.borrow_and_update();
+                sink.set_paused(down)?;
+            }
+            _ = sleep_until_opt(deadline), if deadline.is_some() && !sink.in_flight => {}
+            msg = consume::next(&sink.consumer), if consume => match msg {
                 Ok(msg) => {
                     backoff = Backoff::new();
                     sink.handle(msg).await?;
                     // Partitions handed to another sink: write what we hold for them now.
-                    if sink.batch.rows() >= args.batch_rows || sink.consumer.context().take_revoked() {
-                        sink.flush().await?;
-                    }
+                    revoked |= sink.consumer.context().take_revoked();
                 }
                 Err(e) => {
                     let delay = backoff.next();
@@ -97,9 +184,13 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
         }
     }
 
-    // Shutdown: finish the batch, commit synchronously, leave the group.
-    tracing::info!("shutting down: writing the last batch");
-    sink.flush().await?;
+    // Shutdown: finish the batch in flight and the one being gathered, commit, leave the group.
+    tracing::info!("shutting down: writing the last batches");
+    sink.drain().await?;
+    if !sink.batch.is_empty() {
+        sink.send_batch().await;
+        sink.drain().await?;
+    }
     sink.consumer.unsubscribe();
     sink.report(started.elapsed());
     Ok(())
@@ -137,63 +228,54 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Writes the batch in one transaction, then commits its offsets to Kafka. While the database
-    /// is away the partitions are paused (the consumer is still polled, so the group keeps this
-    /// member) and the write is retried with backoff; nothing is committed meanwhile.
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.batch.is_empty() {
-            return Ok(());
+    /// Encodes the batch here, beside the write in flight, and hands it to the writer.
+    async fn send_batch(&mut self) {
+        let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode);
+        self.to_writer.send(enc).await.expect("the writer outlives the loop");
+        self.in_flight = true;
+    }
+
+    /// Waits for the batch in flight, if any.
+    async fn drain(&mut self) -> Result<(), SinkError> {
+        if self.in_flight {
+            let done = self.from_writer.recv().await.expect("the writer outlives the loop")?;
+            self.on_done(done);
         }
-        let t = Instant::now();
-        let mut backoff = Backoff::new();
-        let mut paused = None;
-        let mut held = Vec::new();
-        let written = loop {
-            match write_batch(self.pool, self.args.write_mode, &self.args.group_id, &self.args.topic, &self.batch).await {
-                Ok(w) => break w,
-                Err(e) if e.retryable() && !*self.shutdown.borrow() => {
-                    if paused.is_none() {
-                        let assignment = self.consumer.assignment()?;
-                        self.consumer.pause(&assignment)?;
-                        tracing::warn!(partitions = assignment.count(), "database unavailable: partitions paused");
-                        paused = Some(assignment);
-                    }
-                    let delay = backoff.next();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
-                    let sleep = tokio::time::sleep(delay);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            _ = self.shutdown.changed() => break,
-                            // Fetched before the pause: keep in order, handle after this batch.
-                            Ok(m) = consume::next(&self.consumer) => held.push(m),
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        self.totals.last_commit_ms = t.elapsed().as_secs_f64() * 1e3;
-        self.totals.frames += written.frames;
-        self.totals.detections += written.detections;
-        self.totals.replayed += self.batch.frames.len() as u64 - written.frames;
-        self.totals.redone += u64::from(written.redone);
-        self.totals.batches += 1;
-        // The rows are durable: now Kafka may learn the offsets. A failure here only means a
-        // replay, which the stored offsets and natural keys absorb.
+        Ok(())
+    }
+
+    /// A batch is durable: now Kafka may learn its offsets. A failed commit only means a replay,
+    /// which the stored offsets and natural keys absorb.
+    fn on_done(&mut self, done: Done) {
+        self.in_flight = false;
+        let t = &mut self.totals;
+        t.last_commit_ms = done.took.as_secs_f64() * 1e3;
+        t.frames += done.written.frames;
+        t.detections += done.written.detections;
+        t.replayed += done.frames as u64 - done.written.frames;
+        t.redone += u64::from(done.written.redone);
+        t.batches += 1;
         let mode = if *self.shutdown.borrow() { CommitMode::Sync } else { CommitMode::Async };
-        if let Err(e) = commit(&self.consumer, &self.args.topic, &self.batch.next_offsets, mode) {
+        if let Err(e) = commit(&self.consumer, &self.args.topic, &done.next_offsets, mode) {
             tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
         }
-        tracing::debug!(frames = self.batch.frames.len(), rows = self.batch.rows(), ms = self.totals.last_commit_ms, "batch written");
-        self.batch = Batch::default();
-        if let Some(assignment) = paused {
-            self.consumer.resume(&assignment)?;
-            tracing::info!("database back: partitions resumed");
-        }
-        for m in held {
-            self.handle(m).await?;
+        tracing::debug!(frames = done.frames, rows = done.rows, ms = t.last_commit_ms, "batch written");
+    }
+
+    /// Pauses every assigned partition while the database is away; resumes when it is back.
+    fn set_paused(&mut self, down: bool) -> Result<(), SinkError> {
+        match (down, self.paused.take()) {
+            (true, None) => {
+                let assignment = self.consumer.assignment()?;
+                self.consumer.pause(&assignment)?;
+                tracing::warn!(partitions = assignment.count(), "database unavailable: partitions paused");
+                self.paused = Some(assignment);
+            }
+            (false, Some(assignment)) => {
+                self.consumer.resume(&assignment)?;
+                tracing::info!("database back: partitions resumed");
+            }
+            (_, still) => self.paused = still,
         }
         Ok(())
     }

@@ -36,11 +36,29 @@ const FRAME_COLUMNS: &str = "camera_id, frame_seq, captured_at, pts_ms, frame_wi
                              person_count, model_name, model_sha256, kafka_partition, kafka_offset";
 const DETECTION_COLUMNS: &str = "camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at";
 
-pub async fn write_batch(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, batch: &Batch) -> Result<Written, SinkError> {
-    match write_in_transaction(pool, mode, group, topic, batch).await {
+/// A batch ready for the writer, with its COPY text already made (for the COPY and staging
+/// modes), so that encoding overlaps the previous batch's write instead of adding to it.
+pub struct Encoded {
+    pub batch: Batch,
+    copy_text: Option<(String, String)>,
+}
+
+impl Encoded {
+    pub fn new(batch: Batch, mode: WriteMode) -> Self {
+        let copy_text = (mode != WriteMode::Unnest).then(|| (frames_text(&batch), detections_text(&batch)));
+        Encoded { batch, copy_text }
+    }
+
+    fn copy_text(&self) -> (String, String) {
+        self.copy_text.clone().unwrap_or_else(|| (frames_text(&self.batch), detections_text(&self.batch)))
+    }
+}
+
+pub async fn write_batch(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, enc: &Encoded) -> Result<Written, SinkError> {
+    match write_in_transaction(pool, mode, group, topic, enc).await {
         Err(e) if mode == WriteMode::Copy && is_unique_violation(&e) => {
             tracing::debug!("key conflict in COPY; redoing the batch through staging");
-            let w = write_in_transaction(pool, WriteMode::Staging, group, topic, batch).await?;
+            let w = write_in_transaction(pool, WriteMode::Staging, group, topic, enc).await?;
             Ok(Written { redone: true, ..w })
         }
         other => other,
@@ -51,17 +69,20 @@ fn is_unique_violation(e: &SinkError) -> bool {
     matches!(e, SinkError::Database(db) if db.as_database_error().is_some_and(|d| d.code().as_deref() == Some("23505")))
 }
 
-async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, batch: &Batch) -> Result<Written, SinkError> {
+async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, enc: &Encoded) -> Result<Written, SinkError> {
     let mut tx = pool.begin().await?;
     let (frames, detections) = match mode {
-        WriteMode::Copy => (
-            copy(&mut tx, &format!("COPY frames ({FRAME_COLUMNS}) FROM STDIN"), frames_text(batch)).await?,
-            copy(&mut tx, &format!("COPY detections ({DETECTION_COLUMNS}) FROM STDIN"), detections_text(batch)).await?,
-        ),
-        WriteMode::Staging => stage(&mut tx, batch).await?,
-        WriteMode::Unnest => unnest(&mut tx, batch).await?,
+        WriteMode::Copy => {
+            let (frames, detections) = enc.copy_text();
+            (
+                copy(&mut tx, &format!("COPY frames ({FRAME_COLUMNS}) FROM STDIN"), frames).await?,
+                copy(&mut tx, &format!("COPY detections ({DETECTION_COLUMNS}) FROM STDIN"), detections).await?,
+            )
+        }
+        WriteMode::Staging => stage(&mut tx, enc.copy_text()).await?,
+        WriteMode::Unnest => unnest(&mut tx, &enc.batch).await?,
     };
-    store_offsets(&mut tx, group, topic, batch).await?;
+    store_offsets(&mut tx, group, topic, &enc.batch).await?;
     tx.commit().await?;
     Ok(Written { frames, detections, redone: false })
 }
@@ -75,7 +96,7 @@ async fn copy(conn: &mut PgConnection, statement: &str, data: String) -> Result<
     Ok(copy.finish().await?)
 }
 
-async fn stage(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), SinkError> {
+async fn stage(conn: &mut PgConnection, (frames_text, detections_text): (String, String)) -> Result<(u64, u64), SinkError> {
     // Per-connection temporary tables, emptied at every commit.
     for create in [
         "CREATE TEMP TABLE IF NOT EXISTS frames_stage (LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -83,8 +104,8 @@ async fn stage(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), Sin
     ] {
         sqlx::query(create).execute(&mut *conn).await?;
     }
-    copy(conn, &format!("COPY frames_stage ({FRAME_COLUMNS}) FROM STDIN"), frames_text(batch)).await?;
-    copy(conn, &format!("COPY detections_stage ({DETECTION_COLUMNS}) FROM STDIN"), detections_text(batch)).await?;
+    copy(conn, &format!("COPY frames_stage ({FRAME_COLUMNS}) FROM STDIN"), frames_text).await?;
+    copy(conn, &format!("COPY detections_stage ({DETECTION_COLUMNS}) FROM STDIN"), detections_text).await?;
     let frames = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO frames ({FRAME_COLUMNS}) SELECT {FRAME_COLUMNS} FROM frames_stage ON CONFLICT DO NOTHING"
     )))
