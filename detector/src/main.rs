@@ -1,15 +1,5 @@
 //! detector: video in, person detections out to Kafka. See `detector --help`.
 
-mod config;
-mod decode;
-mod error;
-mod infer;
-mod pacing;
-mod pipeline;
-mod preprocess;
-mod publish;
-mod reconnect;
-mod source;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -17,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
+use detector::{config, pipeline, source};
 
 fn main() -> ExitCode {
     let cfg = config::Config::parse();

@@ -1,0 +1,74 @@
+//! Detector throughput against bare ONNX Runtime, in one run, with the same model and threads:
+//!   cargo bench -p detector --bench throughput [-- VIDEO [MODEL]]
+//! 1. Bare inference: the model alone on letterboxed frames of the video (40 distinct frames,
+//!    cycled), after a warm-up, as many runs as the video has frames.
+//! 2. The detector binary on the whole video with `--output stdout`, from process start to exit
+//!    (so model loading and video opening count against it), messages counted on its stdout.
+//! Last line: `detector_fps=<f> ort_fps=<f> ratio=<f>`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use detector::infer::Model;
+use detector::preprocess::letterbox;
+use detector::source::{Source, SourceOptions};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // cargo bench passes `--bench`; the rest are ours.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let video = args.first().map(PathBuf::from).unwrap_or_else(|| root.join("samples/vtest.avi"));
+    let model_path = args.get(1).map(PathBuf::from).unwrap_or_else(|| root.join("models/yolo11n-pose.onnx"));
+    let threads = std::thread::available_parallelism()?.get();
+
+    // Bare ONNX Runtime on real frames.
+    let mut model = Model::load(&model_path, threads)?;
+    let opts = SourceOptions { looped: false, open_timeout: Duration::from_secs(20), read_timeout: Duration::from_secs(10) };
+    let mut source = Source::open(video.to_str().ok_or("path")?, opts)?;
+    let len = 3 * model.input_w as usize * model.input_h as usize;
+    let mut inputs = Vec::new();
+    let mut frames = 0usize;
+    while let Some(frame) = source.next_frame()? {
+        if inputs.len() < 40 {
+            let mut t = vec![0.0f32; len];
+            letterbox(&frame.image, model.input_w, model.input_h, &mut t)?;
+            inputs.push(t);
+        }
+        frames += 1;
+    }
+    for t in inputs.iter().take(5) {
+        model.run(t)?;
+    }
+    let t = Instant::now();
+    for i in 0..frames {
+        model.run(&inputs[i % inputs.len()])?;
+    }
+    let ort_fps = frames as f64 / t.elapsed().as_secs_f64();
+    println!("video={} frames={frames} model={} threads={threads}", video.display(), model_path.display());
+    println!("ort_runs={frames} ort_s={:.2} ort_fps={ort_fps:.2}", t.elapsed().as_secs_f64());
+    drop(model);
+
+    // The detector, end to end.
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_detector"))
+        .arg("--source")
+        .arg(&video)
+        .arg("--model")
+        .arg(&model_path)
+        .args(["--threads", &threads.to_string(), "--output", "stdout"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let messages = BufReader::new(child.stdout.take().ok_or("stdout")?).lines().count();
+    let status = child.wait()?;
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() || messages != frames {
+        return Err(format!("detector: {status}, {messages} messages for {frames} frames").into());
+    }
+    let detector_fps = messages as f64 / secs;
+    println!("detector_messages={messages} detector_s={secs:.2}");
+    println!("detector_fps={detector_fps:.2} ort_fps={ort_fps:.2} ratio={:.3}", detector_fps / ort_fps);
+    Ok(())
+}

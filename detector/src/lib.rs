@@ -1,0 +1,14 @@
+//! The detector's stages, one module per step of a frame's path: source -> preprocess -> infer ->
+//! decode -> publish, wired into threads by `pipeline`. A library so that the benchmark can drive
+//! the stages; `main.rs` is the command line.
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod infer;
+pub mod pacing;
+pub mod pipeline;
+pub mod preprocess;
+pub mod publish;
+pub mod reconnect;
+pub mod source;
