@@ -431,10 +431,6 @@ impl SinkProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// CPU seconds (user + system) the process has used so far, from /proc.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let pid = self.child.as_ref()?.id();
@@ -494,13 +490,4 @@ pub async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i6
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The last value a sink logged for `key=` in its progress lines.
-pub fn last_logged(log: &str, key: &str) -> Option<u64> {
-    let needle = format!(" {key}=");
-    log.lines().rev().find_map(|l| {
-        let at = l.find(&needle)? + needle.len();
-        l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    })
 }

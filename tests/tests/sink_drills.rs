@@ -53,7 +53,7 @@ async fn two_sinks_share_four_partitions() -> Result<()> {
     assert_eq!(count(&mut conn, "SELECT count(*) FROM detections").await?, detections_in(&data));
     assert_eq!(count(&mut conn, "SELECT count(DISTINCT camera_id) FROM frames").await?, 8);
     // Both members worked: each wrote frames, and together exactly the topic's content.
-    let (fa, fb) = (last_logged(&log_a, "frames").unwrap(), last_logged(&log_b, "frames").unwrap());
+    let (fa, fb) = (log_field(&log_a, "progress", "frames").unwrap(), log_field(&log_b, "progress", "frames").unwrap());
     assert!(fa > 0 && fb > 0, "a wrote {fa}, b wrote {fb}\n--- a:\n{log_a}\n--- b:\n{log_b}");
     assert_eq!(fa + fb, data.len() as u64, "--- a:\n{log_a}\n--- b:\n{log_b}");
     let next: i64 = count(&mut conn, "SELECT sum(next_offset)::bigint FROM sink_offsets").await?;
@@ -94,8 +94,8 @@ async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
     assert_eq!(stored, data.len() as i64, "{log}");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM detections").await?, detections_in(&data));
     // Started at the stored offsets: no message was consumed twice across the crash.
-    assert_eq!(last_logged(&log, "replayed"), Some(0), "{log}");
-    assert_eq!(last_logged(&log, "frames"), Some(data.len() as u64 - at_kill as u64), "{log}");
+    assert_eq!(log_field(&log, "progress", "replayed"), Some(0), "{log}");
+    assert_eq!(log_field(&log, "progress", "frames"), Some(data.len() as u64 - at_kill as u64), "{log}");
     Ok(())
 }
 
