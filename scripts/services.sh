@@ -27,7 +27,12 @@ kafka_cli() { java -cp "$KAFKA_HOME/libs/*" -Dlog4j2.configurationFile="$KAFKA_D
 kafka_start() {
   [ -f "$KAFKA_HOME/.complete" ] || die "Kafka jars missing in $KAFKA_HOME; run scripts/provision.sh"
   if pid_alive "$KAFKA_DIR/pid"; then log "kafka already running (pid $(cat "$KAFKA_DIR/pid"))"; return; fi
-  # A fresh log dir each start: the broker is a test and demo fixture, not a store of record.
+  # `start`: a fresh log dir, since the broker is a test and demo fixture, not a store of record.
+  # `restart`: the same log dir, as a broker that went away and came back.
+  if [ "${KEEP_KAFKA_DATA:-0}" = 1 ] && [ -f "$KAFKA_DIR/data/meta.properties" ]; then
+    kafka_launch
+    return
+  fi
   rm -rf "$KAFKA_DIR"
   mkdir -p "$KAFKA_DIR/data"
   cat > "$KAFKA_DIR/server.properties" <<EOF
@@ -65,6 +70,10 @@ EOF
   local cluster_id
   cluster_id=$(kafka_cli kafka.tools.StorageTool random-uuid)
   kafka_cli kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >/dev/null
+  kafka_launch
+}
+
+kafka_launch() {
   log "kafka: starting on 127.0.0.1:$KAFKA_PORT (log $STATE_DIR/kafka.log)"
   setsid java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
     -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
@@ -143,7 +152,7 @@ names=("$@")
 case "$cmd" in
   start) for n in "${names[@]}"; do case $n in kafka) kafka_start ;; postgres) pg_start ;; *) die "unknown service $n" ;; esac; done ;;
   stop) for n in "${names[@]}"; do case $n in kafka) kafka_stop ;; postgres) pg_stop ;; *) die "unknown service $n" ;; esac; done ;;
-  restart) "$0" stop "${names[@]}"; "$0" start "${names[@]}" ;;
+  restart) "$0" stop "${names[@]}"; KEEP_KAFKA_DATA=1 "$0" start "${names[@]}" ;;
   status) status ;;
   *) echo "usage: $0 start|stop|restart|status [kafka|postgres]..." >&2; exit 2 ;;
 esac

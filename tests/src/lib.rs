@@ -491,3 +491,14 @@ pub async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i6
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Messages in a topic now: the sum of its partitions' high watermarks (from offset 0).
+pub fn topic_size(topic: &str) -> Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut n = 0;
+    for p in md.topics()[0].partitions() {
+        n += consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?.1;
+    }
+    Ok(n)
+}
