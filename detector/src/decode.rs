@@ -5,23 +5,59 @@ use crate::error::DetectorError;
 use crate::infer::RawOutput;
 use crate::preprocess::Letterbox;
 
-/// How an output tensor is laid out. YOLOv8/11 write `[1, 4 + classes + 3 x keypoints, anchors]`:
-/// per anchor the box centre and size in input pixels, one score per class (already sigmoid), then
-/// `x, y, visibility` per keypoint.
+/// How an output tensor is laid out; boxes are in model-input pixels in every layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
+    /// YOLOv8/11 detect and pose: `[1, 4 + classes + dims x keypoints, anchors]`, channel-major:
+    /// per anchor the box centre and size, one score per class (already sigmoid), then
+    /// `x, y(, visibility)` per keypoint.
     Anchors { classes: usize, keypoints: usize, keypoint_dims: usize },
+    /// YOLOv5: `[1, anchors, 5 + classes]`, row-major: centre, size, objectness, class scores;
+    /// a detection's score is objectness x class score.
+    V5 { classes: usize },
+    /// End-to-end (YOLOv10, NMS-free exports): `[1, detections, 6]`: corners, score, class id,
+    /// already suppressed.
+    EndToEnd { classes: usize },
 }
 
+/// Most end-to-end exports keep 300 detections; anchor-based outputs have thousands of rows.
+const END_TO_END_MAX_ROWS: i64 = 1000;
+/// The class count assumed for a model without `names` whose layout does not tell it (COCO).
+const DEFAULT_CLASSES: usize = 80;
+
 impl Layout {
-    /// Tells the layout from the output shape and the model's metadata (`names` and, for pose
-    /// models, `kpt_shape`). `num_names` is 0 when the model has no `names`.
-    pub fn from_shape(shape: &[i64], num_names: usize, kpt_shape: Option<(usize, usize)>) -> Result<Self, String> {
+    /// Tells the layout from the output shape and the model's metadata: `names`, `kpt_shape` for
+    /// pose models, and `end2end` where an exporter writes it. `num_names` is 0 without `names`.
+    pub fn from_shape(
+        shape: &[i64],
+        num_names: usize,
+        kpt_shape: Option<(usize, usize)>,
+        end2end: bool,
+    ) -> Result<Self, String> {
         let unsupported = |why: &str| format!("unsupported output layout {shape:?}: {why}");
-        let channels = match shape {
-            [1, c, n] if *c > 4 && (*n > 0 || *n == -1) => *c as usize,
-            _ => return Err(unsupported("expected [1, 4 + classes (+ 3 x keypoints), anchors]")),
+        let expected = "expected [1, 4 + classes (+ keypoints), anchors] (YOLOv8/11), \
+                        [1, anchors, 5 + classes] (YOLOv5) or [1, detections, 6] (end-to-end)";
+        // -1 is a dynamic dimension (the anchors, in a dynamic-shape export).
+        let (rows, cols) = match shape {
+            [1, r, c] if (*r > 0 || *r == -1) && (*c > 4 || *c == -1) => (*r, *c),
+            _ => return Err(unsupported(expected)),
         };
+        let classes_or_default = if num_names > 0 { num_names } else { DEFAULT_CLASSES };
+        if kpt_shape.is_none() && cols == 6 && (end2end || (1..=END_TO_END_MAX_ROWS).contains(&rows)) {
+            return Ok(Layout::EndToEnd { classes: classes_or_default });
+        }
+        // Channel-major outputs have few channels and many anchors; row-major the other way round.
+        if cols != -1 && (rows > cols || rows == -1) {
+            let classes = cols as usize - 5;
+            if kpt_shape.is_some() || classes == 0 || (num_names != 0 && classes != num_names) {
+                return Err(unsupported(expected));
+            }
+            return Ok(Layout::V5 { classes });
+        }
+        if rows <= 4 {
+            return Err(unsupported(expected));
+        }
+        let channels = rows as usize;
         let (classes, keypoints, keypoint_dims) = match kpt_shape {
             Some((k, d)) if (d == 2 || d == 3) && channels > 4 + k * d => (channels - 4 - k * d, k, d),
             Some((k, d)) => return Err(unsupported(&format!("metadata kpt_shape [{k}, {d}] does not fit"))),
@@ -36,7 +72,7 @@ impl Layout {
 
     pub fn num_classes(&self) -> usize {
         match self {
-            Layout::Anchors { classes, .. } => *classes,
+            Layout::Anchors { classes, .. } | Layout::V5 { classes } | Layout::EndToEnd { classes } => *classes,
         }
     }
 }
@@ -101,16 +137,48 @@ impl Decoder {
 
     /// Candidates above the score threshold, of kept classes, after NMS, best first.
     pub fn candidates(&self, raw: &RawOutput) -> Result<Vec<Candidate>, DetectorError> {
-        let Layout::Anchors { classes, keypoints, keypoint_dims } = self.layout;
-        let channels = 4 + classes + keypoints * keypoint_dims;
-        let anchors = match raw.shape.as_slice() {
-            [1, c, n] if *c == channels && raw.data.len() == c * n => *n,
-            s => {
-                return Err(DetectorError::Inference(format!(
-                    "output shape {s:?} does not match the layout's {channels} channels"
-                )))
-            }
+        let [1, rows, cols] = raw.shape[..] else {
+            return Err(DetectorError::Inference(format!("output shape {:?} is not [1, rows, cols]", raw.shape)));
         };
+        if raw.data.len() != rows * cols {
+            return Err(DetectorError::Inference(format!("output has {} values for shape {:?}", raw.data.len(), raw.shape)));
+        }
+        let mismatch = |want: usize| {
+            DetectorError::Inference(format!("output shape {:?} does not match the layout's {want} values per box", raw.shape))
+        };
+        match self.layout {
+            Layout::Anchors { classes, keypoints, keypoint_dims } => {
+                let channels = 4 + classes + keypoints * keypoint_dims;
+                if rows != channels {
+                    return Err(mismatch(channels));
+                }
+                Ok(nms(self.anchors(raw, cols, classes, keypoints, keypoint_dims), self.iou, MAX_NMS, MAX_DET))
+            }
+            Layout::V5 { classes } => {
+                if cols != 5 + classes {
+                    return Err(mismatch(5 + classes));
+                }
+                Ok(nms(self.v5(raw, cols, classes), self.iou, MAX_NMS, MAX_DET))
+            }
+            Layout::EndToEnd { .. } => {
+                if cols != 6 {
+                    return Err(mismatch(6));
+                }
+                let mut found = self.end_to_end(raw);
+                // Suppressed by the model already: only order and cap, as Ultralytics does.
+                found.sort_by(|a, b| b.score.total_cmp(&a.score));
+                found.truncate(MAX_DET);
+                Ok(found)
+            }
+        }
+    }
+
+    /// Whether a (class, score) pair passes the threshold and the class filter.
+    fn keeps(&self, class_id: usize, score: f32) -> bool {
+        score > self.conf && self.keep_class.get(class_id).copied().unwrap_or(false)
+    }
+
+    fn anchors(&self, raw: &RawOutput, anchors: usize, classes: usize, keypoints: usize, keypoint_dims: usize) -> Vec<Candidate> {
         let at = |c: usize, i: usize| raw.data[c * anchors + i];
         let mut found = Vec::new();
         for i in 0..anchors {
@@ -121,10 +189,9 @@ impl Decoder {
                     (class_id, score) = (c, s);
                 }
             }
-            if score <= self.conf || !self.keep_class[class_id] {
+            if !self.keeps(class_id, score) {
                 continue;
             }
-            let (cx, cy, w, h) = (at(0, i), at(1, i), at(2, i), at(3, i));
             let kbase = 4 + classes;
             let kps = (0..keypoints)
                 .map(|k| {
@@ -133,14 +200,41 @@ impl Decoder {
                     [at(c, i), at(c + 1, i), vis]
                 })
                 .collect();
-            found.push(Candidate {
-                class_id,
-                score,
-                xyxy: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
-                keypoints: kps,
-            });
+            found.push(Candidate { class_id, score, xyxy: centre_to_corners(at(0, i), at(1, i), at(2, i), at(3, i)), keypoints: kps });
         }
-        Ok(nms(found, self.iou, MAX_NMS, MAX_DET))
+        found
+    }
+
+    fn v5(&self, raw: &RawOutput, cols: usize, classes: usize) -> Vec<Candidate> {
+        let mut found = Vec::new();
+        for row in raw.data.chunks_exact(cols) {
+            let objectness = row[4];
+            if objectness <= self.conf {
+                continue; // no class score can lift it above the threshold
+            }
+            let (mut class_id, mut best) = (0, f32::MIN);
+            for (c, s) in row[5..5 + classes].iter().enumerate() {
+                if *s > best {
+                    (class_id, best) = (c, *s);
+                }
+            }
+            let score = objectness * best;
+            if self.keeps(class_id, score) {
+                found.push(Candidate { class_id, score, xyxy: centre_to_corners(row[0], row[1], row[2], row[3]), keypoints: vec![] });
+            }
+        }
+        found
+    }
+
+    fn end_to_end(&self, raw: &RawOutput) -> Vec<Candidate> {
+        raw.data
+            .chunks_exact(6)
+            .filter_map(|r| {
+                let class_id = r[5].round();
+                (class_id >= 0.0 && self.keeps(class_id as usize, r[4]))
+                    .then(|| Candidate { class_id: class_id as usize, score: r[4], xyxy: [r[0], r[1], r[2], r[3]], keypoints: vec![] })
+            })
+            .collect()
     }
 
     /// The frame's detections in source pixels, ready for the wire.
@@ -169,6 +263,10 @@ impl Decoder {
             })
             .collect())
     }
+}
+
+fn centre_to_corners(cx: f32, cy: f32, w: f32, h: f32) -> [f32; 4] {
+    [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
 }
 
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
@@ -211,15 +309,25 @@ mod tests {
 
     #[test]
     fn layouts_from_shape_and_metadata() {
-        let pose = Layout::from_shape(&[1, 56, 8400], 1, Some((17, 3))).unwrap();
+        let pose = Layout::from_shape(&[1, 56, 8400], 1, Some((17, 3)), false).unwrap();
         assert_eq!(pose, Layout::Anchors { classes: 1, keypoints: 17, keypoint_dims: 3 });
-        let det = Layout::from_shape(&[1, 84, 8400], 80, None).unwrap();
+        let det = Layout::from_shape(&[1, 84, 8400], 80, None, false).unwrap();
         assert_eq!(det, Layout::Anchors { classes: 80, keypoints: 0, keypoint_dims: 3 });
-        assert_eq!(Layout::from_shape(&[1, 84, -1], 0, None).unwrap().num_classes(), 80);
-        let err = Layout::from_shape(&[1, 8400, 85], 80, None).unwrap_err();
-        assert!(err.contains("[1, 8400, 85]"), "{err}");
-        assert!(Layout::from_shape(&[1, 56, 8400], 80, None).is_err());
-        assert!(Layout::from_shape(&[2, 3], 0, None).is_err());
+        assert_eq!(Layout::from_shape(&[1, 84, -1], 0, None, false).unwrap().num_classes(), 80);
+        assert_eq!(Layout::from_shape(&[1, -1, 85], 0, None, false).unwrap(), Layout::V5 { classes: 80 });
+        // YOLOv5 and end-to-end exports, told apart by shape (and `end2end` metadata).
+        assert_eq!(Layout::from_shape(&[1, 25200, 85], 80, None, false).unwrap(), Layout::V5 { classes: 80 });
+        assert_eq!(Layout::from_shape(&[1, 25200, 6], 0, None, false).unwrap(), Layout::V5 { classes: 1 });
+        assert_eq!(Layout::from_shape(&[1, 300, 6], 0, None, false).unwrap(), Layout::EndToEnd { classes: 80 });
+        assert_eq!(Layout::from_shape(&[1, 300, 6], 2, None, false).unwrap(), Layout::EndToEnd { classes: 2 });
+        assert_eq!(Layout::from_shape(&[1, 5000, 6], 1, None, true).unwrap(), Layout::EndToEnd { classes: 1 });
+        // Unknown ones name the shape.
+        let err = Layout::from_shape(&[1, 25200, 85], 3, None, false).unwrap_err();
+        assert!(err.contains("[1, 25200, 85]"), "{err}");
+        assert!(Layout::from_shape(&[1, 56, 8400], 80, None, false).is_err());
+        assert!(Layout::from_shape(&[2, 3], 0, None, false).unwrap_err().contains("[2, 3]"));
+        assert!(Layout::from_shape(&[1, 8400, 4], 0, None, false).is_err());
+        assert!(Layout::from_shape(&[1, -1, -1], 0, None, false).is_err());
     }
 
     #[test]
@@ -289,6 +397,49 @@ mod tests {
         }
         let k = d.keypoints.as_ref().unwrap()[0];
         assert!((k[0] - 396.0).abs() < 1e-3 && (k[1] - 264.0).abs() < 1e-3 && k[2] == 0.8, "{k:?}");
+    }
+
+    fn decoder(layout: Layout, names: &[&str], keep: &[&str]) -> Decoder {
+        let names = names.iter().map(|s| s.to_string()).collect();
+        let keep: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        Decoder::new(layout, names, &keep, 0.25, 0.7).unwrap()
+    }
+
+    #[test]
+    fn decodes_yolov5_rows_with_objectness_times_class_score() {
+        // Rows: cx, cy, w, h, objectness, person, car.
+        let rows: [[f32; 7]; 4] = [
+            [100.0, 100.0, 20.0, 40.0, 0.9, 0.8, 0.1],   // person 0.72
+            [102.0, 100.0, 20.0, 40.0, 0.9, 0.5, 0.1],   // person 0.45, overlaps the first: suppressed
+            [300.0, 300.0, 10.0, 10.0, 0.9, 0.1, 0.9],   // car: filtered out by class
+            [500.0, 500.0, 10.0, 10.0, 0.2, 1.0, 0.0],   // objectness under the threshold
+        ];
+        let raw = RawOutput { shape: vec![1, 4, 7], data: rows.iter().flatten().copied().collect() };
+        let d = decoder(Layout::V5 { classes: 2 }, &["person", "car"], &["person"]);
+        let c = d.candidates(&raw).unwrap();
+        assert_eq!(c.len(), 1);
+        assert!((c[0].score - 0.72).abs() < 1e-6);
+        assert_eq!(c[0].xyxy, [90.0, 80.0, 110.0, 120.0]);
+    }
+
+    #[test]
+    fn end_to_end_rows_are_taken_as_they_are() {
+        // Rows: x1, y1, x2, y2, score, class. Overlapping boxes stay: the model has suppressed.
+        let rows: [[f32; 6]; 4] = [
+            [10.0, 10.0, 50.0, 90.0, 0.5, 0.0],
+            [12.0, 10.0, 52.0, 90.0, 0.9, 0.0],
+            [0.0, 0.0, 5.0, 5.0, 0.1, 0.0], // under the threshold
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], // padding row
+        ];
+        let raw = RawOutput { shape: vec![1, 4, 6], data: rows.iter().flatten().copied().collect() };
+        let d = decoder(Layout::EndToEnd { classes: 1 }, &["person"], &["person"]);
+        let c = d.candidates(&raw).unwrap();
+        let scores: Vec<f32> = c.iter().map(|c| c.score).collect();
+        assert_eq!(scores, vec![0.9, 0.5]);
+        assert_eq!(c[1].xyxy, [10.0, 10.0, 50.0, 90.0]);
+        // A class id outside the model's classes is not kept.
+        let raw = RawOutput { shape: vec![1, 1, 6], data: vec![0.0, 0.0, 1.0, 1.0, 0.9, 7.0] };
+        assert!(d.candidates(&raw).unwrap().is_empty());
     }
 
     #[test]

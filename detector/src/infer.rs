@@ -57,8 +57,9 @@ impl Model {
         let meta = session.metadata().map_err(|e| err(format!("cannot read metadata: {e}")))?;
         let names = meta.custom("names").map(|s| parse_names(&s)).unwrap_or_default();
         let kpt_shape = meta.custom("kpt_shape").and_then(|s| parse_kpt_shape(&s));
+        let end2end = meta.custom("end2end").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         drop(meta);
-        let layout = Layout::from_shape(&out_shape, names.len(), kpt_shape).map_err(err)?;
+        let layout = Layout::from_shape(&out_shape, names.len(), kpt_shape, end2end).map_err(err)?;
         let class_names = if names.is_empty() {
             (0..layout.num_classes()).map(|i| format!("class{i}")).collect()
         } else {
