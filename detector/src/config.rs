@@ -92,6 +92,14 @@ pub struct Config {
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
+    /// Write JPEGs of frames with detections here, boxes and skeletons drawn.
+    #[arg(long, env = "DETECTOR_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// At most one snapshot per this many seconds of video (by the frames' timestamps).
+    #[arg(long, env = "DETECTOR_SNAPSHOT_EVERY", default_value_t = 5.0)]
+    pub snapshot_every_s: f64,
+
     /// How long to wait for outstanding deliveries at exit, in seconds.
     #[arg(long, env = "DETECTOR_FLUSH_TIMEOUT", default_value_t = 30)]
     pub flush_timeout_s: u64,
@@ -108,6 +116,13 @@ impl Config {
         }
         if self.camera_id.is_empty() || self.camera_id.len() > 128 || self.camera_id.chars().any(char::is_control) {
             return Err(DetectorError::Config("--camera-id must be 1 to 128 characters, none of them control characters".into()));
+        }
+        if !(self.snapshot_every_s.is_finite() && self.snapshot_every_s >= 0.0) {
+            return Err(DetectorError::Config(format!("--snapshot-every-s must be 0 or more, got {}", self.snapshot_every_s)));
+        }
+        if let Some(dir) = &self.snapshot_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));

@@ -11,4 +11,5 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod publish;
 pub mod reconnect;
+pub mod snapshot;
 pub mod source;

@@ -20,6 +20,7 @@ use crate::pacing::{sleep_until, MaxFps, Realtime};
 use crate::preprocess::{letterbox, Letterbox};
 use crate::publish::Output;
 use crate::reconnect::{next_live_frame, Backoff};
+use crate::snapshot::Snapshots;
 use crate::source::{Source, SourceKind, SourceOptions};
 
 /// What capture hands inference: a letterboxed frame and what the message needs to say about it.
@@ -30,6 +31,8 @@ struct Prepared {
 }
 
 struct FrameMeta {
+    /// The decoded frame, kept only when snapshots are on.
+    image: Option<opencv::core::Mat>,
     seq: u64,
     pts_ms: i64,
     captured_at: DateTime<Utc>,
@@ -69,6 +72,8 @@ struct CapturePolicy {
     /// Release each frame at its pts (a file with --realtime).
     paced: bool,
     max_fps: f64,
+    /// Carry each decoded frame to the publish stage (for --snapshot-dir).
+    keep_images: bool,
 }
 
 pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
@@ -90,7 +95,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
     );
 
     let real_time = source.kind == SourceKind::Live || cfg.realtime;
-    let policy = CapturePolicy { paced: cfg.realtime, max_fps: cfg.max_fps };
+    let policy = CapturePolicy { paced: cfg.realtime, max_fps: cfg.max_fps, keep_images: cfg.snapshot_dir.is_some() };
     // Real time: room for exactly the newest frame. Files: a little slack so capture overlaps
     // inference.
     let (frame_tx, frame_rx) = bounded::<Prepared>(if real_time { 1 } else { 4 });
@@ -194,7 +199,8 @@ fn capture_loop(
         }
         let mut input = spare_rx.try_recv().unwrap_or_else(|_| vec![0.0; tensor_len]);
         let lb = letterbox(&frame.image, input_w, input_h, &mut input)?;
-        let meta = FrameMeta { seq: frame.seq, pts_ms: frame.pts_ms, captured_at: frame.captured_at };
+        let image = policy.keep_images.then_some(frame.image);
+        let meta = FrameMeta { seq: frame.seq, pts_ms: frame.pts_ms, captured_at: frame.captured_at, image };
         let mut item = Prepared { meta, lb, input };
         match &drop_rx {
             // File: block until inference takes it; an error means inference has stopped.
@@ -250,6 +256,7 @@ fn publish_loop(
     let mut published = 0u64;
     let mut last_report = Instant::now();
     let started = Instant::now();
+    let mut snapshots = cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &cfg.camera_id));
     for Inferred { meta, lb, output: raw } in rx {
         let detections = decoder.decode(&raw, &lb)?;
         let msg = wire::FrameMessage {
@@ -263,6 +270,9 @@ fn publish_loop(
             model: model.clone(),
             detections,
         };
+        if let (Some(s), Some(image)) = (snapshots.as_mut(), meta.image.as_ref()) {
+            s.offer(image, &msg);
+        }
         output.publish(&msg)?;
         published += 1;
         if last_report.elapsed() >= Duration::from_secs(5) {

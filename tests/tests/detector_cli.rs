@@ -97,3 +97,28 @@ fn loop_on_a_live_source_is_refused() -> Result<()> {
     assert_clean_failure(&out, 2, "--loop and --realtime apply to video files only");
     Ok(())
 }
+
+#[test]
+fn snapshot_of_a_frame_with_people() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique("snapshots"));
+    let img = sample("basketball1.png");
+    let out = detector(&[
+        "--source", img.to_str().unwrap(), "--model", model().to_str().unwrap(), "--output", "stdout",
+        "--camera-id", "court 1", "--snapshot-dir", dir.to_str().unwrap(),
+    ])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let msg = FrameMessage::from_json(std::str::from_utf8(&out.stdout)?.lines().next().unwrap().as_bytes())?;
+    let files: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].file_name(), "court_1-00000000.jpg");
+    let snap = image::open(files[0].path())?.to_rgb8();
+    std::fs::remove_dir_all(&dir)?;
+    assert_eq!(snap.dimensions(), (640, 480));
+    // Each person's box is drawn in green (within JPEG's tolerance) on its left edge.
+    for d in &msg.detections {
+        let (x, y) = ((d.bbox.x1 + 0.5).round() as u32, ((d.bbox.y1 + d.bbox.y2) / 2.0) as u32);
+        let p = snap.get_pixel(x, y);
+        assert!(p[1] > 180 && p[0] < 120 && p[2] < 120, "pixel {p:?} at ({x}, {y}) for {:?}", d.bbox);
+    }
+    Ok(())
+}
