@@ -239,11 +239,6 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
-/// Asks a process to stop as an operator would.
-pub fn sigterm(child: &Child) {
-    signal(child, "TERM");
-}
-
 /// Sends the signal `name` (TERM, STOP, CONT, ...) to a process.
 pub fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
@@ -408,33 +403,27 @@ pub fn migrate(db_url: &str) -> Result<()> {
     Ok(())
 }
 
-/// A running `sink run`, its log in a file (a pipe nobody reads could fill and block it).
-pub struct SinkProcess {
-    child: Option<Child>,
-    pub log_path: PathBuf,
-}
+/// A running `sink run`; its log is read as it goes (see [`Spawned`]).
+pub struct SinkProcess(Spawned);
 
 impl SinkProcess {
     pub fn start(db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Result<Self> {
-        let log_path = std::env::temp_dir().join(format!("{}.log", unique("sink")));
-        let child = Command::new(bin("sink"))
-            .args(["run", "--topic", topic, "--group-id", group, "--brokers", &brokers(), "--report-every-s", "2"])
-            .args(extra)
-            .env("DATABASE_URL", db_url)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()?;
-        Ok(SinkProcess { child: Some(child), log_path })
+        let spawned = Spawned::start(
+            Command::new(bin("sink"))
+                .args(["run", "--topic", topic, "--group-id", group, "--brokers", &brokers(), "--report-every-s", "2"])
+                .args(extra)
+                .env("DATABASE_URL", db_url),
+        )?;
+        Ok(SinkProcess(spawned))
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.0.stderr()
     }
 
     /// CPU seconds (user + system) the process has used so far, from /proc.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.child.id())).ok()?;
         // Fields after the ")" that ends the command name; utime and stime are the 12th and 13th.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
@@ -442,41 +431,17 @@ impl SinkProcess {
     }
 
     /// SIGTERM, then waits for a clean exit; returns the log.
-    pub fn stop(mut self) -> Result<String> {
-        let mut child = self.child.take().expect("running");
-        sigterm(&child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("sink did not stop in 60 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let log = self.log();
+    pub fn stop(self) -> Result<String> {
+        self.0.signal("TERM");
+        let (status, _, log) = self.0.finish(Duration::from_secs(60))?;
         anyhow::ensure!(status.success(), "sink exited with {status:?}:\n{log}");
         Ok(log)
     }
 
     /// SIGKILL: a crash, with no chance to finish anything.
-    pub fn kill9(mut self) -> Result<String> {
-        let mut child = self.child.take().expect("running");
-        child.kill()?;
-        child.wait()?;
-        Ok(self.log())
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.log_path);
+    pub fn kill9(self) -> Result<String> {
+        self.0.signal("KILL");
+        Ok(self.0.finish(Duration::from_secs(30))?.2)
     }
 }
 
