@@ -396,6 +396,15 @@ pub fn log_field(stderr: &str, marker: &str, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).and_then(|v| v.trim_matches('"').parse().ok())
 }
 
+/// A fresh topic with `partitions` partitions and a fresh, migrated database, named from `prefix`.
+pub async fn fresh_topic_and_db(prefix: &str, partitions: i32) -> Result<(String, TestDb)> {
+    let topic = unique(prefix);
+    create_topic(&topic, partitions).await?;
+    let db = TestDb::create(prefix).await?;
+    migrate(&db.url)?;
+    Ok((topic, db))
+}
+
 /// `sink migrate` against a database.
 pub fn migrate(db_url: &str) -> Result<()> {
     let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", db_url), Duration::from_secs(60))?;

@@ -32,10 +32,7 @@ fn run_detector(source: &std::path::Path, camera: &str, topic: &str) -> Result<(
 async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Result<()> {
     let video = sample("vtest.avi");
     let frames_in_video = ffprobe_frame_count(&video)?;
-    let topic = unique("e2e");
-    create_topic(&topic, 4).await?;
-    let db = TestDb::create("e2e").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("e2e", 4).await?;
     // The sink runs while the detector publishes, as in production.
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     run_detector(&video, "e2e-cam", &topic)?;
@@ -117,10 +114,7 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
 /// reason, and the good ones around them are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()> {
-    let topic = unique("replay");
-    create_topic(&topic, 1).await?;
-    let db = TestDb::create("replay").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("replay", 1).await?;
     let image = sample("basketball1.png");
     run_detector(&image, "still", &topic)?;
     let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).payload;

@@ -29,10 +29,7 @@ fn detections_in(frames: &[(String, wire::FrameMessage)]) -> i64 {
 /// Two sinks in one group share a 4-partition topic; every row lands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_share_four_partitions() -> Result<()> {
-    let topic = unique("scale");
-    create_topic(&topic, 4).await?;
-    let db = TestDb::create("scale").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("scale", 4).await?;
     let group = unique("group");
     let a = SinkProcess::start(&db.url, &topic, &group, &[])?;
     let b = SinkProcess::start(&db.url, &topic, &group, &[])?;
@@ -65,10 +62,7 @@ async fn two_sinks_share_four_partitions() -> Result<()> {
 /// starts where the database says, re-writing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
-    let topic = unique("crash");
-    create_topic(&topic, 2).await?;
-    let db = TestDb::create("crash").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("crash", 2).await?;
     let data = frames(4, 15_000);
     publish(&topic, &data)?;
     let group = unique("group");
@@ -103,10 +97,7 @@ async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
 /// its reason and source, every good one in the tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
-    let topic = unique("dlq");
-    create_topic(&topic, 4).await?;
-    let db = TestDb::create("dlq").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("dlq", 4).await?;
     let good = frames(3, 1000);
     let mut messages: Vec<(String, Vec<u8>, Option<&str>)> = Vec::new();
     for (i, (key, m)) in good.iter().enumerate() {

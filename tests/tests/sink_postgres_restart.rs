@@ -10,10 +10,7 @@ use pipeline_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_ingest_loses_and_duplicates_nothing() -> Result<()> {
-    let topic = unique("pgrestart");
-    create_topic(&topic, 4).await?;
-    let db = TestDb::create("pgrestart").await?;
-    migrate(&db.url)?;
+    let (topic, db) = fresh_topic_and_db("pgrestart", 4).await?;
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
 
     // A camera that keeps sending while the database goes away and comes back.
