@@ -27,7 +27,7 @@ import torch
 import ultralytics
 from ultralytics import YOLO
 
-PREDICT = dict(imgsz=640, conf=0.25, iou=0.7, max_det=300, device="cpu", half=False, verbose=False)
+PREDICT = dict(imgsz=640, conf=0.25, iou=0.7, max_det=300, device="cpu", verbose=False)
 
 
 def r3(v):

@@ -11,6 +11,8 @@ source "$(dirname "$0")/lib.sh"
 ULTRALYTICS_VERSION="8.4.190"
 venv="$CACHE_DIR/ultralytics-venv"
 out="$REPO_ROOT/tests/reference/ultralytics"
+# Ultralytics writes a settings file on import; keep it here instead of ~/.config/Ultralytics.
+export YOLO_CONFIG_DIR="$CACHE_DIR/ultralytics-config"
 
 if ! "$venv/bin/python" -c "import ultralytics, onnxruntime, torch; assert ultralytics.__version__ == '$ULTRALYTICS_VERSION' and onnxruntime.__version__ == '$ORT_VERSION'" 2>/dev/null; then
   log "reference: installing ultralytics==$ULTRALYTICS_VERSION and onnxruntime==$ORT_VERSION from PyPI into $venv"
