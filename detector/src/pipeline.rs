@@ -52,7 +52,6 @@ struct Counters {
     skipped: AtomicU64,
     /// Pushed out of the full channel by a newer frame (real-time policy).
     dropped: AtomicU64,
-    inferred: AtomicU64,
     /// Attempts to reopen a live source.
     reconnects: AtomicU64,
 }
@@ -125,7 +124,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
         let infer = std::thread::Builder::new()
             .name("infer".into())
             .spawn_scoped(s, move || {
-                let r = infer_loop(model, frame_rx, done_tx, spare_tx, counters);
+                let r = infer_loop(model, frame_rx, done_tx, spare_tx);
                 if r.is_err() {
                     abort.store(true, Ordering::Relaxed);
                 }
@@ -232,12 +231,10 @@ fn infer_loop(
     rx: Receiver<Prepared>,
     tx: Sender<Inferred>,
     spare_tx: Sender<Vec<f32>>,
-    counters: &Counters,
 ) -> Result<(), DetectorError> {
     for Prepared { meta, lb, input } in rx {
         let output = model.run(&input)?;
         let _ = spare_tx.try_send(input);
-        counters.inferred.fetch_add(1, Ordering::Relaxed);
         if tx.send(Inferred { meta, lb, output }).is_err() {
             break; // publishing has stopped; its error is reported there
         }
