@@ -49,8 +49,9 @@ impl Encoded {
         Encoded { batch, copy_text }
     }
 
-    fn copy_text(&self) -> (String, String) {
-        self.copy_text.clone().unwrap_or_else(|| (frames_text(&self.batch), detections_text(&self.batch)))
+    fn copy_text(&self) -> (&str, &str) {
+        let (frames, detections) = self.copy_text.as_ref().expect("COPY text is made for the copy and staging modes");
+        (frames, detections)
     }
 }
 
@@ -87,16 +88,16 @@ async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic
     Ok(Written { frames, detections, redone: false })
 }
 
-async fn copy(conn: &mut PgConnection, statement: &str, data: String) -> Result<u64, SinkError> {
+async fn copy(conn: &mut PgConnection, statement: &str, data: &str) -> Result<u64, SinkError> {
     if data.is_empty() {
         return Ok(0);
     }
     let mut copy = conn.copy_in_raw(statement).await?;
-    copy.send(data.into_bytes()).await?;
+    copy.send(data.as_bytes()).await?;
     Ok(copy.finish().await?)
 }
 
-async fn stage(conn: &mut PgConnection, (frames_text, detections_text): (String, String)) -> Result<(u64, u64), SinkError> {
+async fn stage(conn: &mut PgConnection, (frames_text, detections_text): (&str, &str)) -> Result<(u64, u64), SinkError> {
     // Per-connection temporary tables, emptied at every commit.
     for create in [
         "CREATE TEMP TABLE IF NOT EXISTS frames_stage (LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
