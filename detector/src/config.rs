@@ -114,7 +114,7 @@ impl Config {
         if !(0.0..=1.0).contains(&self.iou) {
             return Err(DetectorError::Config(format!("--iou must be within 0 and 1, got {}", self.iou)));
         }
-        if self.camera_id.is_empty() || self.camera_id.len() > 128 || self.camera_id.chars().any(char::is_control) {
+        if !wire::is_label(&self.camera_id, wire::MAX_LABEL_CHARS) {
             return Err(DetectorError::Config("--camera-id must be 1 to 128 characters, none of them control characters".into()));
         }
         if !(self.snapshot_every_s.is_finite() && self.snapshot_every_s >= 0.0) {

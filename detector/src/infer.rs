@@ -60,12 +60,12 @@ impl Model {
         let end2end = meta.custom("end2end").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         drop(meta);
         let layout = Layout::from_shape(&out_shape, names.len(), kpt_shape, end2end).map_err(err)?;
-        let class_names = if names.is_empty() {
-            (0..layout.num_classes()).map(|i| format!("class{i}")).collect()
-        } else {
-            names
-        };
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        // Names must pass the sink's validation, or every message would be dead-lettered.
+        let class_names = (0..layout.num_classes())
+            .map(|i| names.get(i).filter(|n| wire::is_label(n, usize::MAX)).cloned().unwrap_or_else(|| format!("class{i}")))
+            .collect();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = if wire::is_label(&stem, wire::MAX_LABEL_CHARS) { stem } else { "model".to_string() };
         Ok(Model {
             session,
             input_w,

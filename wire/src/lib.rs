@@ -59,6 +59,15 @@ pub struct BBox {
     pub y2: f32,
 }
 
+/// Longest `camera_id` and `model.name`, in characters (JSON Schema's `maxLength`).
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// Whether a text can be a `camera_id`, `model.name` or class: not empty, not too long, and no
+/// control characters (NUL above all would make PostgreSQL refuse the whole batch).
+pub fn is_label(s: &str, max_chars: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max_chars && !s.chars().any(char::is_control)
+}
+
 /// Why a payload is not a valid v1 message. The text goes into dead-letter headers and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -101,16 +110,26 @@ impl FrameMessage {
 
     /// Checks what serde's types cannot: ranges and geometry.
     fn check(&self) -> Result<(), WireError> {
-        // Control characters (NUL above all) would make PostgreSQL refuse the whole batch.
-        if self.camera_id.is_empty() || self.camera_id.len() > 128 || self.camera_id.chars().any(char::is_control) {
+        if !is_label(&self.camera_id, MAX_LABEL_CHARS) {
             return Err(field("camera_id", "must be 1 to 128 characters, none of them control characters"));
         }
-        if self.frame_width == 0 || self.frame_height == 0 {
-            return Err(field("frame_width/frame_height", "must be positive"));
+        // The columns are PostgreSQL bigint and integer.
+        if self.frame_seq > i64::MAX as u64 {
+            return Err(field("frame_seq", "must be at most 2^63 - 1"));
+        }
+        if !(1..=i32::MAX as u32).contains(&self.frame_width) || !(1..=i32::MAX as u32).contains(&self.frame_height) {
+            return Err(field("frame_width/frame_height", "must be within 1 and 2^31 - 1"));
+        }
+        if !is_label(&self.model.name, MAX_LABEL_CHARS) {
+            return Err(field("model.name", "must be 1 to 128 characters, none of them control characters"));
+        }
+        let sha = &self.model.sha256;
+        if !(8..=64).contains(&sha.len()) || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(field("model.sha256", "must be 8 to 64 lowercase hex digits"));
         }
         for (i, d) in self.detections.iter().enumerate() {
             let at = |name: &str| format!("detections[{i}].{name}");
-            if d.class.is_empty() || d.class.chars().any(char::is_control) {
+            if !is_label(&d.class, usize::MAX) {
                 return Err(field(&at("class"), "must be non-empty, without control characters"));
             }
             if !(0.0..=1.0).contains(&d.score) {
@@ -203,6 +222,21 @@ mod tests {
         v["camera_id"] = "cam\u{0}1".into();
         let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
         assert!(err.to_string().contains("camera_id"), "{err}");
+
+        // What the schema allows and PostgreSQL's columns hold, and no more.
+        for (path, bad, named) in [
+            ("/frame_seq", serde_json::json!(u64::MAX), "frame_seq"),
+            ("/frame_width", serde_json::json!(3_000_000_000u64), "frame_width"),
+            ("/model/name", serde_json::json!("m\u{0}"), "model.name"),
+            ("/model/name", serde_json::json!(""), "model.name"),
+            ("/model/sha256", serde_json::json!("XYZ"), "model.sha256"),
+            ("/model/sha256", serde_json::json!("062CD541"), "model.sha256"),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+            *v.pointer_mut(path).unwrap() = bad;
+            let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(named), "{path}: {err}");
+        }
     }
 
     /// The schema file names exactly the fields the Rust type writes, and requires the ones that
