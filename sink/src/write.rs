@@ -10,7 +10,10 @@ use std::fmt::Write as _;
 use clap::ValueEnum;
 use sqlx::{PgConnection, PgPool};
 
+mod binary;
+
 use crate::batch::Batch;
+use binary::CopyBinary;
 use crate::error::SinkError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,22 +39,28 @@ const FRAME_COLUMNS: &str = "camera_id, frame_seq, captured_at, pts_ms, frame_wi
                              person_count, model_name, model_sha256, kafka_partition, kafka_offset";
 const DETECTION_COLUMNS: &str = "camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at";
 
-/// A batch ready for the writer, with its COPY text already made (for the COPY and staging
+/// A batch ready for the writer, with its binary COPY data already made (for the COPY and staging
 /// modes), so that encoding overlaps the previous batch's write instead of adding to it.
 pub struct Encoded {
     pub batch: Batch,
-    copy_text: Option<(String, String)>,
+    copy_data: Option<CopyData>,
+}
+
+/// COPY streams for the two tables; `None` when the batch has no row for that table.
+struct CopyData {
+    frames: Option<Vec<u8>>,
+    detections: Option<Vec<u8>>,
 }
 
 impl Encoded {
     pub fn new(batch: Batch, mode: WriteMode) -> Self {
-        let copy_text = (mode != WriteMode::Unnest).then(|| (frames_text(&batch), detections_text(&batch)));
-        Encoded { batch, copy_text }
+        let copy_data =
+            (mode != WriteMode::Unnest).then(|| CopyData { frames: frames_copy(&batch), detections: detections_copy(&batch) });
+        Encoded { batch, copy_data }
     }
 
-    fn copy_text(&self) -> (&str, &str) {
-        let (frames, detections) = self.copy_text.as_ref().expect("COPY text is made for the copy and staging modes");
-        (frames, detections)
+    fn copy_data(&self) -> &CopyData {
+        self.copy_data.as_ref().expect("COPY data is made for the copy and staging modes")
     }
 }
 
@@ -74,13 +83,10 @@ async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic
     let mut tx = pool.begin().await?;
     let (frames, detections) = match mode {
         WriteMode::Copy => {
-            let (frames, detections) = enc.copy_text();
-            (
-                copy(&mut tx, &format!("COPY frames ({FRAME_COLUMNS}) FROM STDIN"), frames).await?,
-                copy(&mut tx, &format!("COPY detections ({DETECTION_COLUMNS}) FROM STDIN"), detections).await?,
-            )
+            let data = enc.copy_data();
+            (copy(&mut tx, "frames", FRAME_COLUMNS, &data.frames).await?, copy(&mut tx, "detections", DETECTION_COLUMNS, &data.detections).await?)
         }
-        WriteMode::Staging => stage(&mut tx, enc.copy_text()).await?,
+        WriteMode::Staging => stage(&mut tx, enc.copy_data()).await?,
         WriteMode::Unnest => unnest(&mut tx, &enc.batch).await?,
     };
     store_offsets(&mut tx, group, topic, &enc.batch).await?;
@@ -88,16 +94,14 @@ async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic
     Ok(Written { frames, detections, redone: false })
 }
 
-async fn copy(conn: &mut PgConnection, statement: &str, data: &str) -> Result<u64, SinkError> {
-    if data.is_empty() {
-        return Ok(0);
-    }
-    let mut copy = conn.copy_in_raw(statement).await?;
-    copy.send(data.as_bytes()).await?;
+async fn copy(conn: &mut PgConnection, table: &str, columns: &str, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
+    let Some(data) = data else { return Ok(0) };
+    let mut copy = conn.copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)")).await?;
+    copy.send(data.as_slice()).await?;
     Ok(copy.finish().await?)
 }
 
-async fn stage(conn: &mut PgConnection, (frames_text, detections_text): (&str, &str)) -> Result<(u64, u64), SinkError> {
+async fn stage(conn: &mut PgConnection, data: &CopyData) -> Result<(u64, u64), SinkError> {
     // Per-connection temporary tables, emptied at every commit.
     for create in [
         "CREATE TEMP TABLE IF NOT EXISTS frames_stage (LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -105,8 +109,8 @@ async fn stage(conn: &mut PgConnection, (frames_text, detections_text): (&str, &
     ] {
         sqlx::query(create).execute(&mut *conn).await?;
     }
-    copy(conn, &format!("COPY frames_stage ({FRAME_COLUMNS}) FROM STDIN"), frames_text).await?;
-    copy(conn, &format!("COPY detections_stage ({DETECTION_COLUMNS}) FROM STDIN"), detections_text).await?;
+    copy(conn, "frames_stage", FRAME_COLUMNS, &data.frames).await?;
+    copy(conn, "detections_stage", DETECTION_COLUMNS, &data.detections).await?;
     let frames = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO frames ({FRAME_COLUMNS}) SELECT {FRAME_COLUMNS} FROM frames_stage ON CONFLICT DO NOTHING"
     )))
@@ -139,20 +143,7 @@ async fn store_offsets(conn: &mut PgConnection, group: &str, topic: &str, batch:
     Ok(())
 }
 
-/// Appends a value in COPY's text format: backslash, tab, newline and carriage return escaped.
-fn push_text(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// A 2-D real[] literal: `{{x,y,s},{x,y,s}}`.
+/// A 2-D real[] literal for the UNNEST mode: `{{x,y,s},{x,y,s}}`.
 fn push_keypoints(out: &mut String, kps: &[[f32; 3]]) {
     out.push('{');
     for (i, [x, y, s]) in kps.iter().enumerate() {
@@ -164,44 +155,53 @@ fn push_keypoints(out: &mut String, kps: &[[f32; 3]]) {
     out.push('}');
 }
 
-fn captured_at(m: &wire::FrameMessage) -> String {
-    m.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+fn person_count(m: &wire::FrameMessage) -> usize {
+    m.detections.iter().filter(|d| d.class == "person").count()
 }
 
-fn frames_text(batch: &Batch) -> String {
-    let mut out = String::with_capacity(batch.frames.len() * 128);
+// Validation bounds frame_seq and the frame size to PostgreSQL's bigint and integer, so the casts
+// below cannot wrap.
+fn frames_copy(batch: &Batch) -> Option<Vec<u8>> {
+    let mut c = CopyBinary::with_capacity(batch.frames.len() * 160);
     for row in &batch.frames {
         let m = &row.msg;
-        let people = m.detections.iter().filter(|d| d.class == "person").count();
-        push_text(&mut out, &m.camera_id);
-        let _ = write!(out, "\t{}\t{}\t{}\t{}\t{}\t{people}\t", m.frame_seq, captured_at(m), m.pts_ms, m.frame_width, m.frame_height);
-        push_text(&mut out, &m.model.name);
-        out.push('\t');
-        push_text(&mut out, &m.model.sha256);
-        let _ = writeln!(out, "\t{}\t{}", row.partition, row.offset);
+        c.row(11);
+        c.text(&m.camera_id);
+        c.int8(m.frame_seq as i64);
+        c.timestamptz(&m.captured_at);
+        c.int8(m.pts_ms);
+        c.int4(m.frame_width as i32);
+        c.int4(m.frame_height as i32);
+        c.int4(person_count(m) as i32);
+        c.text(&m.model.name);
+        c.text(&m.model.sha256);
+        c.int4(row.partition);
+        c.int8(row.offset);
     }
-    out
+    c.finish()
 }
 
-fn detections_text(batch: &Batch) -> String {
-    let mut out = String::with_capacity(batch.detections() * 160);
+fn detections_copy(batch: &Batch) -> Option<Vec<u8>> {
+    let mut c = CopyBinary::with_capacity(batch.detections() * 340);
     for row in &batch.frames {
         let m = &row.msg;
-        let at = captured_at(m);
         for (i, d) in m.detections.iter().enumerate() {
-            push_text(&mut out, &m.camera_id);
-            let _ = write!(out, "\t{}\t{i}\t", m.frame_seq);
-            push_text(&mut out, &d.class);
-            // f32's Display is the shortest text that parses back to the same value.
-            let _ = write!(out, "\t{}\t{}\t{}\t{}\t{}\t", d.score, d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2);
-            match &d.keypoints {
-                Some(k) => push_keypoints(&mut out, k),
-                None => out.push_str("\\N"),
+            c.row(11);
+            c.text(&m.camera_id);
+            c.int8(m.frame_seq as i64);
+            c.int4(i as i32);
+            c.text(&d.class);
+            for v in [d.score, d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2] {
+                c.float4(v);
             }
-            let _ = writeln!(out, "\t{at}");
+            match &d.keypoints {
+                Some(k) => c.float4_rows(k),
+                None => c.null(),
+            }
+            c.timestamptz(&m.captured_at);
         }
     }
-    out
+    c.finish()
 }
 
 /// The array-binding alternative: every column as one array parameter.
@@ -221,7 +221,7 @@ async fn unnest(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), Si
     .bind(frames().map(|m| m.pts_ms).collect::<Vec<_>>())
     .bind(frames().map(|m| m.frame_width as i32).collect::<Vec<_>>())
     .bind(frames().map(|m| m.frame_height as i32).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.detections.iter().filter(|d| d.class == "person").count() as i32).collect::<Vec<_>>())
+    .bind(frames().map(|m| person_count(m) as i32).collect::<Vec<_>>())
     .bind(frames().map(|m| m.model.name.as_str()).collect::<Vec<_>>())
     .bind(frames().map(|m| m.model.sha256.as_str()).collect::<Vec<_>>())
     .bind(batch.frames.iter().map(|r| r.partition).collect::<Vec<_>>())
@@ -268,33 +268,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_escapes_and_nulls() {
-        let mut s = String::new();
-        push_text(&mut s, "a\tb\\c\nd\re");
-        assert_eq!(s, "a\\tb\\\\c\\nd\\re");
+    fn keypoint_literals_and_counts() {
+        let mut k = String::new();
+        push_keypoints(&mut k, &[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]);
+        assert_eq!(k, "{{1.5,2,0.25},{3,4.125,1}}");
 
         let mut batch = Batch::default();
+        assert!(frames_copy(&batch).is_none() && detections_copy(&batch).is_none());
         let msg = wire::FrameMessage {
             schema_version: 1,
-            camera_id: "cam\t1".into(),
+            camera_id: "cam".into(),
             frame_seq: 5,
-            captured_at: chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z").unwrap().into(),
+            captured_at: chrono::Utc::now(),
             pts_ms: 500,
             frame_width: 640,
             frame_height: 480,
             model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into() },
-            detections: vec![wire::Detection {
-                class: "person".into(),
-                score: 0.1,
-                bbox: wire::BBox { x1: 1.5, y1: 2.0, x2: 3.25, y2: 4.0 },
-                keypoints: None,
-            }],
+            detections: vec![],
         };
         batch.push(msg, 2, 41);
-        assert_eq!(frames_text(&batch), "cam\\t1\t5\t2026-11-22T10:00:00.123000Z\t500\t640\t480\t1\tm\t0123abcd\t2\t41\n");
-        assert_eq!(detections_text(&batch), "cam\\t1\t5\t0\tperson\t0.1\t1.5\t2\t3.25\t4\t\\N\t2026-11-22T10:00:00.123000Z\n");
-        let mut k = String::new();
-        push_keypoints(&mut k, &[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]);
-        assert_eq!(k, "{{1.5,2,0.25},{3,4.125,1}}");
+        // A frame with nobody in it is a frames row and no detections stream at all.
+        assert!(frames_copy(&batch).is_some() && detections_copy(&batch).is_none());
     }
 }
