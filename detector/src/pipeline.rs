@@ -131,7 +131,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<Summary, DetectorError> {
                 r
             })
             .expect("spawn inference thread");
-        let published = publish_loop(cfg, &decoder, &model_info, output, done_rx, counters);
+        let published = publish_loop(cfg, &decoder, &model_info, output, done_rx, counters, stop);
         if published.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
@@ -249,6 +249,7 @@ fn publish_loop(
     mut output: Output,
     rx: Receiver<Inferred>,
     counters: &Counters,
+    stop: &AtomicBool,
 ) -> Result<u64, DetectorError> {
     let mut published = 0u64;
     let mut last_report = Instant::now();
@@ -270,7 +271,7 @@ fn publish_loop(
         if let (Some(s), Some(image)) = (snapshots.as_mut(), meta.image.as_ref()) {
             s.offer(image, &msg);
         }
-        output.publish(&msg)?;
+        output.publish(&msg, stop)?;
         published += 1;
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();

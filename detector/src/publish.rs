@@ -1,9 +1,9 @@
 //! The last stage: frame messages out, to Kafka or to standard output.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -52,6 +52,7 @@ pub struct KafkaOutput {
     producer: ThreadedProducer<DeliveryCounter>,
     topic: String,
     sent: u64,
+    flush_timeout: Duration,
 }
 
 pub enum Output {
@@ -67,9 +68,11 @@ impl Output {
         }
     }
 
-    pub fn publish(&mut self, msg: &wire::FrameMessage) -> Result<(), DetectorError> {
+    /// Publishes one message. `stop` (a shutdown was asked) bounds how long a full local queue
+    /// is waited for.
+    pub fn publish(&mut self, msg: &wire::FrameMessage, stop: &AtomicBool) -> Result<(), DetectorError> {
         match self {
-            Output::Kafka(k) => k.send(msg),
+            Output::Kafka(k) => k.send(msg, stop),
             Output::Stdout(out) => {
                 let mut line = msg.to_json();
                 line.push(b'\n');
@@ -117,18 +120,30 @@ impl KafkaOutput {
             .client()
             .fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))
             .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.brokers)))?;
-        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), sent: 0 })
+        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), sent: 0, flush_timeout: Duration::from_secs(cfg.flush_timeout_s) })
     }
 
-    fn send(&mut self, msg: &wire::FrameMessage) -> Result<(), DetectorError> {
+    fn send(&mut self, msg: &wire::FrameMessage, stop: &AtomicBool) -> Result<(), DetectorError> {
         let payload = msg.to_json();
         let mut record = BaseRecord::to(&self.topic).key(msg.camera_id.as_str()).payload(&payload);
+        let mut stopping_since = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
-                // The local queue is full (broker slow or away): wait, which backs the pipeline up.
+                // The local queue is full (broker slow or away): wait, which backs the pipeline up
+                // (a live source then drops its oldest frames). Once a shutdown is asked, wait no
+                // longer than the flush timeout, so SIGTERM ends a run whose broker never returns.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
+                    if stop.load(Ordering::Relaxed) && stopping_since.get_or_insert_with(Instant::now).elapsed() >= self.flush_timeout {
+                        return Err(DetectorError::Kafka(format!(
+                            "shutting down with the broker unreachable: {} queued messages and frame {} of camera {} not delivered within the {} s flush timeout",
+                            self.producer.in_flight_count(),
+                            msg.frame_seq,
+                            msg.camera_id,
+                            self.flush_timeout.as_secs()
+                        )));
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err((e, _)) => return Err(DetectorError::Kafka(format!("send: {e}"))),

@@ -1,7 +1,9 @@
-//! The broker goes away while the detector publishes a file: the file's frames wait (backpressure)
-//! and, once the broker is back, every frame arrives exactly once. Alone in its file: it restarts
-//! the shared broker (scripts/services.sh restart keeps its data), which would disturb any test
-//! running beside it.
+//! The broker goes away while the detector publishes. A file's frames wait (backpressure) and,
+//! once the broker is back, every frame arrives exactly once. A live camera stays real time: once
+//! the producer's queue is full it keeps only the newest frames, counts the ones it drops, and
+//! publishes again when the broker is back. These tests are alone in their file because they stop
+//! the shared broker (scripts/services.sh keeps its data), which would disturb any test running
+//! beside them; a lock keeps the two apart.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,8 +11,33 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use pipeline_tests::*;
 
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn services(args: &[&str], keep_kafka_data: bool) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/services.sh")).args(args);
+    if keep_kafka_data {
+        cmd.env("KEEP_KAFKA_DATA", "1");
+    }
+    ensure!(cmd.status()?.success(), "scripts/services.sh {args:?} failed");
+    Ok(())
+}
+
+fn wait_for_topic_size(topic: &str, at_least: i64, what: &str) -> Result<i64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = topic_size(topic)?;
+        if n >= at_least {
+            return Ok(n);
+        }
+        ensure!(Instant::now() < deadline, "{what}: {n} messages, expected at least {at_least}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_waits_for_the_broker_and_loses_nothing() -> Result<()> {
+    let _broker = BROKER.lock().await;
     let video = sample("vtest.avi");
     let frames = ffprobe_frame_count(&video)?;
     let topic = unique("brokerdown");
@@ -27,14 +54,8 @@ async fn a_file_waits_for_the_broker_and_loses_nothing() -> Result<()> {
         .spawn()?;
 
     // Some frames are out; then the broker goes away (SIGTERM, then a start on the same data).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while topic_size(&topic)? < 30 {
-        ensure!(Instant::now() < deadline, "the detector published nothing");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let before = topic_size(&topic)?;
-    let status = Command::new("bash").arg(repo_root().join("scripts/services.sh")).args(["restart", "kafka"]).status()?;
-    ensure!(status.success(), "restarting Kafka failed");
+    let before = wait_for_topic_size(&topic, 30, "before the restart")?;
+    services(&["restart", "kafka"], false)?;
 
     let out = wait_output(detector, Duration::from_secs(600))?;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -47,5 +68,65 @@ async fn a_file_waits_for_the_broker_and_loses_nothing() -> Result<()> {
     assert_eq!(seqs.len() as u64, frames, "one message per frame, none twice:\n{log}");
     seqs.sort_unstable();
     assert_eq!(seqs, (0..frames).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_camera_drops_its_oldest_frames_while_the_broker_is_away() -> Result<()> {
+    let _broker = BROKER.lock().await;
+    let dir = TempDir::new("livebroker")?;
+    let mp4 = dir.join("vtest.mp4");
+    h264_mp4(&sample("vtest.avi"), &mp4, None)?;
+    let port = free_port()?;
+    let _server = start_rtsp_server(&mp4, port)?;
+    let topic = unique("livebrokerdown");
+    create_topic(&topic, 1).await?;
+    // A small local queue, so that it is full a few seconds into the outage.
+    let detector = |camera: &str, extra: &[&str]| {
+        Spawned::start(
+            Command::new(bin("detector"))
+                .args(["--source", &format!("rtsp://127.0.0.1:{port}/stream"), "--model", model().to_str().unwrap()])
+                .args(["--camera-id", camera, "--topic", &topic, "--brokers", &brokers(), "-X", "queue.buffering.max.messages=20"])
+                .args(extra),
+        )
+    };
+    let det = detector("gate", &[])?;
+    // A second camera is stopped during the outage: it must not wait for a broker that is away
+    // longer than its flush timeout.
+    let stopped = detector("yard", &["--flush-timeout-s", "2"])?;
+    let before = wait_for_topic_size(&topic, 40, "before the outage")?;
+    services(&["stop", "kafka"], false)?;
+    // The stream plays at 10 frames/s: 20 queued, a few in the pipeline, the rest of ~80 dropped.
+    std::thread::sleep(Duration::from_secs(6));
+    stopped.signal("TERM");
+    let (status, _, stopped_log) = stopped.finish(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(2));
+    services(&["start", "kafka"], true)?;
+    // The world's failure (exit 3), said in one line; frames were lost, so no success.
+    assert_eq!(status.code(), Some(3), "{stopped_log}");
+    let errors: Vec<&str> = stopped_log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("broker unreachable"), "{stopped_log}");
+    assert!(!stopped_log.contains("panicked"), "{stopped_log}");
+
+    // Publishing resumes: the queue drains, then frames captured after the outage follow.
+    wait_for_topic_size(&topic, before + 40, "after the outage")?;
+    det.signal("TERM");
+    let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
+    ensure!(status.code() == Some(0), "exit {status}; stderr:\n{stderr}");
+    ensure!(!stderr.contains("panicked") && !stderr.lines().any(|l| l.contains(" ERROR ")), "{stderr}");
+
+    let msgs: Vec<wire::FrameMessage> =
+        read_topic(&topic, Duration::from_secs(60))?.iter().map(|r| wire::FrameMessage::from_json(&r.payload)).collect::<Result<_, _>>()?;
+    let seqs: Vec<u64> = msgs.iter().filter(|m| m.camera_id == "gate").map(|m| m.frame_seq).collect();
+    let field = |key| log_field(&stderr, "detector finished", key).unwrap_or_else(|| panic!("no {key} in:\n{stderr}"));
+    let (read, dropped, skipped, messages) = (field("frames"), field("dropped"), field("skipped"), field("messages"));
+    eprintln!("live camera through the outage: read={read} dropped={dropped} skipped={skipped} messages={messages}");
+    assert!(dropped > 0, "nothing was dropped during the outage:\n{stderr}");
+    assert_eq!(read, messages + dropped + skipped, "every frame read is published, dropped or skipped");
+    assert_eq!(seqs.len() as u64, messages, "every message published arrived, once");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames in order, none twice");
+    assert!(seqs.last().is_some_and(|last| *last < read));
+    // The drops are a gap in the middle: the frames after the outage were kept, not the oldest.
+    assert!(seqs.windows(2).any(|w| w[1] - w[0] > 1), "no gap in {seqs:?}");
     Ok(())
 }
