@@ -60,6 +60,11 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_BATCH_ROWS", default_value_t = 5000)]
     pub batch_rows: usize,
 
+    /// While the previous batch is still being written, the next one keeps gathering up to this
+    /// many rows: under load, batches grow and each transaction's fixed cost is shared by more rows.
+    #[arg(long, env = "SINK_BATCH_MAX_ROWS", default_value_t = 20000)]
+    pub batch_max_rows: usize,
+
     /// Write a batch at the latest this long after its first message, in milliseconds.
     #[arg(long, env = "SINK_BATCH_MS", default_value_t = 200)]
     pub batch_ms: u64,
@@ -85,6 +90,9 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_rows == 0 {
             return Err("--batch-rows must be at least 1".into());
+        }
+        if self.batch_max_rows < self.batch_rows {
+            return Err(format!("--batch-max-rows ({}) must be at least --batch-rows ({})", self.batch_max_rows, self.batch_rows));
         }
         if self.batch_ms == 0 {
             return Err("--batch-ms must be at least 1".into());
@@ -127,5 +135,8 @@ mod tests {
         let cli = Cli::parse_from(["sink", "run", "--topic", "t", "--dead-letter-topic", "t"]);
         let Command::Run(args) = cli.command else { panic!("expected run") };
         assert!(args.validate().is_err());
+        let cli = Cli::parse_from(["sink", "run", "--topic", "t", "--batch-rows", "30000"]);
+        let Command::Run(args) = cli.command else { panic!("expected run") };
+        assert!(args.validate().unwrap_err().contains("--batch-max-rows"));
     }
 }

@@ -152,9 +152,11 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
             continue;
         }
         revoked &= !sink.batch.is_empty();
-        // A full batch waits for the one in flight (backpressure), except while paused: then the
-        // consumer is still polled, so the group keeps this member, and stragglers join the batch.
-        let consume = !(full && sink.in_flight) || sink.paused.is_some();
+        // While a batch is in flight the next one grows up to the cap, then waits (backpressure),
+        // except while paused: then the consumer is still polled, so the group keeps this member,
+        // and stragglers join the batch.
+        let capped = sink.batch.rows() >= args.batch_max_rows;
+        let consume = !(capped && sink.in_flight) || sink.paused.is_some();
         tokio::select! {
             biased;
             _ = sink.shutdown.changed() => break,
@@ -290,7 +292,7 @@ impl Sink<'_> {
             dead_letters = t.dead_letters,
             batches = t.batches,
             redone_through_staging = t.redone,
-            avg_batch_frames = if t.batches > 0 { (t.frames + t.replayed) / t.batches } else { 0 },
+            avg_batch_frames = (t.frames + t.replayed).checked_div(t.batches).unwrap_or(0),
             rows_per_s = format!("{:.0}", (t.frames + t.detections) as f64 / secs),
             last_commit_ms = format!("{:.1}", t.last_commit_ms),
             "progress"
