@@ -77,6 +77,10 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
     pub report_every_s: u64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9187); off when unset.
+    #[arg(long, env = "SINK_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Extra librdkafka property for the consumer and dead-letter producer (repeatable).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
     pub kafka_properties: Vec<(String, String)>,

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 
 use crate::config::RunArgs;
 use crate::error::SinkError;
+use crate::telemetry;
 
 /// The context of the sink's producer (dead letters): librdkafka's logs only.
 pub struct KafkaContext;
@@ -59,6 +60,9 @@ impl ClientContext for GroupContext {
             .map(|t| t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect())
             .unwrap_or_default();
         lag.sort();
+        for (partition, messages) in &lag {
+            metrics::gauge!(telemetry::LAG, "partition" => partition.to_string()).set(*messages as f64);
+        }
         if !lag.is_empty() {
             tracing::info!(lag = ?lag, total = lag.iter().map(|(_, l)| l).sum::<i64>(), "consumer lag (partition, messages)");
         }

@@ -7,6 +7,7 @@ mod consume;
 mod error;
 mod pipeline;
 mod schema;
+mod telemetry;
 mod validate;
 mod write;
 
@@ -48,6 +49,9 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
         }
         Command::Run(args) => {
             args.validate().map_err(SinkError::Config)?;
+            if let Some(addr) = args.metrics_addr {
+                telemetry::serve(addr)?;
+            }
             let pool = connect(&args.db).await?;
             let version = schema::check(&pool).await?;
             tracing::info!(version, database = %args.db.redacted_url(), "schema checked");

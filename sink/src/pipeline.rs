@@ -16,6 +16,7 @@ use crate::commit::commit;
 use crate::config::RunArgs;
 use crate::consume::{self, Consumed, GroupConsumer};
 use crate::error::SinkError;
+use crate::telemetry;
 use crate::validate::{self, DeadLetters};
 use crate::write::{write_batch, Encoded, WriteMode, Written};
 
@@ -224,6 +225,7 @@ impl Sink<'_> {
                     }
                 }
                 self.totals.dead_letters += 1;
+                metrics::counter!(telemetry::DEAD_LETTERS).increment(1);
                 self.batch.account(msg.partition, msg.offset);
             }
         }
@@ -257,6 +259,13 @@ impl Sink<'_> {
         t.replayed += done.frames as u64 - done.written.frames;
         t.redone += u64::from(done.written.redone);
         t.batches += 1;
+        metrics::counter!(telemetry::FRAMES).increment(done.written.frames);
+        metrics::counter!(telemetry::DETECTIONS).increment(done.written.detections);
+        metrics::counter!(telemetry::REPLAYED).increment(done.frames as u64 - done.written.frames);
+        metrics::counter!(telemetry::REDONE).increment(u64::from(done.written.redone));
+        metrics::counter!(telemetry::BATCHES).increment(1);
+        metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
+        metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());
         let mode = if *self.shutdown.borrow() { CommitMode::Sync } else { CommitMode::Async };
         if let Err(e) = commit(&self.consumer, &self.args.topic, &done.next_offsets, mode) {
             tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
@@ -270,11 +279,13 @@ impl Sink<'_> {
             (true, None) => {
                 let assignment = self.consumer.assignment()?;
                 self.consumer.pause(&assignment)?;
+                metrics::gauge!(telemetry::DATABASE_UP).set(0.0);
                 tracing::warn!(partitions = assignment.count(), "database unavailable: partitions paused");
                 self.paused = Some(assignment);
             }
             (false, Some(assignment)) => {
                 self.consumer.resume(&assignment)?;
+                metrics::gauge!(telemetry::DATABASE_UP).set(1.0);
                 tracing::info!("database back: partitions resumed");
             }
             (_, still) => self.paused = still,

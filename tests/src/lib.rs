@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -396,6 +396,19 @@ pub fn log_field(stderr: &str, marker: &str, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).and_then(|v| v.trim_matches('"').parse().ok())
 }
 
+/// The body of a plain HTTP/1.1 GET (enough for a metrics endpoint; no client library needed).
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP response: {response}"))?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_string())
+}
+
 /// A fresh topic with `partitions` partitions and a fresh, migrated database, named from `prefix`.
 pub async fn fresh_topic_and_db(prefix: &str, partitions: i32) -> Result<(String, TestDb)> {
     let topic = unique(prefix);
@@ -408,7 +421,7 @@ pub async fn fresh_topic_and_db(prefix: &str, partitions: i32) -> Result<(String
 /// `sink migrate` against a database.
 pub fn migrate(db_url: &str) -> Result<()> {
     let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", db_url), Duration::from_secs(60))?;
-    anyhow::ensure!(out.status.success(), "sink migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "sink migrate failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
 

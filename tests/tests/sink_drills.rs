@@ -104,7 +104,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
         messages.push((key.clone(), m.to_json(), None));
         if i % 3 == 0 {
             let mut v: serde_json::Value = serde_json::from_slice(&m.to_json())?;
-            let (payload, reason) = match (i / 3) % 5 {
+            let (payload, reason) = match (i / 3) % 6 {
                 0 => (b"{\"truncated".to_vec(), "not a v1 frame message"),
                 1 => {
                     v["schema_version"] = 7.into();
@@ -118,6 +118,11 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
                     v["detections"] = serde_json::json!([{"class": "person", "score": 0.5, "bbox": {"x1": 9, "y1": 0, "x2": 1, "y2": 1}}]);
                     (v.to_string().into_bytes(), "detections[0].bbox")
                 }
+                4 => {
+                    // Valid JSON for the type, but beyond PostgreSQL's bigint.
+                    v["frame_seq"] = u64::MAX.into();
+                    (v.to_string().into_bytes(), "invalid field frame_seq")
+                }
                 _ => (Vec::new(), "not a v1 frame message"),
             };
             messages.push((key.clone(), payload, Some(reason)));
@@ -127,10 +132,21 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
     assert_eq!(bad, 1000);
     produce(&topic, messages.iter().map(|(k, p, _)| (k.as_str(), p.clone())))?;
 
-    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--metrics-addr", &metrics_addr])?;
     let mut conn = db.connect().await?;
     let next = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", messages.len() as i64, Duration::from_secs(120)).await?;
+    // The Prometheus endpoint counts what the tables and the dead-letter topic hold.
+    let metrics = http_get(&metrics_addr, "/metrics")?;
     let log = sink.stop()?;
+    for (name, want) in [
+        ("sink_frames_written_total", good.len() as i64),
+        ("sink_detections_written_total", detections_in(&good)),
+        ("sink_dead_letters_total", 1000),
+        ("sink_database_up", 1),
+    ] {
+        assert!(metrics.lines().any(|l| l == format!("{name} {want}")), "{name} {want} not in:\n{metrics}");
+    }
     assert_eq!(next, messages.len() as i64, "{log}");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, good.len() as i64);
     assert_eq!(count(&mut conn, "SELECT count(*) FROM detections").await?, detections_in(&good));
