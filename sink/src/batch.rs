@@ -47,6 +47,34 @@ impl Batch {
         self.next_offsets.is_empty()
     }
 
+    /// Splits the batch into at most `n` batches that each hold whole partitions, balanced by rows,
+    /// so that they can be written in parallel transactions: each stores only its own partitions'
+    /// offsets, and no key is in two of them (a camera's frames share a partition).
+    pub fn split(self, n: usize) -> Vec<Batch> {
+        if n <= 1 || self.next_offsets.len() <= 1 {
+            return vec![self];
+        }
+        let mut rows: BTreeMap<i32, usize> = self.next_offsets.keys().map(|p| (*p, 0)).collect();
+        for r in &self.frames {
+            *rows.entry(r.partition).or_default() += 1 + r.msg.detections.len();
+        }
+        let mut by_size: Vec<(i32, usize)> = rows.into_iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Largest partition first, each into the lightest part so far.
+        let mut parts: Vec<Batch> = (0..n.min(by_size.len())).map(|_| Batch { opened: self.opened, ..Batch::default() }).collect();
+        let mut part_of = BTreeMap::new();
+        for (partition, rows) in by_size {
+            let (i, part) = parts.iter_mut().enumerate().min_by_key(|(_, b)| b.rows).expect("at least one part");
+            part.rows += rows;
+            part.next_offsets.insert(partition, self.next_offsets[&partition]);
+            part_of.insert(partition, i);
+        }
+        for row in self.frames {
+            parts[part_of[&row.partition]].frames.push(row);
+        }
+        parts
+    }
+
     /// When this batch must be written at the latest, if it holds anything.
     pub fn deadline(&self, max_age: Duration) -> Option<Instant> {
         self.opened.map(|t| t + max_age)
@@ -88,5 +116,25 @@ mod tests {
         assert_eq!((b.rows(), b.detections(), b.frames.len()), (8, 5, 3));
         assert_eq!(b.next_offsets, BTreeMap::from([(0, 13), (1, 5)]));
         assert!(b.deadline(Duration::from_millis(5)).is_some());
+    }
+
+    #[test]
+    fn splits_by_whole_partitions_balanced_by_rows() {
+        let mut b = Batch::default();
+        for (partition, offset, persons) in [(0, 0, 5), (1, 0, 1), (2, 0, 1), (0, 1, 5), (3, 7, 2), (1, 1, 1)] {
+            b.push(msg(persons), partition, offset);
+        }
+        b.account(4, 9); // a partition with only a dead letter still has its offset stored
+        let total = (b.rows(), b.frames.len());
+        assert_eq!(Batch::default().split(2).len(), 1);
+        let parts = b.split(2);
+        assert_eq!(parts.len(), 2);
+        // Partition 0 (12 rows) alone; 1, 2, 3 and 4 (4 + 2 + 3 + 0 rows) together.
+        assert_eq!(parts[0].next_offsets, BTreeMap::from([(0, 2)]));
+        assert_eq!(parts[1].next_offsets, BTreeMap::from([(1, 2), (2, 1), (3, 8), (4, 10)]));
+        assert_eq!((parts[0].rows(), parts[1].rows()), (12, 9));
+        assert!(parts.iter().all(|p| p.frames.iter().all(|r| p.next_offsets.contains_key(&r.partition))));
+        assert_eq!((parts.iter().map(Batch::rows).sum::<usize>(), parts.iter().map(|p| p.frames.len()).sum::<usize>()), total);
+        assert!(parts.iter().all(|p| p.deadline(Duration::from_millis(5)).is_some()));
     }
 }

@@ -69,6 +69,11 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_BATCH_MS", default_value_t = 200)]
     pub batch_ms: u64,
 
+    /// Connections a batch is written over in parallel, each transaction holding whole partitions
+    /// (and their offsets); a batch from one partition is written by one.
+    #[arg(long, env = "SINK_WRITERS", default_value_t = 2)]
+    pub writers: usize,
+
     /// How batches are written; the alternatives are there to be measured (see the benchmark).
     #[arg(long, env = "SINK_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy)]
     pub write_mode: WriteMode,
@@ -97,6 +102,9 @@ impl RunArgs {
         }
         if self.batch_max_rows < self.batch_rows {
             return Err(format!("--batch-max-rows ({}) must be at least --batch-rows ({})", self.batch_max_rows, self.batch_rows));
+        }
+        if !(1..=64).contains(&self.writers) {
+            return Err(format!("--writers must be within 1 and 64, got {}", self.writers));
         }
         if self.batch_ms == 0 {
             return Err("--batch-ms must be at least 1".into());

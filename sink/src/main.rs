@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), SinkError> {
     match cli.command {
         Command::Migrate(db) => {
-            let pool = connect(&db).await?;
+            let pool = connect(&db, 1).await?;
             let version = schema::migrate(&pool).await?;
             tracing::info!(version, "schema is up to date");
             Ok(())
@@ -52,7 +52,8 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
             if let Some(addr) = args.metrics_addr {
                 telemetry::serve(addr)?;
             }
-            let pool = connect(&args.db).await?;
+            // The writers, plus one for reading stored offsets at a rebalance.
+            let pool = connect(&args.db, args.writers as u32 + 1).await?;
             let version = schema::check(&pool).await?;
             tracing::info!(version, database = %args.db.redacted_url(), "schema checked");
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -66,9 +67,9 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
     }
 }
 
-async fn connect(db: &DbArgs) -> Result<PgPool, SinkError> {
+async fn connect(db: &DbArgs, connections: u32) -> Result<PgPool, SinkError> {
     PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         // Short, so an outage surfaces as an error (and the partitions pause) within seconds.
         .acquire_timeout(Duration::from_secs(3))
         .connect(&db.database_url)

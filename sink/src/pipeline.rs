@@ -18,7 +18,7 @@ use crate::consume::{self, Consumed, GroupConsumer};
 use crate::error::SinkError;
 use crate::telemetry;
 use crate::validate::{self, DeadLetters};
-use crate::write::{write_batch, Encoded, WriteMode, Written};
+use crate::write::{write_part, Encoded, Part, WriteMode, Written};
 
 /// Exponential backoff from 100 ms, doubling to 10 s.
 struct Backoff(Duration);
@@ -47,53 +47,80 @@ struct Done {
     took: Duration,
 }
 
-/// The write stage. Retries a batch while the database is away, saying so on the returned watch
-/// (so the consumer can pause), and stops retrying once shutdown is asked.
-fn spawn_writer(
+/// What every part's write needs besides its rows.
+#[derive(Clone)]
+struct WriteTarget {
     pool: PgPool,
     mode: WriteMode,
     group: String,
     topic: String,
-    mut shutdown: watch::Receiver<bool>,
+}
+
+/// The write stage: the parts of a batch are written in parallel, one connection and transaction
+/// each. Retries a part while the database is away, saying so on the returned watch (so the
+/// consumer can pause), and stops retrying once shutdown is asked. The batch is done when all its
+/// parts are durable.
+fn spawn_writer(
+    target: WriteTarget,
+    shutdown: watch::Receiver<bool>,
 ) -> (mpsc::Sender<Encoded>, mpsc::Receiver<Result<Done, SinkError>>, watch::Receiver<bool>) {
     let (batch_tx, mut batch_rx) = mpsc::channel::<Encoded>(1);
     let (done_tx, done_rx) = mpsc::channel(1);
     let (down_tx, down_rx) = watch::channel(false);
+    let down_tx = std::sync::Arc::new(down_tx);
     tokio::spawn(async move {
         while let Some(enc) = batch_rx.recv().await {
             let t = Instant::now();
-            let mut backoff = Backoff::new();
-            let result = loop {
-                match write_batch(&pool, mode, &group, &topic, &enc).await {
-                    Ok(w) => break Ok(w),
-                    Err(e) if e.retryable() && !*shutdown.borrow() => {
-                        down_tx.send_if_modified(|down| !std::mem::replace(down, true));
-                        let delay = backoff.next();
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.changed() => {}
-                        }
-                    }
-                    Err(e) => break Err(e),
+            let mut writes = tokio::task::JoinSet::new();
+            for part in enc.parts {
+                writes.spawn(write_with_retry(target.clone(), part, shutdown.clone(), down_tx.clone()));
+            }
+            let mut done = Ok(Done { next_offsets: BTreeMap::new(), frames: 0, rows: 0, written: Written::default(), took: Duration::ZERO });
+            while let Some(joined) = writes.join_next().await {
+                let part = joined.expect("a part's write does not panic");
+                if let (Ok(d), Ok((batch, written))) = (&mut done, &part) {
+                    d.next_offsets.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
+                    d.frames += batch.frames.len();
+                    d.rows += batch.rows();
+                    d.written += *written;
                 }
-            };
+                if let Err(e) = part {
+                    done = Err(e);
+                }
+            }
             down_tx.send_if_modified(|down| std::mem::replace(down, false));
-            let failed = result.is_err();
-            let batch = enc.batch;
-            let done = result.map(|written| Done {
-                frames: batch.frames.len(),
-                rows: batch.rows(),
-                next_offsets: batch.next_offsets,
-                written,
-                took: t.elapsed(),
-            });
+            let failed = done.is_err();
+            let done = done.map(|d| Done { took: t.elapsed(), ..d });
             if done_tx.send(done).await.is_err() || failed {
                 break;
             }
         }
     });
     (batch_tx, done_rx, down_rx)
+}
+
+async fn write_with_retry(
+    target: WriteTarget,
+    part: Part,
+    mut shutdown: watch::Receiver<bool>,
+    down: std::sync::Arc<watch::Sender<bool>>,
+) -> Result<(crate::batch::Batch, Written), SinkError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match write_part(&target.pool, target.mode, &target.group, &target.topic, &part).await {
+            Ok(w) => return Ok((part.batch, w)),
+            Err(e) if e.retryable() && !*shutdown.borrow() => {
+                down.send_if_modified(|down| !std::mem::replace(down, true));
+                let delay = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -121,8 +148,8 @@ struct Sink<'a> {
 }
 
 pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
-    let (to_writer, from_writer, mut db_down) =
-        spawn_writer(pool.clone(), args.write_mode, args.group_id.clone(), args.topic.clone(), shutdown.clone());
+    let target = WriteTarget { pool: pool.clone(), mode: args.write_mode, group: args.group_id.clone(), topic: args.topic.clone() };
+    let (to_writer, from_writer, mut db_down) = spawn_writer(target, shutdown.clone());
     let mut sink = Sink {
         args,
         consumer: consume::connect(args, pool)?,
@@ -234,7 +261,7 @@ impl Sink<'_> {
 
     /// Encodes the batch here, beside the write in flight, and hands it to the writer.
     async fn send_batch(&mut self) {
-        let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode);
+        let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode, self.args.writers);
         self.to_writer.send(enc).await.expect("the writer outlives the loop");
         self.in_flight = true;
     }
@@ -257,12 +284,12 @@ impl Sink<'_> {
         t.frames += done.written.frames;
         t.detections += done.written.detections;
         t.replayed += done.frames as u64 - done.written.frames;
-        t.redone += u64::from(done.written.redone);
+        t.redone += done.written.redone;
         t.batches += 1;
         metrics::counter!(telemetry::FRAMES).increment(done.written.frames);
         metrics::counter!(telemetry::DETECTIONS).increment(done.written.detections);
         metrics::counter!(telemetry::REPLAYED).increment(done.frames as u64 - done.written.frames);
-        metrics::counter!(telemetry::REDONE).increment(u64::from(done.written.redone));
+        metrics::counter!(telemetry::REDONE).increment(done.written.redone);
         metrics::counter!(telemetry::BATCHES).increment(1);
         metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
         metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());

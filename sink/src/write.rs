@@ -27,49 +27,72 @@ pub enum WriteMode {
 }
 
 /// What a write changed. Rows that were already present (a re-sent frame) are not counted.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Written {
     pub frames: u64,
     pub detections: u64,
-    /// The COPY hit a key conflict and the batch went through staging.
-    pub redone: bool,
+    /// Parts whose COPY hit a key conflict and went through staging.
+    pub redone: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.frames += other.frames;
+        self.detections += other.detections;
+        self.redone += other.redone;
+    }
 }
 
 const FRAME_COLUMNS: &str = "camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, \
                              person_count, model_name, model_sha256, kafka_partition, kafka_offset";
 const DETECTION_COLUMNS: &str = "camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at";
 
-/// A batch ready for the writer, with its binary COPY data already made (for the COPY and staging
-/// modes), so that encoding overlaps the previous batch's write instead of adding to it.
+/// A batch ready for the writer: split into parts of whole partitions that are written in
+/// parallel transactions (one connection each), with their binary COPY data already made (for the
+/// COPY and staging modes), so that encoding overlaps the previous batch's write.
 pub struct Encoded {
+    pub parts: Vec<Part>,
+}
+
+pub struct Part {
     pub batch: Batch,
     copy_data: Option<CopyData>,
 }
 
-/// COPY streams for the two tables; `None` when the batch has no row for that table.
+/// COPY streams for the two tables; `None` when the part has no row for that table.
 struct CopyData {
     frames: Option<Vec<u8>>,
     detections: Option<Vec<u8>>,
 }
 
 impl Encoded {
-    pub fn new(batch: Batch, mode: WriteMode) -> Self {
-        let copy_data =
-            (mode != WriteMode::Unnest).then(|| CopyData { frames: frames_copy(&batch), detections: detections_copy(&batch) });
-        Encoded { batch, copy_data }
+    pub fn new(batch: Batch, mode: WriteMode, writers: usize) -> Self {
+        let parts = batch
+            .split(writers)
+            .into_iter()
+            .map(|batch| {
+                let copy_data = (mode != WriteMode::Unnest)
+                    .then(|| CopyData { frames: frames_copy(&batch), detections: detections_copy(&batch) });
+                Part { batch, copy_data }
+            })
+            .collect();
+        Encoded { parts }
     }
+}
 
+impl Part {
     fn copy_data(&self) -> &CopyData {
         self.copy_data.as_ref().expect("COPY data is made for the copy and staging modes")
     }
 }
 
-pub async fn write_batch(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, enc: &Encoded) -> Result<Written, SinkError> {
-    match write_in_transaction(pool, mode, group, topic, enc).await {
+/// Writes one part in one transaction with its partitions' next offsets.
+pub async fn write_part(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
+    match write_in_transaction(pool, mode, group, topic, part).await {
         Err(e) if mode == WriteMode::Copy && is_unique_violation(&e) => {
             tracing::debug!("key conflict in COPY; redoing the batch through staging");
-            let w = write_in_transaction(pool, WriteMode::Staging, group, topic, enc).await?;
-            Ok(Written { redone: true, ..w })
+            let w = write_in_transaction(pool, WriteMode::Staging, group, topic, part).await?;
+            Ok(Written { redone: 1, ..w })
         }
         other => other,
     }
@@ -79,19 +102,19 @@ fn is_unique_violation(e: &SinkError) -> bool {
     matches!(e, SinkError::Database(db) if db.as_database_error().is_some_and(|d| d.code().as_deref() == Some("23505")))
 }
 
-async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, enc: &Encoded) -> Result<Written, SinkError> {
+async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
     let mut tx = pool.begin().await?;
     let (frames, detections) = match mode {
         WriteMode::Copy => {
-            let data = enc.copy_data();
+            let data = part.copy_data();
             (copy(&mut tx, "frames", FRAME_COLUMNS, &data.frames).await?, copy(&mut tx, "detections", DETECTION_COLUMNS, &data.detections).await?)
         }
-        WriteMode::Staging => stage(&mut tx, enc.copy_data()).await?,
-        WriteMode::Unnest => unnest(&mut tx, &enc.batch).await?,
+        WriteMode::Staging => stage(&mut tx, part.copy_data()).await?,
+        WriteMode::Unnest => unnest(&mut tx, &part.batch).await?,
     };
-    store_offsets(&mut tx, group, topic, &enc.batch).await?;
+    store_offsets(&mut tx, group, topic, &part.batch).await?;
     tx.commit().await?;
-    Ok(Written { frames, detections, redone: false })
+    Ok(Written { frames, detections, redone: 0 })
 }
 
 async fn copy(conn: &mut PgConnection, table: &str, columns: &str, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
