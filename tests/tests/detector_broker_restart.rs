@@ -102,10 +102,12 @@ async fn a_live_camera_drops_its_oldest_frames_while_the_broker_is_away() -> Res
     let (status, _, stopped_log) = stopped.finish(Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(2));
     services(&["start", "kafka"], true)?;
-    // The world's failure (exit 3), said in one line; frames were lost, so no success.
+    // The world's failure (exit 3), said in one line; frames were lost, so no success. Whether
+    // the local queue had filled by the signal (so a send was waiting) or not (so the final flush
+    // timed out) depends on how fast this machine inferred meanwhile; both say so.
     assert_eq!(status.code(), Some(3), "{stopped_log}");
     let errors: Vec<&str> = stopped_log.lines().filter(|l| l.contains(" ERROR ")).collect();
-    assert!(errors.len() == 1 && errors[0].contains("broker unreachable"), "{stopped_log}");
+    assert!(errors.len() == 1 && errors[0].contains("not delivered"), "{stopped_log}");
     assert!(!stopped_log.contains("panicked"), "{stopped_log}");
 
     // Publishing resumes: the queue drains, then frames captured after the outage follow.
