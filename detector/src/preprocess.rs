@@ -66,22 +66,45 @@ impl Letterbox {
     }
 }
 
+/// `v / 255` for every byte value: the same quotients as dividing, without a division per value.
+static UNIT: [f32; 256] = {
+    let mut t = [0.0; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as f32 / 255.0;
+        i += 1;
+    }
+    t
+};
+
 /// Writes the NCHW RGB float tensor from a resized BGR image (`new_w` x `new_h`, 3 bytes a pixel,
-/// rows `stride` bytes apart) placed at (`left`, `top`) on a grey canvas.
+/// rows `stride` bytes apart) placed at (`left`, `top`) on a grey canvas. Each value is written
+/// once: the padding, then the image; this runs on every frame, beside inference.
 pub fn fill_tensor(resized: &[u8], stride: usize, lb: &Letterbox, out: &mut [f32]) {
     let (w, h) = (lb.dst_w as usize, lb.dst_h as usize);
     let plane = w * h;
     assert_eq!(out.len(), 3 * plane, "tensor buffer must be 3 x {w} x {h}");
-    out.fill(PAD_VALUE as f32 / 255.0);
-    let (left, top) = (lb.left as usize, lb.top as usize);
-    for y in 0..lb.new_h as usize {
-        let row = &resized[y * stride..y * stride + lb.new_w as usize * 3];
-        let base = (top + y) * w + left;
+    let (left, top, new_w, new_h) = (lb.left as usize, lb.top as usize, lb.new_w as usize, lb.new_h as usize);
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let pad = UNIT[PAD_VALUE as usize];
+    for p in [&mut *r, &mut *g, &mut *b] {
+        p[..top * w].fill(pad);
+        p[(top + new_h) * w..].fill(pad);
+        for y in top..top + new_h {
+            p[y * w..y * w + left].fill(pad);
+            p[y * w + left + new_w..(y + 1) * w].fill(pad);
+        }
+    }
+    for y in 0..new_h {
+        let row = &resized[y * stride..y * stride + new_w * 3];
+        let at = (top + y) * w + left..(top + y) * w + left + new_w;
+        let (r, g, b) = (&mut r[at.clone()], &mut g[at.clone()], &mut b[at]);
         for (x, px) in row.chunks_exact(3).enumerate() {
             // BGR in, RGB planes out.
-            out[base + x] = px[2] as f32 / 255.0;
-            out[plane + base + x] = px[1] as f32 / 255.0;
-            out[2 * plane + base + x] = px[0] as f32 / 255.0;
+            r[x] = UNIT[px[2] as usize];
+            g[x] = UNIT[px[1] as usize];
+            b[x] = UNIT[px[0] as usize];
         }
     }
 }
@@ -172,6 +195,33 @@ mod tests {
         assert_eq!(&out[0..4], &[v(30), v(60), g, g]); // R plane
         assert_eq!(&out[4..8], &[v(20), v(50), g, g]); // G plane
         assert_eq!(&out[8..12], &[v(10), v(40), g, g]); // B plane
+    }
+
+    #[test]
+    fn tensor_matches_the_plain_definition_with_padding_on_either_axis() {
+        // Portrait (padding left and right) and landscape (above and below), odd splits, and rows
+        // with stride slack.
+        for (src_w, src_h, dst) in [(30u32, 50u32, 40u32), (50, 31, 40)] {
+            let lb = Letterbox::new(src_w, src_h, dst, dst);
+            let (nw, nh, stride) = (lb.new_w as usize, lb.new_h as usize, lb.new_w as usize * 3 + 5);
+            let img: Vec<u8> = (0..stride * nh).map(|i| (i * 7 % 251) as u8).collect();
+            let mut out = vec![-1.0; 3 * (dst * dst) as usize];
+            fill_tensor(&img, stride, &lb, &mut out);
+            let plane = (dst * dst) as usize;
+            for c in 0..3 {
+                for y in 0..dst as usize {
+                    for x in 0..dst as usize {
+                        let (ix, iy) = (x as i64 - lb.left as i64, y as i64 - lb.top as i64);
+                        let want = if (0..nw as i64).contains(&ix) && (0..nh as i64).contains(&iy) {
+                            img[iy as usize * stride + ix as usize * 3 + (2 - c)] as f32 / 255.0
+                        } else {
+                            PAD_VALUE as f32 / 255.0
+                        };
+                        assert_eq!(out[c * plane + y * dst as usize + x], want, "{src_w}x{src_h} c{c} ({x}, {y})");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
