@@ -6,14 +6,14 @@
 //!    (so model loading and video opening count against it), messages counted on its stdout.
 //! Last line: `detector_fps=<f> ort_fps=<f> ratio=<f>`.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use detector::infer::Model;
 use detector::preprocess::letterbox;
 use detector::source::{Source, SourceOptions};
+
+mod support;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -39,11 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         frames += 1;
     }
     for t in inputs.iter().take(5) {
-        model.run(t)?;
+        model.run(&[t])?;
     }
     let t = Instant::now();
     for i in 0..frames {
-        model.run(&inputs[i % inputs.len()])?;
+        model.run(&[&inputs[i % inputs.len()]])?;
     }
     let ort_fps = frames as f64 / t.elapsed().as_secs_f64();
     println!("video={} frames={frames} model={} threads={threads}", video.display(), model_path.display());
@@ -51,21 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(model);
 
     // The detector, end to end.
-    let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_detector"))
-        .arg("--source")
-        .arg(&video)
-        .arg("--model")
-        .arg(&model_path)
-        .args(["--threads", &threads.to_string(), "--output", "stdout"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let messages = BufReader::new(child.stdout.take().ok_or("stdout")?).lines().count();
-    let status = child.wait()?;
-    let secs = t.elapsed().as_secs_f64();
-    if !status.success() || messages != frames {
-        return Err(format!("detector: {status}, {messages} messages for {frames} frames").into());
+    let (video_arg, model_arg, threads_arg) = (video.to_string_lossy(), model_path.to_string_lossy(), threads.to_string());
+    let (messages, secs) =
+        support::run_detector(&["--source", &video_arg, "--model", &model_arg, "--threads", &threads_arg])?;
+    if messages != frames {
+        return Err(format!("detector: {messages} messages for {frames} frames").into());
     }
     let detector_fps = messages as f64 / secs;
     println!("detector_messages={messages} detector_s={secs:.2}");

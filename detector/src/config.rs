@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use serde::Deserialize;
 
 use crate::error::DetectorError;
 use crate::source::{RtspTransport, SourceKind};
@@ -21,8 +22,19 @@ pub enum OutputKind {
 #[command(version, about, long_about = None)]
 pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0).
-    #[arg(long, env = "DETECTOR_SOURCE")]
-    pub source: String,
+    #[arg(long, env = "DETECTOR_SOURCE", required_unless_present = "cameras", conflicts_with = "cameras")]
+    pub source: Option<String>,
+
+    /// TOML file listing many cameras (`[[camera]]` tables with `id`, `source` and per-camera
+    /// options), run in one process through one shared inference worker. The per-camera flags
+    /// below are the defaults for its entries. See the README.
+    #[arg(long, env = "DETECTOR_CAMERAS", value_name = "FILE")]
+    pub cameras: Option<PathBuf>,
+
+    /// Frames (of any cameras) run in one ONNX Runtime call, when the model's batch dimension is
+    /// dynamic (a model with a fixed batch of 1 runs them one by one).
+    #[arg(long, env = "DETECTOR_MAX_BATCH", default_value_t = 4)]
+    pub max_batch: usize,
 
     /// Video files: start again at the end, forever; frame_seq and pts_ms keep growing.
     #[arg(long = "loop", env = "DETECTOR_LOOP")]
@@ -52,7 +64,7 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_READ_TIMEOUT", default_value_t = 10)]
     pub read_timeout_s: u64,
 
-    /// Camera id: the Kafka message key and the `camera_id` of every row.
+    /// Camera id of `--source`: the Kafka message key and the `camera_id` of every row.
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
     pub camera_id: String,
 
@@ -105,41 +117,135 @@ pub struct Config {
     pub flush_timeout_s: u64,
 }
 
+/// One camera as the pipeline runs it: from the flags (`--source`) or an entry of `--cameras`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Camera {
+    pub id: String,
+    pub source: String,
+    pub looped: bool,
+    pub realtime: bool,
+    pub max_fps: f64,
+    pub open_timeout_s: u64,
+    pub read_timeout_s: u64,
+}
+
+/// The `--cameras` file: `[[camera]]` tables. Unknown keys are refused, so a typo cannot
+/// silently fall back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CamerasFile {
+    camera: Vec<CameraEntry>,
+}
+
+/// Options left out take the value of the matching flag (or its environment variable).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CameraEntry {
+    id: String,
+    source: String,
+    #[serde(rename = "loop")]
+    looped: Option<bool>,
+    realtime: Option<bool>,
+    max_fps: Option<f64>,
+    open_timeout_s: Option<u64>,
+    read_timeout_s: Option<u64>,
+}
+
+impl Camera {
+    /// The checks every camera passes, wherever it was configured. Messages name the option both
+    /// ways, as a flag and as a key of the cameras file.
+    fn validate(&self) -> Result<(), String> {
+        if !wire::is_label(&self.id, wire::MAX_LABEL_CHARS) {
+            return Err("the camera id (--camera-id, id) must be 1 to 128 characters, none of them control characters".into());
+        }
+        if !(self.max_fps.is_finite() && self.max_fps >= 0.0) {
+            return Err(format!("--max-fps (max_fps) must be 0 (no cap) or more, got {}", self.max_fps));
+        }
+        if self.open_timeout_s == 0 || self.read_timeout_s == 0 {
+            return Err("--open-timeout-s and --read-timeout-s (open_timeout_s, read_timeout_s) must be at least 1".into());
+        }
+        if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
+            return Err(
+                "--loop and --realtime (loop, realtime) apply to video files only (a live source is real time already, and is reopened when it ends)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
-    /// Checks what clap's types cannot; run before anything is opened.
-    pub fn validate(&self) -> Result<(), DetectorError> {
+    /// Checks what clap's types cannot and returns the cameras to run; nothing is opened yet, so
+    /// a bad setting fails at once and clearly.
+    pub fn validate(&self) -> Result<Vec<Camera>, DetectorError> {
         if !(0.0..=1.0).contains(&self.conf) {
             return Err(DetectorError::Config(format!("--conf must be within 0 and 1, got {}", self.conf)));
         }
         if !(0.0..=1.0).contains(&self.iou) {
             return Err(DetectorError::Config(format!("--iou must be within 0 and 1, got {}", self.iou)));
         }
-        if !wire::is_label(&self.camera_id, wire::MAX_LABEL_CHARS) {
-            return Err(DetectorError::Config("--camera-id must be 1 to 128 characters, none of them control characters".into()));
-        }
         if !(self.snapshot_every_s.is_finite() && self.snapshot_every_s >= 0.0) {
             return Err(DetectorError::Config(format!("--snapshot-every-s must be 0 or more, got {}", self.snapshot_every_s)));
-        }
-        if let Some(dir) = &self.snapshot_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
         }
-        if !(self.max_fps.is_finite() && self.max_fps >= 0.0) {
-            return Err(DetectorError::Config(format!("--max-fps must be 0 (no cap) or more, got {}", self.max_fps)));
+        if self.max_batch == 0 {
+            return Err(DetectorError::Config("--max-batch must be at least 1".into()));
         }
-        if self.open_timeout_s == 0 || self.read_timeout_s == 0 {
-            return Err(DetectorError::Config("--open-timeout-s and --read-timeout-s must be at least 1".into()));
+        let cameras = self.cameras()?;
+        if let Some(dir) = &self.snapshot_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
-        if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
-            return Err(DetectorError::Config(
-                "--loop and --realtime apply to video files only (a live source is real time already, and is reopened when it ends)"
-                    .into(),
-            ));
+        Ok(cameras)
+    }
+
+    /// The one camera of `--source`, or the entries of `--cameras` with the flags as defaults.
+    fn cameras(&self) -> Result<Vec<Camera>, DetectorError> {
+        let from_flags = |id: &str, source: &str| Camera {
+            id: id.to_string(),
+            source: source.to_string(),
+            looped: self.looped,
+            realtime: self.realtime,
+            max_fps: self.max_fps,
+            open_timeout_s: self.open_timeout_s,
+            read_timeout_s: self.read_timeout_s,
+        };
+        let Some(path) = &self.cameras else {
+            // clap requires one of --source and --cameras.
+            let camera = from_flags(&self.camera_id, self.source.as_deref().unwrap_or_default());
+            camera.validate().map_err(DetectorError::Config)?;
+            return Ok(vec![camera]);
+        };
+        let in_file = |why: String| DetectorError::Config(format!("--cameras {}: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| in_file(format!("cannot read: {e}")))?;
+        let file: CamerasFile = toml::from_str(&text).map_err(|e| {
+            // toml's Display draws the line over several; one line with its number reads better in logs.
+            let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
+            in_file(format!("line {line}: {}", e.message()))
+        })?;
+        if file.camera.is_empty() {
+            return Err(in_file("lists no [[camera]]".into()));
         }
-        Ok(())
+        let mut cameras: Vec<Camera> = Vec::with_capacity(file.camera.len());
+        for e in file.camera {
+            let defaults = from_flags(&e.id, &e.source);
+            let camera = Camera {
+                looped: e.looped.unwrap_or(defaults.looped),
+                realtime: e.realtime.unwrap_or(defaults.realtime),
+                max_fps: e.max_fps.unwrap_or(defaults.max_fps),
+                open_timeout_s: e.open_timeout_s.unwrap_or(defaults.open_timeout_s),
+                read_timeout_s: e.read_timeout_s.unwrap_or(defaults.read_timeout_s),
+                ..defaults
+            };
+            camera.validate().map_err(|why| in_file(format!("camera {:?}: {why}", camera.id)))?;
+            if cameras.iter().any(|c| c.id == camera.id) {
+                return Err(in_file(format!("camera id {:?} is listed twice (ids key the messages and rows)", camera.id)));
+            }
+            cameras.push(camera);
+        }
+        Ok(cameras)
     }
 
     pub fn intra_threads(&self) -> usize {
@@ -181,5 +287,60 @@ mod tests {
             let c = Config::parse_from(["detector", "--source", source, flag]);
             assert!(c.validate().unwrap_err().to_string().contains("video files only"), "{source} {flag}");
         }
+    }
+
+    /// Runs validate() on a cameras file with these contents and extra flags.
+    fn cameras_from(toml: &str, flags: &[&str]) -> Result<Vec<Camera>, DetectorError> {
+        let path = std::env::temp_dir().join(format!("cameras-{}-{}.toml", std::process::id(), rand::random::<u32>()));
+        std::fs::write(&path, toml).unwrap();
+        let mut args = vec!["detector", "--cameras", path.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let result = Config::parse_from(args).validate();
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    #[test]
+    fn a_cameras_file_takes_the_flags_as_defaults() {
+        let cams = cameras_from(
+            "[[camera]]\nid = \"door\"\nsource = \"rtsp://cam/door\"\n\n\
+             [[camera]]\nid = \"yard\"\nsource = \"yard.mp4\"\nmax_fps = 2.5\nloop = true\nread_timeout_s = 3\n",
+            &["--max-fps", "5", "--read-timeout-s", "7"],
+        )
+        .unwrap();
+        assert_eq!(cams.len(), 2);
+        assert_eq!((cams[0].id.as_str(), cams[0].source.as_str()), ("door", "rtsp://cam/door"));
+        assert_eq!((cams[0].max_fps, cams[0].read_timeout_s, cams[0].looped), (5.0, 7, false));
+        assert_eq!((cams[1].max_fps, cams[1].read_timeout_s, cams[1].looped), (2.5, 3, true));
+        assert_eq!(cams[1].open_timeout_s, 20);
+    }
+
+    #[test]
+    fn a_bad_cameras_file_is_refused_with_the_reason() {
+        let cases = [
+            ("", "missing field `camera`"),
+            ("camera = []", "lists no [[camera]]"),
+            ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\nfps = 3\n", "unknown field `fps`"),
+            ("[[camera]]\nid = \"a\"\n", "missing field `source`"),
+            ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\n[[camera]]\nid = \"a\"\nsource = \"b.mp4\"\n", "listed twice"),
+            ("[[camera]]\nid = \"a\"\nsource = \"rtsp://x/1\"\nloop = true\n", "camera \"a\": --loop and --realtime"),
+            ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\nmax_fps = -1.0\n", "camera \"a\": --max-fps (max_fps)"),
+            ("[[camera]]\nid = \"\"\nsource = \"a.mp4\"\n", "camera \"\": the camera id"),
+            ("[[camera]]\nid = \"a\"\n\nsource = a.mp4\n", "line 4: "),
+        ];
+        for (toml, needle) in cases {
+            let err = cameras_from(toml, &[]).unwrap_err().to_string();
+            assert!(err.starts_with("invalid configuration: --cameras "), "{err}");
+            assert!(err.contains(needle), "{toml:?}: expected {needle:?} in {err:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        let missing = Config::parse_from(["detector", "--cameras", "/nonexistent/cams.toml"]).validate().unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+
+    #[test]
+    fn source_and_cameras_exclude_each_other() {
+        assert!(Config::try_parse_from(["detector"]).is_err());
+        assert!(Config::try_parse_from(["detector", "--source", "a.mp4", "--cameras", "c.toml"]).is_err());
     }
 }

@@ -37,9 +37,9 @@ impl Layout {
         let unsupported = |why: &str| format!("unsupported output layout {shape:?}: {why}");
         let expected = "expected [1, 4 + classes (+ keypoints), anchors] (YOLOv8/11), \
                         [1, anchors, 5 + classes] (YOLOv5) or [1, detections, 6] (end-to-end)";
-        // -1 is a dynamic dimension (the anchors, in a dynamic-shape export).
+        // -1 is a dynamic dimension (the batch, or the anchors in a dynamic-shape export).
         let (rows, cols) = match shape {
-            [1, r, c] if (*r > 0 || *r == -1) && (*c > 4 || *c == -1) => (*r, *c),
+            [1 | -1, r, c] if (*r > 0 || *r == -1) && (*c > 4 || *c == -1) => (*r, *c),
             _ => return Err(unsupported(expected)),
         };
         let classes_or_default = if num_names > 0 { num_names } else { DEFAULT_CLASSES };
@@ -315,6 +315,7 @@ mod tests {
         assert_eq!(det, Layout::Anchors { classes: 80, keypoints: 0, keypoint_dims: 3 });
         assert_eq!(Layout::from_shape(&[1, 84, -1], 0, None, false).unwrap().num_classes(), 80);
         assert_eq!(Layout::from_shape(&[1, -1, 85], 0, None, false).unwrap(), Layout::V5 { classes: 80 });
+        assert_eq!(Layout::from_shape(&[-1, 56, 8400], 1, Some((17, 3)), false).unwrap(), pose, "dynamic batch");
         // YOLOv5 and end-to-end exports, told apart by shape (and `end2end` metadata).
         assert_eq!(Layout::from_shape(&[1, 25200, 85], 80, None, false).unwrap(), Layout::V5 { classes: 80 });
         assert_eq!(Layout::from_shape(&[1, 25200, 6], 0, None, false).unwrap(), Layout::V5 { classes: 1 });

@@ -23,6 +23,10 @@ pub struct Model {
     /// Input width and height, taken from the model.
     pub input_w: u32,
     pub input_h: u32,
+    /// Whether one run can take several frames (the input's first dimension is dynamic).
+    pub dynamic_batch: bool,
+    /// Several frames' inputs laid end to end, re-used from run to run.
+    batch_input: Vec<f32>,
     /// How to read the output tensor.
     pub layout: Layout,
     /// Class names by id, from the model's metadata where present.
@@ -47,9 +51,13 @@ impl Model {
 
         let input = session.inputs().first().ok_or_else(|| err("the model has no input".into()))?;
         let in_shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
-        let (input_h, input_w) = match in_shape.as_slice() {
-            [_, 3, h, w] if *h > 0 && *w > 0 => (*h as u32, *w as u32),
-            _ => return Err(err(format!("expected an image input [N,3,H,W] with fixed H and W, got {in_shape:?}"))),
+        let (batch, input_h, input_w) = match in_shape.as_slice() {
+            [b, 3, h, w] if (*b == 1 || *b == -1) && *h > 0 && *w > 0 => (*b, *h as u32, *w as u32),
+            _ => {
+                return Err(err(format!(
+                    "expected an image input [1 or dynamic, 3, H, W] with fixed H and W, got {in_shape:?}"
+                )))
+            }
         };
         let output = session.outputs().first().ok_or_else(|| err("the model has no output".into()))?;
         let out_shape: Vec<i64> = output.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
@@ -70,15 +78,30 @@ impl Model {
             session,
             input_w,
             input_h,
+            dynamic_batch: batch == -1,
+            batch_input: Vec::new(),
             layout,
             class_names,
             info: wire::ModelInfo { name, sha256: sha256[..12].to_string() },
         })
     }
 
-    /// Runs one letterboxed frame (3 x input_h x input_w floats).
-    pub fn run(&mut self, input: &[f32]) -> Result<RawOutput, DetectorError> {
-        let shape = [1usize, 3, self.input_h as usize, self.input_w as usize];
+    /// Runs letterboxed frames (3 x input_h x input_w floats each) in one call, so at most one
+    /// frame unless the batch is dynamic; returns each frame's output as a batch of one.
+    pub fn run(&mut self, inputs: &[&[f32]]) -> Result<Vec<RawOutput>, DetectorError> {
+        let frame_len = 3 * self.input_h as usize * self.input_w as usize;
+        let n = inputs.len();
+        if n == 0 || (n > 1 && !self.dynamic_batch) || inputs.iter().any(|i| i.len() != frame_len) {
+            return Err(DetectorError::Inference(format!("{n} inputs for a model whose batch is {}", if self.dynamic_batch { "dynamic" } else { "1" })));
+        }
+        let input: &[f32] = if n == 1 {
+            inputs[0]
+        } else {
+            self.batch_input.clear();
+            inputs.iter().for_each(|i| self.batch_input.extend_from_slice(i));
+            &self.batch_input
+        };
+        let shape = [n, 3, self.input_h as usize, self.input_w as usize];
         let tensor = TensorRef::from_array_view((shape, input))
             .map_err(|e| DetectorError::Inference(format!("input tensor: {e}")))?;
         let outputs = self
@@ -88,7 +111,15 @@ impl Model {
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
-        Ok(RawOutput { shape: shape.iter().map(|&d| d as usize).collect(), data: data.to_vec() })
+        let per_frame: Vec<usize> = shape.iter().skip(1).map(|&d| d as usize).collect();
+        if shape.first() != Some(&(n as i64)) || data.len() % n != 0 {
+            return Err(DetectorError::Inference(format!("output shape {shape:?} for a batch of {n}")));
+        }
+        let len = data.len() / n;
+        Ok(data
+            .chunks_exact(len)
+            .map(|d| RawOutput { shape: std::iter::once(1).chain(per_frame.iter().copied()).collect(), data: d.to_vec() })
+            .collect())
     }
 }
 

@@ -11,8 +11,6 @@ use detector::{config, pipeline, source};
 
 fn main() -> ExitCode {
     let cfg = config::Config::parse();
-    // Here, while this is the only thread: it sets an environment variable.
-    source::select_rtsp_transport(&cfg.source, cfg.rtsp_transport);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -28,7 +26,12 @@ fn main() -> ExitCode {
         signal_hook::flag::register(sig, Arc::clone(&stop)).expect("signal handler");
     }
 
-    match cfg.validate().and_then(|()| pipeline::run(&cfg, &stop)) {
+    let result = cfg.validate().and_then(|cameras| {
+        // Here, while this is the only thread: it sets an environment variable.
+        source::select_rtsp_transport(cameras.iter().map(|c| c.source.as_str()), cfg.rtsp_transport);
+        pipeline::run(&cfg, &cameras, &stop)
+    });
+    match result {
         Ok(s) => {
             tracing::info!(
                 frames = s.frames_read,
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
                 dropped = s.frames_dropped,
                 reconnects = s.reconnects,
                 messages = s.messages,
+                inference_runs = s.inference_runs,
                 seconds = format!("{:.1}", s.elapsed.as_secs_f64()),
                 fps = format!("{:.1}", s.messages as f64 / s.elapsed.as_secs_f64()),
                 "detector finished"

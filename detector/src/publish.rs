@@ -61,10 +61,11 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn open(cfg: &Config) -> Result<Self, DetectorError> {
+    /// `client_id` names the producer to the brokers.
+    pub fn open(cfg: &Config, client_id: &str) -> Result<Self, DetectorError> {
         match cfg.output {
             OutputKind::Stdout => Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout()))),
-            OutputKind::Kafka => KafkaOutput::connect(cfg).map(Output::Kafka),
+            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id).map(Output::Kafka),
         }
     }
 
@@ -93,11 +94,11 @@ impl Output {
 }
 
 impl KafkaOutput {
-    fn connect(cfg: &Config) -> Result<Self, DetectorError> {
+    fn connect(cfg: &Config, client_id: &str) -> Result<Self, DetectorError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &cfg.brokers)
-            .set("client.id", format!("detector-{}", cfg.camera_id))
+            .set("client.id", client_id)
             // Idempotence keeps retries from duplicating or reordering a camera's frames.
             .set("enable.idempotence", "true")
             .set("acks", "all")

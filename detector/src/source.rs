@@ -216,13 +216,17 @@ pub enum RtspTransport {
     Udp,
 }
 
-/// Chooses FFmpeg's RTSP transport for `uri`. OpenCV's FFmpeg backend reads its options from
-/// OPENCV_FFMPEG_CAPTURE_OPTIONS at every open; call this before any thread starts, as changing
-/// the environment is not thread-safe. Options the user set there are kept; the flag wins.
-pub fn select_rtsp_transport(uri: &str, transport: RtspTransport) {
+/// Chooses FFmpeg's RTSP transport when any of `uris` is an RTSP stream. OpenCV's FFmpeg backend
+/// reads its options from OPENCV_FFMPEG_CAPTURE_OPTIONS at every open, so the choice holds for
+/// every camera of the process; call this before any thread starts, as changing the environment
+/// is not thread-safe. Options the user set there are kept; the flag wins.
+pub fn select_rtsp_transport<'a>(mut uris: impl Iterator<Item = &'a str>, transport: RtspTransport) {
     const VAR: &str = "OPENCV_FFMPEG_CAPTURE_OPTIONS";
-    let lower = uri.to_ascii_lowercase();
-    if !(lower.starts_with("rtsp://") || lower.starts_with("rtsps://")) {
+    let rtsp = |uri: &str| {
+        let lower = uri.to_ascii_lowercase();
+        lower.starts_with("rtsp://") || lower.starts_with("rtsps://")
+    };
+    if !uris.any(rtsp) {
         return;
     }
     let transport = match transport {

@@ -94,7 +94,7 @@ fn bad_flag_value() -> Result<()> {
 #[test]
 fn loop_on_a_live_source_is_refused() -> Result<()> {
     let out = detector(&["--source", "rtsp://127.0.0.1:9/stream", "--loop", "--output", "stdout"])?;
-    assert_clean_failure(&out, 2, "--loop and --realtime apply to video files only");
+    assert_clean_failure(&out, 2, "--loop and --realtime (loop, realtime) apply to video files only");
     Ok(())
 }
 
@@ -120,5 +120,19 @@ fn snapshot_of_a_frame_with_people() -> Result<()> {
         let p = snap.get_pixel(x, y);
         assert!(p[1] > 180 && p[0] < 120 && p[2] < 120, "pixel {p:?} at ({x}, {y}) for {:?}", d.bbox);
     }
+    Ok(())
+}
+
+#[test]
+fn bad_cameras_file() -> Result<()> {
+    let dir = TempDir::new("bad-cameras")?;
+    let path = dir.join("cameras.toml");
+    std::fs::write(&path, "[[camera]]\nid = \"door\"\nsource = \"door.mp4\"\nmax_fsp = 5\n")?;
+    let out = detector(&["--cameras", path.to_str().unwrap(), "--output", "stdout"])?;
+    assert_clean_failure(&out, 2, "line 4: unknown field `max_fsp`");
+    // A listed file that is not there fails the whole run at start, naming it.
+    std::fs::write(&path, "[[camera]]\nid = \"door\"\nsource = \"/nonexistent/door.mp4\"\n")?;
+    let out = detector(&["--cameras", path.to_str().unwrap(), "--model", model().to_str().unwrap(), "--output", "stdout"])?;
+    assert_clean_failure(&out, 2, "source /nonexistent/door.mp4: no such file");
     Ok(())
 }

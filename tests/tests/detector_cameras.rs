@@ -1,0 +1,172 @@
+//! Many cameras in one detector process (`--cameras FILE`), with `--output stdout`: files, an
+//! image and a live RTSP stream side by side through one shared inference worker, batched when the
+//! model's batch is dynamic.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use pipeline_tests::*;
+use wire::FrameMessage;
+
+const FINISHED: &str = "detector finished";
+
+fn write_cameras(dir: &TempDir, toml: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join("cameras.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+/// Runs the detector on a cameras file to its end; returns the messages by camera, in the order
+/// they were written, and stderr.
+fn run_cameras(cameras: &std::path::Path, extra: &[&str]) -> Result<(BTreeMap<String, Vec<FrameMessage>>, String)> {
+    // Spawned reads stdout as it comes: a run's messages are more than a pipe holds.
+    let det = Spawned::start(
+        Command::new(bin("detector")).arg("--cameras").arg(cameras).args(["--output", "stdout"]).args(extra),
+    )?;
+    let mut by_camera: BTreeMap<String, Vec<FrameMessage>> = BTreeMap::new();
+    while let Some(line) = det.next_line(Duration::from_secs(120))? {
+        let msg = FrameMessage::from_json(line.as_bytes())?;
+        by_camera.entry(msg.camera_id.clone()).or_default().push(msg);
+    }
+    let (status, rest, stderr) = det.finish(Duration::from_secs(60))?;
+    ensure!(status.success() && rest.is_empty(), "exit {status}; stderr:\n{stderr}");
+    Ok((by_camera, stderr))
+}
+
+fn seqs(msgs: &[FrameMessage]) -> Vec<u64> {
+    msgs.iter().map(|m| m.frame_seq).collect()
+}
+
+/// Two cameras on the same clip and one on an image: every frame of each, in order, keyed by its
+/// own camera; the two clips give the same detections, so no frame went to the wrong camera.
+#[test]
+fn files_and_an_image_share_one_inference_worker() -> Result<()> {
+    let dir = TempDir::new("cameras")?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(4))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    let cameras = write_cameras(
+        &dir,
+        &format!(
+            "[[camera]]\nid = \"left\"\nsource = \"{clip}\"\n\n[[camera]]\nid = \"right\"\nsource = \"{clip}\"\n\n\
+             [[camera]]\nid = \"court\"\nsource = \"{img}\"\n",
+            clip = clip.display(),
+            img = sample("basketball1.png").display()
+        ),
+    )?;
+    let (by_camera, stderr) = run_cameras(&cameras, &["--model", model().to_str().unwrap()])?;
+    ensure!(by_camera.len() == 3, "cameras seen: {:?}", by_camera.keys().collect::<Vec<_>>());
+    let (left, right, court) = (&by_camera["left"], &by_camera["right"], &by_camera["court"]);
+    let all: Vec<u64> = (0..frames).collect();
+    assert_eq!(seqs(left), all, "every frame of the clip, in decode order");
+    assert_eq!(seqs(right), all);
+    assert_eq!(court.len(), 1);
+    assert_eq!(court[0].detections.len(), 2, "basketball1.png has its 2 people");
+    for (l, r) in left.iter().zip(right) {
+        assert_eq!(l.detections, r.detections, "frame {}", l.frame_seq);
+        assert_eq!((l.pts_ms, l.frame_width), (r.pts_ms, r.frame_width));
+    }
+    assert!(left.iter().map(|m| m.detections.len()).sum::<usize>() > frames as usize, "people in the clip");
+    // The shipped model's batch is fixed at 1: one run a frame.
+    let messages = 2 * frames + 1;
+    assert_eq!(log_field(&stderr, FINISHED, "messages"), Some(messages), "{stderr}");
+    assert_eq!(log_field(&stderr, FINISHED, "inference_runs"), Some(messages), "{stderr}");
+    for camera in ["left", "right", "court"] {
+        ensure!(stderr.contains(&format!("camera={camera}")), "a line per camera: {stderr}");
+    }
+    Ok(())
+}
+
+/// With a dynamic-batch model, frames of several cameras run in one call, and each frame's
+/// detections are those of running it alone.
+#[test]
+fn a_dynamic_batch_model_batches_cameras_and_gives_the_same_detections() -> Result<()> {
+    let batch_model = repo_root().join("models/yolo11n-pose-batch.onnx");
+    let dir = TempDir::new("batch")?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(3))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    let entry = |i: usize| format!("[[camera]]\nid = \"cam{i}\"\nsource = \"{}\"\n\n", clip.display());
+    let cameras = write_cameras(&dir, &(0..4).map(entry).collect::<String>())?;
+    let (batched, stderr) = run_cameras(&cameras, &["--model", batch_model.to_str().unwrap(), "--max-batch", "4"])?;
+    ensure!(stderr.contains("dynamic_batch=true"), "{stderr}");
+    let messages = log_field(&stderr, FINISHED, "messages").context("messages")?;
+    let runs = log_field(&stderr, FINISHED, "inference_runs").context("inference_runs")?;
+    assert_eq!(messages, 4 * frames);
+    // Four file cameras keep the worker's queues full: nearly every run takes all four.
+    assert!(runs * 3 <= messages, "{runs} runs for {messages} frames: batching did not happen");
+
+    // The reference: one camera, the shipped fixed-batch model (the same weights).
+    let alone = run_cameras(&write_cameras(&dir, &entry(0))?, &["--model", model().to_str().unwrap()])?.0;
+    let reference = &alone["cam0"];
+    assert_eq!(reference.len() as u64, frames);
+    for (id, msgs) in &batched {
+        assert_eq!(seqs(msgs), seqs(reference), "{id}");
+        for (b, r) in msgs.iter().zip(reference) {
+            assert_eq!(b.detections.len(), r.detections.len(), "{id} frame {}", b.frame_seq);
+            for (bd, rd) in b.detections.iter().zip(&r.detections) {
+                // Same weights and arithmetic; a batched kernel may round differently.
+                let (bb, rb) = (&bd.bbox, &rd.bbox);
+                let off = [bb.x1 - rb.x1, bb.y1 - rb.y1, bb.x2 - rb.x2, bb.y2 - rb.y2].iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(off < 0.05 && (bd.score - rd.score).abs() < 1e-3, "{id} frame {}: {bd:?} vs {rd:?}", b.frame_seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A live RTSP camera beside a file: the file is read to its end while the stream goes on, and
+/// SIGTERM ends both cleanly.
+#[test]
+fn a_live_camera_and_a_file_in_one_process() -> Result<()> {
+    let dir = TempDir::new("mixed")?;
+    let mp4 = dir.join("vtest.mp4");
+    h264_mp4(&sample("vtest.avi"), &mp4, None)?;
+    let port = free_port()?;
+    let _server = start_rtsp_server(&mp4, port)?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(2))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    let cameras = write_cameras(
+        &dir,
+        &format!(
+            "[[camera]]\nid = \"street\"\nsource = \"rtsp://127.0.0.1:{port}/stream\"\nmax_fps = 5\n\n\
+             [[camera]]\nid = \"archive\"\nsource = \"{}\"\n",
+            clip.display()
+        ),
+    )?;
+    let det = Spawned::start(
+        Command::new(bin("detector"))
+            .arg("--cameras")
+            .arg(&cameras)
+            .args(["--model", model().to_str().unwrap(), "--output", "stdout"]),
+    )?;
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Until the file is done and the stream has given some frames after it.
+    while counts.get("archive").map_or(0, Vec::len) < frames as usize || counts.get("street").map_or(0, Vec::len) < 10 {
+        let line = det.next_line(Duration::from_secs(60))?.context("stdout closed early")?;
+        let msg = FrameMessage::from_json(line.as_bytes())?;
+        counts.entry(msg.camera_id).or_default().push(msg.frame_seq);
+    }
+    det.signal("TERM");
+    let (status, rest, stderr) = det.finish(Duration::from_secs(60))?;
+    ensure!(status.code() == Some(0), "exit {status}; stderr:\n{stderr}");
+    ensure!(!stderr.contains("panicked") && !stderr.lines().any(|l| l.contains(" ERROR ")), "{stderr}");
+    for line in rest {
+        let msg = FrameMessage::from_json(line.as_bytes())?;
+        counts.entry(msg.camera_id).or_default().push(msg.frame_seq);
+    }
+    assert_eq!(counts["archive"], (0..frames).collect::<Vec<_>>(), "the file loses nothing");
+    let street = &counts["street"];
+    assert!(street.windows(2).all(|w| w[0] < w[1]), "live frames in order: {street:?}");
+    // --max-fps 5 on a 10 fps stream, per camera: the stream skips frames, the file none.
+    let finished = |id: &str| {
+        stderr.lines().find(|l| l.contains("camera finished") && l.contains(&format!("camera={id} "))).map(str::to_string)
+    };
+    let skipped = |id: &str| finished(id).and_then(|l| log_field(&l, "camera finished", "skipped"));
+    ensure!(skipped("street").is_some_and(|n| n > 0), "{stderr}");
+    ensure!(skipped("archive") == Some(0), "{stderr}");
+    Ok(())
+}
