@@ -48,13 +48,12 @@ def main(src, dst):
             continue
         assert n.input[1] in inits, f"{n.name}: shape is computed, not a constant"
         assert not any(a.name == "allowzero" and a.i for a in n.attribute), n.name
-        t = inits[n.input[1]]
-        target = numpy_helper.to_array(t)
+        target = numpy_helper.to_array(inits[n.input[1]])
         if target[0] == 1 and static[n.input[0]][0] == 1:
             rewritten.append(n)
             print(f"{n.name}: {n.input[1]} {target.tolist()} -> [0, {', '.join(map(str, target[1:]))}]")
     for name in {n.input[1] for n in rewritten}:
-        # A shape constant is shared by several Reshapes; all of its users must be ones we rewrite.
+        # Shape constants are shared (one [1, 51, -1] serves 4 Reshapes): all users must be rewritten ones.
         users = [n for n in g.node if name in n.input]
         assert all(u in rewritten for u in users), name
         target = numpy_helper.to_array(inits[name]).copy()

@@ -79,6 +79,12 @@ pub struct Summary {
 }
 
 pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summary, DetectorError> {
+    // OpenCV's own thread pool (TBB here) would parallelise each resize across the cores that
+    // ONNX Runtime's threads are using; sequential OpenCV in each capture thread (the cameras are
+    // the parallelism) leaves those cores to inference.
+    if let Err(e) = opencv::core::set_num_threads(0) {
+        tracing::warn!(error = %e, "cannot make OpenCV sequential; its threads will compete with inference");
+    }
     // Open everything before starting a thread, so a bad input fails at once and clearly.
     let sources = cameras
         .iter()
