@@ -10,50 +10,24 @@ because on 2 cores anything else running (a cargo build) moves them a lot.
 
 import argparse
 import os
-import subprocess
 import time
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
+from yolo_frames import ffmpeg_frames, letterbox, session, to_input
 
-def frames(path, picks, w=768, h=576):
-    """BGR frames number `picks` of a video, decoded by the ffmpeg CLI (as the detector's OpenCV does)."""
-    p = subprocess.Popen(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         stdout=subprocess.PIPE)
-    out, i = {}, 0
-    while len(out) < len(picks):
-        buf = p.stdout.read(w * h * 3)
-        if len(buf) < w * h * 3:
-            break
+
+def frames(path, picks):
+    """BGR frames number `picks` of a video, as the detector's OpenCV decodes them."""
+    out = {}
+    for i, f in enumerate(ffmpeg_frames(path)):
         if i in picks:
-            out[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-        i += 1
-    p.kill()
+            out[i] = f
+        if len(out) == len(picks):
+            break
     return [out[i] for i in picks]
-
-
-def letterbox(img, size=640):
-    """Ultralytics LetterBox(auto=False, center=True) + its preprocess: BGR->RGB, /255, CHW."""
-    h, w = img.shape[:2]
-    r = min(size / h, size / w)
-    nw, nh = round(w * r), round(h * r)
-    dw, dh = (size - nw) / 2, (size - nh) / 2
-    if (nw, nh) != (w, h):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
-
-
-def session(path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def per_frame_ms(sess, x, runs, warmup=3):
@@ -88,7 +62,7 @@ def main():
           f" imgsz={mb.get('imgsz')} stride={mb.get('stride')})")
 
     picks = [0, 100, 200, 300, 400, 500, 600, 700]
-    x = np.stack([letterbox(f) for f in frames(a.video, picks)])
+    x = to_input(np.stack([letterbox(f) for f in frames(a.video, picks)]))
     ref = np.concatenate([s.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
     print(f"frames {picks}; static outputs: {ref.shape}, |max| {np.abs(ref).max():.1f},"
           f" persons with score > 0.25 per frame {[int((ref[i, 4] > 0.25).sum()) for i in range(len(x))]}, max score per frame {[round(float(ref[i, 4].max()), 2) for i in range(len(x))]}")

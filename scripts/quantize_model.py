@@ -25,65 +25,29 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import cv2
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 from onnxruntime.quantization import calibrate as ort_calibrate
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-SIZE = 640
+from yolo_frames import ffmpeg_frames, letterbox, session, to_input
+
 CONF, NMS_IOU, MAX_DET, MATCH_IOU = 0.25, 0.7, 300, 0.5
 
 
 # ---------------------------------------------------------------- frames
-def video_frames(path):
-    """BGR frames as the ffmpeg CLI decodes them (the libavcodec the detector's OpenCV reads through)."""
-    cap = cv2.VideoCapture(path)
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    cap.release()
-    p = subprocess.Popen(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         stdout=subprocess.PIPE)
-    size = w * h * 3
-    while True:
-        buf = p.stdout.read(size)
-        if len(buf) < size:
-            break
-        yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-    p.wait()
-
-
-def letterbox(img):
-    """Ultralytics LetterBox(auto=False, scaleup=True, center=True), returns HWC RGB uint8."""
-    h, w = img.shape[:2]
-    r = min(SIZE / h, SIZE / w)
-    nw, nh = int(round(w * r)), int(round(h * r))  # Python round: half to even, like Ultralytics
-    dw, dh = (SIZE - nw) / 2, (SIZE - nh) / 2
-    if (w, h) != (nw, nh):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    return np.ascontiguousarray(img[:, :, ::-1])
-
-
-def to_input(lb):
-    return (lb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
-
-
 def load_frames(video, cache):
     """All letterboxed frames, [N, 640, 640, 3] uint8, cached as .npy (~1 GB for vtest.avi)."""
     if cache and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(video):
         return np.load(cache, mmap_mode="r")
-    frames = np.stack([letterbox(f) for f in video_frames(video)])
+    frames = np.stack([letterbox(f) for f in ffmpeg_frames(video)])
     if cache:
         np.save(cache, frames)
     return frames
@@ -246,14 +210,6 @@ def quantize(args, frames):
 
 
 # ---------------------------------------------------------------- evaluation
-def session(path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
 def bench(path, x, runs, warmup=10):
     s = session(path)
     for _ in range(warmup):

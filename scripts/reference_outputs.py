@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -26,6 +25,8 @@ import onnxruntime
 import torch
 import ultralytics
 from ultralytics import YOLO
+
+from yolo_frames import ffmpeg_frames
 
 PREDICT = dict(imgsz=640, conf=0.25, iou=0.7, max_det=300, device="cpu", verbose=False)
 
@@ -36,19 +37,6 @@ def r3(v):
 
 def thumb(img):
     return cv2.resize(img, (96, 72), interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
-def ffmpeg_frames(path, w, h):
-    """BGR frames of a video as the ffmpeg CLI decodes them (Debian's libavcodec)."""
-    p = subprocess.Popen(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         stdout=subprocess.PIPE)
-    size = w * h * 3
-    while True:
-        buf = p.stdout.read(size)
-        if len(buf) < size:
-            break
-        yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-    p.wait()
 
 
 def main():
