@@ -65,6 +65,11 @@ struct Counters {
     reconnects: AtomicU64,
 }
 
+/// One count summed over the cameras.
+fn total(counters: &[Counters], count: fn(&Counters) -> &AtomicU64) -> u64 {
+    counters.iter().map(|c| count(c).load(Ordering::Relaxed)).sum()
+}
+
 /// Totals over all cameras.
 #[derive(Debug)]
 pub struct Summary {
@@ -180,7 +185,7 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
     capture_results.into_iter().collect::<Result<(), _>>()?;
     infer_result?;
     let messages = publish_result?;
-    let total = |f: fn(&Counters) -> &AtomicU64| counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum();
+    let total = |f| total(&counters, f);
     if cameras.len() > 1 {
         for (c, n) in cameras.iter().zip(&counters) {
             tracing::info!(
@@ -366,7 +371,7 @@ fn publish_loop(
     let started = Instant::now();
     let mut snapshots: Vec<Option<Snapshots>> =
         cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
-    let total = |f: fn(&Counters) -> &AtomicU64| counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum::<u64>();
+    let total = |f| total(counters, f);
     for Inferred { meta, lb, output: raw } in rx {
         let detections = decoder.decode(&raw, &lb)?;
         let msg = wire::FrameMessage {
