@@ -1,12 +1,14 @@
 //! Detector throughput against bare ONNX Runtime, in one run, with the same model and threads:
 //!   cargo bench -p detector --bench throughput [-- VIDEO [MODEL [ROUNDS]]]
-//! Each of ROUNDS (default 3) rounds measures, back to back:
-//! 1. Bare inference: the model alone on letterboxed frames of the video (40 distinct frames,
-//!    cycled), after a warm-up, as many runs as the video has frames.
-//! 2. The detector binary on the whole video with `--output stdout`, from process start to exit
-//!    (so model loading and video opening count against it), messages counted on its stdout.
+//! Two measurements, alternated:
+//! - Bare inference: the model alone on letterboxed frames of the video (40 distinct frames,
+//!   cycled), after a warm-up, as many runs as the video has frames.
+//! - The detector binary on the whole video with `--output stdout`, from process start to exit
+//!   (so model loading and video opening count against it), messages counted on its stdout.
 //!
-//! Last line, from the round with the median ratio: `detector_fps=<f> ort_fps=<f> ratio=<f>`.
+//! Bare, then ROUNDS (default 3) times detector + bare; each round's ort_fps is the mean of the
+//! bare rates just before and after its detector run. Last line, from the round with the median
+//! ratio: `detector_fps=<f> ort_fps=<f> ratio=<f>`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,24 +48,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("video={} frames={frames} model={} threads={threads} rounds={rounds}", video.display(), model_path.display());
     let (video_arg, model_arg, threads_arg) = (video.to_string_lossy(), model_path.to_string_lossy(), threads.to_string());
-    let mut rates = Vec::new();
-    for round in 1..=rounds {
+    // Bare inference before the first detector run and after each: every detector run is
+    // compared with the mean of the bare rates measured just before and just after it, so a
+    // machine whose speed drifts disturbs the ratio less.
+    let mut bare = || -> Result<f64, Box<dyn std::error::Error>> {
         let t = Instant::now();
         for i in 0..frames {
             model.run(&[&inputs[i % inputs.len()]])?;
         }
-        let ort_fps = frames as f64 / t.elapsed().as_secs_f64();
+        Ok(frames as f64 / t.elapsed().as_secs_f64())
+    };
+    let mut before = bare()?;
+    let mut rates = Vec::new();
+    for round in 1..=rounds {
         let (messages, secs) =
             support::run_detector(&["--source", &video_arg, "--model", &model_arg, "--threads", &threads_arg])?;
         if messages != frames {
             return Err(format!("detector: {messages} messages for {frames} frames").into());
         }
-        let detector_fps = messages as f64 / secs;
-        println!("round={round} ort_fps={ort_fps:.2} detector_fps={detector_fps:.2} ratio={:.3}", detector_fps / ort_fps);
+        let after = bare()?;
+        let (detector_fps, ort_fps) = (messages as f64 / secs, (before + after) / 2.0);
+        println!(
+            "round={round} ort_fps_before={before:.2} detector_fps={detector_fps:.2} ort_fps_after={after:.2} ratio={:.3}",
+            detector_fps / ort_fps
+        );
         rates.push((detector_fps / ort_fps, detector_fps, ort_fps));
+        before = after;
     }
-    // The round with the median ratio: each ratio compares two measurements taken back to back,
-    // so a machine whose speed drifts between rounds disturbs it least.
+    // The round with the median ratio: one slow or fast moment does not decide the figure.
     rates.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (ratio, detector_fps, ort_fps) = rates[rates.len() / 2];
     println!("detector_fps={detector_fps:.2} ort_fps={ort_fps:.2} ratio={ratio:.3}");
