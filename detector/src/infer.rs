@@ -111,14 +111,13 @@ impl Model {
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
-        let per_frame: Vec<usize> = shape.iter().skip(1).map(|&d| d as usize).collect();
         if shape.first() != Some(&(n as i64)) || data.len() % n != 0 {
             return Err(DetectorError::Inference(format!("output shape {shape:?} for a batch of {n}")));
         }
-        let len = data.len() / n;
+        let frame_shape: Vec<usize> = std::iter::once(1).chain(shape.iter().skip(1).map(|&d| d as usize)).collect();
         Ok(data
-            .chunks_exact(len)
-            .map(|d| RawOutput { shape: std::iter::once(1).chain(per_frame.iter().copied()).collect(), data: d.to_vec() })
+            .chunks_exact(data.len() / n)
+            .map(|d| RawOutput { shape: frame_shape.clone(), data: d.to_vec() })
             .collect())
     }
 }

@@ -119,13 +119,6 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
         tracing::info!(camera = %c.id, source = %c.source, kind = ?s.kind, realtime = c.realtime, looped = c.looped, max_fps = c.max_fps, "camera");
     }
 
-    // Real time: room for exactly the newest frame. Files: a little slack so capture overlaps
-    // inference, and enough for a whole batch from one file.
-    let channels: Vec<_> = sources
-        .iter()
-        .zip(cameras)
-        .map(|(s, c)| bounded::<Prepared>(if s.kind == SourceKind::Live || c.realtime { 1 } else { max_batch.max(4) }))
-        .collect();
     let (done_tx, done_rx) = bounded::<Inferred>(4 * max_batch);
     // Input buffers go back to capture for re-use: each is 3 x 640 x 640 floats.
     let (spare_tx, spare_rx) = bounded::<Vec<f32>>(2 * max_batch + cameras.len());
@@ -148,8 +141,11 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
         };
         let mut frame_rxs = Vec::with_capacity(cameras.len());
         let mut captures = Vec::with_capacity(cameras.len());
-        for (i, ((source, (tx, rx)), camera)) in sources.into_iter().zip(channels).zip(cameras).enumerate() {
+        for (i, (source, camera)) in sources.into_iter().zip(cameras).enumerate() {
             let real_time = source.kind == SourceKind::Live || camera.realtime;
+            // Real time: room for exactly the newest frame. Files: a little slack so capture
+            // overlaps inference, and enough for a whole batch from one file.
+            let (tx, rx) = bounded::<Prepared>(if real_time { 1 } else { max_batch.max(4) });
             let capture = Capture {
                 camera: i,
                 paced: camera.realtime,
