@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set everything up, then run the whole pipeline on the sample video
-#   detector (vtest.avi) -> Kafka -> sink -> PostgreSQL
+#   detector (vtest.avi) -> Kafka (framed for the schema registry) -> sink -> PostgreSQL
 # and print what the table says: people per second of video. Stops the servers at the end; the
-# rows stay in PostgreSQL (scripts/services.sh start postgres, then query them).
+# rows stay in PostgreSQL (scripts/services.sh start postgres, then query them). Running it again
+# is a replay of the same run (same file, same model and settings): the table keeps each frame once.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -21,41 +22,51 @@ trap cleanup EXIT
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 export KAFKA_TOPIC="detections"
 export DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+export SCHEMA_REGISTRY_URL="$REGISTRY_URL"
 export PGPASSWORD="$PG_PASSWORD"
 CAMERA="vtest"
 psql_q() { psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" "$@"; }
 
 ./target/release/sink migrate
-# A fresh picture for this camera (a re-run would otherwise be absorbed as a replay).
-psql_q -qc "DELETE FROM detections WHERE camera_id = '$CAMERA'; DELETE FROM frames WHERE camera_id = '$CAMERA';"
 
-./target/release/sink run --group-id demo-sink > "$STATE_DIR/demo-sink.log" 2>&1 &
+# A group of its own each time: the broker is fresh at every start (a fixture), so offsets an
+# earlier demo stored would point past the new topic's messages.
+GROUP="demo-sink-$(date +%s)"
+./target/release/sink run --group-id "$GROUP" > "$STATE_DIR/demo-sink.log" 2>&1 &
 sink_pid=$!
 log "sink running (pid $sink_pid, log $STATE_DIR/demo-sink.log)"
 
 log "detector: samples/vtest.avi -> Kafka topic $KAFKA_TOPIC"
-./target/release/detector --source samples/vtest.avi --camera-id "$CAMERA"
+./target/release/detector --source samples/vtest.avi --camera-id "$CAMERA" 2> >(tee "$STATE_DIR/demo-detector.log" >&2)
+# The run this file and these settings make: the same every time.
+RUN=$(sed -n 's/.* run=\([0-9a-f-]\{36\}\).*/\1/p' "$STATE_DIR/demo-detector.log" | head -n 1)
+[ -n "$RUN" ] || die "no run id in $STATE_DIR/demo-detector.log"
 
 frames=$(ffprobe -v error -select_streams v:0 -count_frames -show_entries stream=nb_read_frames -of csv=p=0 samples/vtest.avi)
-log "waiting for the sink to store all $frames frames"
+log "waiting for the sink to account for all $frames messages of run $RUN"
 for _ in $(seq 1 240); do
-  stored=$(psql_q -Atc "SELECT count(*) FROM frames WHERE camera_id = '$CAMERA'")
-  [ "$stored" = "$frames" ] && break
+  done_msgs=$(psql_q -Atc "SELECT coalesce(sum(next_offset), 0) FROM sink_offsets WHERE consumer_group = '$GROUP'")
+  [ "$done_msgs" = "$frames" ] && break
   sleep 0.5
 done
 kill -TERM "$sink_pid"; wait "$sink_pid"; sink_pid=""
+stored=$(psql_q -Atc "SELECT count(*) FROM frames WHERE camera_id = '$CAMERA' AND run_id = '$RUN'")
 [ "$stored" = "$frames" ] || die "only $stored of $frames frames stored; see $STATE_DIR/demo-sink.log"
+replayed=$(grep "progress" "$STATE_DIR/demo-sink.log" | tail -n 1 | sed -n 's/.* replayed=\([0-9]*\).*/\1/p')
 
 echo
-echo "== $stored frames stored. People per second of video (camera $CAMERA):"
+echo "== run $RUN of camera $CAMERA: $stored frames stored (this time the sink found ${replayed:-0} already stored)."
+echo "== People per second of video:"
 psql_q -c "
   SELECT pts_ms / 1000                      AS second,
          count(*)                           AS frames,
          round(avg(person_count), 2)        AS avg_people,
          max(person_count)                  AS max_people
-  FROM frames WHERE camera_id = '$CAMERA'
+  FROM frames WHERE camera_id = '$CAMERA' AND run_id = '$RUN'
   GROUP BY 1 ORDER BY 1;"
 psql_q -c "
   SELECT count(*) AS frames, sum(person_count) AS detections,
          round(avg(person_count), 2) AS avg_people_per_frame
-  FROM frames WHERE camera_id = '$CAMERA';"
+  FROM frames WHERE camera_id = '$CAMERA' AND run_id = '$RUN';"
+echo "== Every run of camera $CAMERA in the table:"
+psql_q -c "SELECT * FROM runs WHERE camera_id = '$CAMERA' ORDER BY first_captured_at;"

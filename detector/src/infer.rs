@@ -1,15 +1,13 @@
 //! The model: an ONNX Runtime session, what its input wants and what its output means.
 
-use std::io::Read;
 use std::path::Path;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
-use sha2::{Digest, Sha256};
-
 use crate::decode::{parse_kpt_shape, parse_names, Layout};
 use crate::error::DetectorError;
+use crate::identity::file_sha256;
 
 /// A model's raw output for one frame: the first output tensor, row-major.
 #[derive(Debug, Clone)]
@@ -31,8 +29,10 @@ pub struct Model {
     pub layout: Layout,
     /// Class names by id, from the model's metadata where present.
     pub class_names: Vec<String>,
-    /// For the wire message: file stem and a sha256 prefix of the file.
+    /// For the wire message: file stem, a sha256 prefix of the file, keypoints per detection.
     pub info: wire::ModelInfo,
+    /// The model file's whole SHA-256 (hex): part of a file run's identity.
+    pub sha256: String,
 }
 
 impl Model {
@@ -68,9 +68,13 @@ impl Model {
         let end2end = meta.custom("end2end").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         drop(meta);
         let layout = Layout::from_shape(&out_shape, names.len(), kpt_shape, end2end).map_err(err)?;
-        // Names must pass the sink's validation, or every message would be dead-lettered.
+        // What the wire cannot carry is refused here, once, rather than dead-lettered for every frame.
+        let keypoints = layout.num_keypoints();
+        if keypoints > wire::MAX_KEYPOINTS {
+            return Err(err(format!("{keypoints} keypoints per detection; the wire carries at most {}", wire::MAX_KEYPOINTS)));
+        }
         let class_names = (0..layout.num_classes())
-            .map(|i| names.get(i).filter(|n| wire::is_label(n, usize::MAX)).cloned().unwrap_or_else(|| format!("class{i}")))
+            .map(|i| names.get(i).filter(|n| wire::is_label(n, wire::MAX_LABEL_CHARS)).cloned().unwrap_or_else(|| format!("class{i}")))
             .collect();
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = if wire::is_label(&stem, wire::MAX_LABEL_CHARS) { stem } else { "model".to_string() };
@@ -82,7 +86,8 @@ impl Model {
             batch_input: Vec::new(),
             layout,
             class_names,
-            info: wire::ModelInfo { name, sha256: sha256[..12].to_string() },
+            info: wire::ModelInfo { name, sha256: sha256[..12].to_string(), keypoints: keypoints as u32 },
+            sha256,
         })
     }
 
@@ -120,18 +125,4 @@ impl Model {
             .map(|d| RawOutput { shape: frame_shape.clone(), data: d.to_vec() })
             .collect())
     }
-}
-
-fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod identity;
 pub mod infer;
 pub mod pacing;
 pub mod pipeline;

@@ -19,8 +19,9 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use crate::config::{Camera, Config};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, MAX_DET};
 use crate::error::DetectorError;
+use crate::identity::{self, Settings};
 use crate::infer::{Model, RawOutput};
 use crate::pacing::{sleep_until, MaxFps, Realtime};
 use crate::preprocess::{letterbox, Letterbox};
@@ -104,6 +105,12 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
         .collect::<Result<Vec<_>, _>>()?;
     let model = Model::load(&cfg.model, cfg.intra_threads())?;
     let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.conf, cfg.iou)?;
+    let settings = Settings { model_sha256: &model.sha256, conf: cfg.conf, iou: cfg.iou, classes: decoder.kept_classes(), max_detections: MAX_DET };
+    let run_ids = cameras
+        .iter()
+        .zip(&sources)
+        .map(|(c, s)| identity::run_of(&c.source, s.kind, c.realtime, &settings))
+        .collect::<Result<Vec<_>, _>>()?;
     let client_id = match cameras {
         [one] => format!("detector-{}", one.id),
         _ => "detector".to_string(),
@@ -115,8 +122,8 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
         input = %format!("{}x{}", model.input_w, model.input_h), layout = ?model.layout,
         dynamic_batch = model.dynamic_batch, max_batch, threads = cfg.intra_threads(), "detector started"
     );
-    for (c, s) in cameras.iter().zip(&sources) {
-        tracing::info!(camera = %c.id, source = %c.source, kind = ?s.kind, realtime = c.realtime, looped = c.looped, max_fps = c.max_fps, "camera");
+    for ((c, s), run) in cameras.iter().zip(&sources).zip(&run_ids) {
+        tracing::info!(camera = %c.id, %run, source = %c.source, kind = ?s.kind, realtime = c.realtime, looped = c.looped, max_fps = c.max_fps, "camera");
     }
 
     let (done_tx, done_rx) = bounded::<Inferred>(4 * max_batch);
@@ -170,7 +177,7 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
             .name("infer".into())
             .spawn_scoped(s, move || aborting(infer_loop(model, frame_rxs, max_batch, done_tx, spare_tx, runs)))
             .expect("spawn inference thread");
-        let published = publish_loop(cfg, cameras, &decoder, &model_info, output, done_rx, &counters, stop);
+        let published = publish_loop(cfg, cameras, &run_ids, &decoder, &model_info, output, done_rx, &counters, stop);
         if published.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
@@ -355,6 +362,7 @@ fn gather<T>(channels: &mut [Option<Receiver<T>>], first: usize, max: usize, bat
 fn publish_loop(
     cfg: &Config,
     cameras: &[Camera],
+    run_ids: &[uuid::Uuid],
     decoder: &Decoder,
     model: &wire::ModelInfo,
     mut output: Output,
@@ -373,6 +381,7 @@ fn publish_loop(
         let msg = wire::FrameMessage {
             schema_version: wire::SCHEMA_VERSION,
             camera_id: cameras[meta.camera].id.clone(),
+            run_id: run_ids[meta.camera],
             frame_seq: meta.seq,
             captured_at: meta.captured_at,
             pts_ms: meta.pts_ms,

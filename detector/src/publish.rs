@@ -10,6 +10,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use common::registry::Registry;
+
 use crate::config::{Config, OutputKind};
 use crate::error::DetectorError;
 
@@ -23,11 +25,11 @@ pub struct DeliveryCounter {
 
 impl ClientContext for DeliveryCounter {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        kafka_support::log_librdkafka(level, fac, msg);
+        common::kafka::log_librdkafka(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        kafka_support::log_client_error(error, reason);
+        common::kafka::log_client_error(error, reason);
     }
 }
 
@@ -51,6 +53,8 @@ impl ProducerContext for DeliveryCounter {
 pub struct KafkaOutput {
     producer: ThreadedProducer<DeliveryCounter>,
     topic: String,
+    /// The registry's id of the wire schema, when messages are framed for it.
+    schema_id: Option<u32>,
     sent: u64,
     flush_timeout: Duration,
 }
@@ -93,6 +97,17 @@ impl Output {
     }
 }
 
+/// Registers (or finds) the wire schema under `<topic>-value`, with BACKWARD compatibility, so the
+/// registry refuses a later schema that could not read what this one wrote; its id.
+fn register_schema(url: &str, topic: &str) -> Result<u32, DetectorError> {
+    let registry = Registry::new(url, Duration::from_secs(10)).map_err(DetectorError::Config)?;
+    let subject = format!("{topic}-value");
+    registry.set_compatibility(&subject, "BACKWARD").map_err(DetectorError::registry)?;
+    let id = registry.register(&subject, wire::JSON_SCHEMA).map_err(DetectorError::registry)?;
+    tracing::info!(registry = %registry.url(), %subject, schema_id = id, "wire schema registered; messages are framed with its id");
+    Ok(id)
+}
+
 impl KafkaOutput {
     fn connect(cfg: &Config, client_id: &str) -> Result<Self, DetectorError> {
         let mut client = ClientConfig::new();
@@ -111,7 +126,8 @@ impl KafkaOutput {
         for (k, v) in &cfg.kafka_properties {
             client.set(k, v);
         }
-        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", kafka_support::redact(k, v))).collect();
+        let schema_id = cfg.schema_registry.as_deref().map(|url| register_schema(url, &cfg.topic)).transpose()?;
+        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", common::kafka::redact(k, v))).collect();
         tracing::info!(brokers = %cfg.brokers, topic = %cfg.topic, extra = ?shown, "connecting to kafka");
         let producer: ThreadedProducer<DeliveryCounter> = client
             .create_with_context(DeliveryCounter::default())
@@ -121,11 +137,15 @@ impl KafkaOutput {
             .client()
             .fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))
             .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.brokers)))?;
-        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), sent: 0, flush_timeout: Duration::from_secs(cfg.flush_timeout_s) })
+        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), schema_id, sent: 0, flush_timeout: Duration::from_secs(cfg.flush_timeout_s) })
     }
 
     fn send(&mut self, msg: &wire::FrameMessage, stop: &AtomicBool) -> Result<(), DetectorError> {
-        let payload = msg.to_json();
+        let json = msg.to_json();
+        let payload = match self.schema_id {
+            Some(id) => wire::envelope::frame(id, &json),
+            None => json,
+        };
         let mut record = BaseRecord::to(&self.topic).key(msg.camera_id.as_str()).payload(&payload);
         let mut stopping_since = None;
         loop {

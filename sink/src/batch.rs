@@ -1,8 +1,15 @@
 //! Gathers validated frames into a batch, flushed by size or age, and tracks the next offset per
-//! partition that the batch covers (dead-lettered messages included).
+//! partition that the batch covers (dead-lettered messages included). A frame that comes twice
+//! into one batch is kept once: the second delivery is a replay, or a conflict if its content
+//! differs (the first stays whole either way).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::tables::same_content;
 
 /// A frame message with where it was read.
 pub struct Row {
@@ -11,20 +18,54 @@ pub struct Row {
     pub offset: i64,
 }
 
+/// A frame's natural key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FrameKey {
+    pub camera_id: String,
+    pub run_id: Uuid,
+    pub frame_seq: i64,
+}
+
+impl fmt::Display for FrameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({:?}, {}, {})", self.camera_id, self.run_id, self.frame_seq)
+    }
+}
+
+impl Row {
+    pub fn key(&self) -> FrameKey {
+        FrameKey { camera_id: self.msg.camera_id.clone(), run_id: self.msg.run_id, frame_seq: self.msg.frame_seq as i64 }
+    }
+}
+
 #[derive(Default)]
 pub struct Batch {
     pub frames: Vec<Row>,
     /// Per partition: the offset after the last message this batch accounts for.
     pub next_offsets: BTreeMap<i32, i64>,
+    /// Frames delivered again within this batch, with the same content.
+    pub replayed: u64,
+    /// Frames delivered again within this batch with other content: not merged.
+    pub conflicts: Vec<FrameKey>,
+    /// Where each key's frame is in `frames`.
+    keys: HashMap<FrameKey, usize>,
     rows: usize,
     opened: Option<Instant>,
 }
 
 impl Batch {
     pub fn push(&mut self, msg: wire::FrameMessage, partition: i32, offset: i64) {
-        self.rows += 1 + msg.detections.len();
-        self.frames.push(Row { msg, partition, offset });
         self.account(partition, offset);
+        let row = Row { msg, partition, offset };
+        match self.keys.get(&row.key()) {
+            Some(&first) if same_content(&self.frames[first], &row) => self.replayed += 1,
+            Some(_) => self.conflicts.push(row.key()),
+            None => {
+                self.keys.insert(row.key(), self.frames.len());
+                self.rows += 1 + row.msg.detections.len();
+                self.frames.push(row);
+            }
+        }
     }
 
     /// Accounts for a message that produces no row (it went to the dead-letter topic).
@@ -37,10 +78,6 @@ impl Batch {
     /// Rows to write: frames plus detections.
     pub fn rows(&self) -> usize {
         self.rows
-    }
-
-    pub fn detections(&self) -> usize {
-        self.rows - self.frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,6 +99,9 @@ impl Batch {
         by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         // Largest partition first, each into the lightest part so far.
         let mut parts: Vec<Batch> = (0..n.min(by_size.len())).map(|_| Batch { opened: self.opened, ..Batch::default() }).collect();
+        // What was found within the batch is counted once, with the first part.
+        parts[0].replayed = self.replayed;
+        parts[0].conflicts = self.conflicts;
         let mut part_of = BTreeMap::new();
         for (partition, rows) in by_size {
             let (i, part) = parts.iter_mut().enumerate().min_by_key(|(_, b)| b.rows).expect("at least one part");
@@ -85,7 +125,7 @@ impl Batch {
 mod tests {
     use super::*;
 
-    fn msg(detections: usize) -> wire::FrameMessage {
+    fn msg_at(frame_seq: u64, detections: usize) -> wire::FrameMessage {
         let d = wire::Detection {
             class: "person".into(),
             score: 0.5,
@@ -95,12 +135,13 @@ mod tests {
         wire::FrameMessage {
             schema_version: 1,
             camera_id: "c".into(),
-            frame_seq: 0,
+            run_id: Uuid::from_u128(1),
+            frame_seq,
             captured_at: chrono::Utc::now(),
             pts_ms: 0,
             frame_width: 2,
             frame_height: 2,
-            model: wire::ModelInfo { name: "m".into(), sha256: "00000000".into() },
+            model: wire::ModelInfo { name: "m".into(), sha256: "00000000".into(), keypoints: 0 },
             detections: vec![d; detections],
         }
     }
@@ -109,11 +150,11 @@ mod tests {
     fn counts_rows_and_next_offsets() {
         let mut b = Batch::default();
         assert!(b.is_empty() && b.deadline(Duration::from_millis(5)).is_none());
-        b.push(msg(3), 0, 10);
-        b.push(msg(0), 1, 4);
+        b.push(msg_at(0, 3), 0, 10);
+        b.push(msg_at(1, 0), 1, 4);
         b.account(0, 11); // dead-lettered
-        b.push(msg(2), 0, 12);
-        assert_eq!((b.rows(), b.detections(), b.frames.len()), (8, 5, 3));
+        b.push(msg_at(2, 2), 0, 12);
+        assert_eq!((b.rows(), b.frames.len()), (8, 3));
         assert_eq!(b.next_offsets, BTreeMap::from([(0, 13), (1, 5)]));
         assert!(b.deadline(Duration::from_millis(5)).is_some());
     }
@@ -121,8 +162,8 @@ mod tests {
     #[test]
     fn splits_by_whole_partitions_balanced_by_rows() {
         let mut b = Batch::default();
-        for (partition, offset, persons) in [(0, 0, 5), (1, 0, 1), (2, 0, 1), (0, 1, 5), (3, 7, 2), (1, 1, 1)] {
-            b.push(msg(persons), partition, offset);
+        for (seq, (partition, offset, persons)) in [(0, 0, 5), (1, 0, 1), (2, 0, 1), (0, 1, 5), (3, 7, 2), (1, 1, 1)].into_iter().enumerate() {
+            b.push(msg_at(seq as u64, persons), partition, offset);
         }
         b.account(4, 9); // a partition with only a dead letter still has its offset stored
         let total = (b.rows(), b.frames.len());
@@ -136,5 +177,22 @@ mod tests {
         assert!(parts.iter().all(|p| p.frames.iter().all(|r| p.next_offsets.contains_key(&r.partition))));
         assert_eq!((parts.iter().map(Batch::rows).sum::<usize>(), parts.iter().map(|p| p.frames.len()).sum::<usize>()), total);
         assert!(parts.iter().all(|p| p.deadline(Duration::from_millis(5)).is_some()));
+    }
+
+    #[test]
+    fn a_frame_twice_in_one_batch_is_kept_once() {
+        let mut b = Batch::default();
+        b.push(msg_at(5, 2), 0, 1);
+        b.push(msg_at(5, 2), 0, 2); // the same again: a replay
+        let mut other = msg_at(5, 3);
+        other.detections[0].score = 0.9;
+        b.push(other, 0, 3); // the same key, other content: a conflict, not merged
+        b.push(msg_at(6, 1), 0, 4);
+        assert_eq!((b.frames.len(), b.rows(), b.replayed), (2, 3 + 2, 1));
+        assert_eq!(b.conflicts.iter().map(|k| k.frame_seq).collect::<Vec<_>>(), [5]);
+        assert_eq!(b.frames[0].msg.detections.len(), 2, "the first delivery stays whole");
+        assert_eq!(b.next_offsets, BTreeMap::from([(0, 5)]), "every delivery is accounted for");
+        let parts = b.split(2);
+        assert_eq!((parts[0].replayed, parts[0].conflicts.len()), (1, 1));
     }
 }

@@ -1,10 +1,15 @@
 //! Command-line and environment configuration of the sink.
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
+use common::registry::Registry;
+
+use crate::error::SinkError;
 
 use crate::write::WriteMode;
 
-/// Consumes detection messages (wire schema v1) from Kafka in a consumer group and writes them to
+/// Consumes detection messages (wire schema v2, and v1) from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches, one transaction per batch, committing offsets only once rows are durable.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -86,14 +91,25 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): framed
+    /// messages are checked against the schema their id names. Without it, framed messages are
+    /// checked against the wire contract built in. Credentials may be given as URL user info.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL")]
+    pub schema_registry: Option<String>,
+
     /// Extra librdkafka property for the consumer and dead-letter producer (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_support::parse_property)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = common::kafka::parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 }
 
 impl RunArgs {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    /// The schema registry client, if one is set.
+    pub fn registry(&self) -> Result<Option<Registry>, SinkError> {
+        self.schema_registry.as_deref().map(|url| Registry::new(url, Duration::from_secs(5)).map_err(SinkError::Config)).transpose()
     }
 
     pub fn validate(&self) -> Result<(), String> {

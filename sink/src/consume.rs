@@ -5,7 +5,7 @@
 //! written, so a crash between the database commit and the Kafka commit repeats nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -26,31 +26,32 @@ pub struct KafkaContext;
 
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        kafka_support::log_librdkafka(level, fac, msg);
+        common::kafka::log_librdkafka(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        kafka_support::log_client_error(error, reason);
+        common::kafka::log_client_error(error, reason);
     }
 }
 
-/// The consumer's context: positions assigned partitions from the database, notes revocations so
-/// the loop writes its batch at once, and logs lag from librdkafka's statistics.
+/// The consumer's context: positions assigned partitions from the database, notes what a rebalance
+/// changed for the loop (it writes its batch at once after a revocation), and logs lag from librdkafka's statistics.
 pub struct GroupContext {
     pool: PgPool,
     runtime: tokio::runtime::Handle,
     group: String,
     topic: String,
-    revoked: AtomicBool,
+    /// Partitions revoked since the loop last looked, and whether anything was assigned.
+    changes: Mutex<Changes>,
 }
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        kafka_support::log_librdkafka(level, fac, msg);
+        common::kafka::log_librdkafka(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        kafka_support::log_client_error(error, reason);
+        common::kafka::log_client_error(error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
@@ -82,11 +83,12 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 tracing::info!(partitions = ?partitions, from_database = ?stored, "partitions assigned");
+                self.changes.lock().unwrap().assigned = true;
                 if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?partitions, "partitions revoked");
-                self.revoked.store(true, Ordering::Relaxed);
+                self.changes.lock().unwrap().revoked.extend(&partitions);
                 if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
             other => {
@@ -130,9 +132,22 @@ impl GroupContext {
         }
     }
 
-    /// Whether partitions were revoked since the last call.
-    pub fn take_revoked(&self) -> bool {
-        self.revoked.swap(false, Ordering::Relaxed)
+    /// What the group changed since the last call.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock().unwrap())
+    }
+}
+
+/// A rebalance's effect, as the loop needs it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub revoked: Vec<i32>,
+    pub assigned: bool,
+}
+
+impl Changes {
+    pub fn any(&self) -> bool {
+        self.assigned || !self.revoked.is_empty()
     }
 }
 
@@ -168,7 +183,7 @@ pub fn connect(args: &RunArgs, pool: &PgPool) -> Result<GroupConsumer, SinkError
         runtime: tokio::runtime::Handle::current(),
         group: args.group_id.clone(),
         topic: args.topic.clone(),
-        revoked: AtomicBool::new(false),
+        changes: Mutex::new(Changes::default()),
     };
     let consumer: GroupConsumer =
         cfg.create_with_context(context).map_err(|e| SinkError::Config(format!("kafka consumer settings: {e}")))?;

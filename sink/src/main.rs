@@ -7,6 +7,7 @@ mod consume;
 mod error;
 mod pipeline;
 mod schema;
+mod tables;
 mod telemetry;
 mod validate;
 mod write;

@@ -3,7 +3,7 @@
 //! The write stage runs as its own task with at most one batch in flight: while the database
 //! writes one batch, the next is consumed, validated and encoded, and Kafka commits stay in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -17,7 +17,7 @@ use crate::config::RunArgs;
 use crate::consume::{self, Consumed, GroupConsumer};
 use crate::error::SinkError;
 use crate::telemetry;
-use crate::validate::{self, DeadLetters};
+use crate::validate::{DeadLetters, Validator, Verdict};
 use crate::write::{write_part, Encoded, Part, WriteMode, Written};
 
 /// Exponential backoff from 100 ms, doubling to 10 s.
@@ -41,7 +41,6 @@ impl Backoff {
 /// A batch the writer has made durable.
 struct Done {
     next_offsets: BTreeMap<i32, i64>,
-    frames: usize,
     rows: usize,
     written: Written,
     took: Duration,
@@ -75,17 +74,16 @@ fn spawn_writer(
             for part in enc.parts {
                 writes.spawn(write_with_retry(target.clone(), part, shutdown.clone(), down_tx.clone()));
             }
-            let mut done = Ok(Done { next_offsets: BTreeMap::new(), frames: 0, rows: 0, written: Written::default(), took: Duration::ZERO });
+            let mut done = Ok(Done { next_offsets: BTreeMap::new(), rows: 0, written: Written::default(), took: Duration::ZERO });
             while let Some(joined) = writes.join_next().await {
-                let part = joined.expect("a part's write does not panic");
-                if let (Ok(d), Ok((batch, written))) = (&mut done, &part) {
-                    d.next_offsets.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
-                    d.frames += batch.frames.len();
-                    d.rows += batch.rows();
-                    d.written += *written;
-                }
-                if let Err(e) = part {
-                    done = Err(e);
+                match (&mut done, joined.expect("a part's write does not panic")) {
+                    (Ok(d), Ok((batch, written))) => {
+                        d.next_offsets.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
+                        d.rows += batch.rows();
+                        d.written += written;
+                    }
+                    (_, Err(e)) => done = Err(e),
+                    (Err(_), Ok(_)) => {}
                 }
             }
             down_tx.send_if_modified(|down| std::mem::replace(down, false));
@@ -128,6 +126,7 @@ struct Totals {
     frames: u64,
     detections: u64,
     replayed: u64,
+    conflicts: u64,
     dead_letters: u64,
     batches: u64,
     redone: u64,
@@ -137,6 +136,7 @@ struct Totals {
 struct Sink<'a> {
     args: &'a RunArgs,
     consumer: GroupConsumer,
+    validator: Validator,
     dead_letters: DeadLetters,
     batch: Batch,
     totals: Totals,
@@ -144,7 +144,31 @@ struct Sink<'a> {
     to_writer: mpsc::Sender<Encoded>,
     from_writer: mpsc::Receiver<Result<Done, SinkError>>,
     in_flight: bool,
-    paused: Option<TopicPartitionList>,
+    pauses: Pauses,
+    /// Messages held while the schema registry cannot be asked, in order per partition.
+    held: BTreeMap<i32, VecDeque<Consumed>>,
+    /// When to ask the registry again, and how long to wait after that.
+    registry_retry: Option<(Instant, Backoff)>,
+}
+
+/// Why partitions are paused, and which are. Consumption stops for a partition while the database
+/// is away (all of them) or while its next message waits for the schema registry; the consumer
+/// is still polled, so the group keeps this member.
+#[derive(Default)]
+struct Pauses {
+    database_down: bool,
+    /// Partitions paused now.
+    paused: BTreeSet<i32>,
+}
+
+/// The partitions to pause: all assigned ones while the database is away, else those whose next
+/// message waits for the registry.
+fn to_pause(assigned: &BTreeSet<i32>, database_down: bool, held: &BTreeSet<i32>) -> BTreeSet<i32> {
+    if database_down {
+        assigned.clone()
+    } else {
+        assigned.intersection(held).copied().collect()
+    }
 }
 
 pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
@@ -153,6 +177,7 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
     let mut sink = Sink {
         args,
         consumer: consume::connect(args, pool)?,
+        validator: Validator::new(args.registry()?),
         dead_letters: DeadLetters::connect(args)?,
         batch: Batch::default(),
         totals: Totals::default(),
@@ -160,7 +185,9 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
         to_writer,
         from_writer,
         in_flight: false,
-        paused: None,
+        pauses: Pauses::default(),
+        held: BTreeMap::new(),
+        registry_retry: None,
     };
     tracing::info!(topic = %args.topic, group = %args.group_id, dlq = %args.dead_letter_topic(), mode = ?args.write_mode, "sink started");
     let started = Instant::now();
@@ -184,22 +211,32 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
         // except while paused: then the consumer is still polled, so the group keeps this member,
         // and stragglers join the batch.
         let capped = sink.batch.rows() >= args.batch_max_rows;
-        let consume = !(capped && sink.in_flight) || sink.paused.is_some();
+        let consume = !(capped && sink.in_flight) || sink.pauses.database_down;
+        let retry_registry = sink.registry_retry.as_ref().map(|(at, _)| *at);
         tokio::select! {
             biased;
             _ = sink.shutdown.changed() => break,
             done = sink.from_writer.recv() => sink.on_done(done.expect("the writer outlives the loop")?),
             Ok(()) = db_down.changed() => {
-                let down = *db_down.borrow_and_update();
-                sink.set_paused(down)?;
+                sink.pauses.database_down = *db_down.borrow_and_update();
+                sink.reconcile_pauses()?;
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() && !sink.in_flight => {}
+            _ = sleep_until_opt(retry_registry), if retry_registry.is_some() => sink.retry_held().await?,
             msg = consume::next(&sink.consumer), if consume => match msg {
                 Ok(msg) => {
                     backoff = Backoff::new();
-                    sink.handle(msg).await?;
+                    // A rebalance runs inside the poll that returned this message.
+                    let changes = sink.consumer.context().take_changes();
+                    if changes.any() {
+                        for p in &changes.revoked {
+                            sink.held.remove(p);
+                        }
+                        sink.reconcile_pauses()?;
+                    }
                     // Partitions handed to another sink: write what we hold for them now.
-                    revoked |= sink.consumer.context().take_revoked();
+                    revoked |= !changes.revoked.is_empty();
+                    sink.handle(msg).await?;
                 }
                 Err(e) => {
                     let delay = backoff.next();
@@ -233,11 +270,66 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 impl Sink<'_> {
-    /// Validates one message into the batch, or sends it to the dead-letter topic.
+    /// Validates one message into the batch, or sends it to the dead-letter topic, or holds it
+    /// (pausing its partition) while the schema registry cannot be asked.
     async fn handle(&mut self, msg: Consumed) -> Result<(), SinkError> {
-        match validate::check(msg.payload.as_deref()) {
-            Ok(frame) => self.batch.push(frame, msg.partition, msg.offset),
-            Err(reason) => {
+        if let Some(waiting) = self.held.get_mut(&msg.partition) {
+            // Behind a held message of its partition: order is kept.
+            waiting.push_back(msg);
+            return Ok(());
+        }
+        match self.validator.check(msg.payload.as_deref()).await {
+            Verdict::RegistryAway(why) => {
+                tracing::warn!(partition = msg.partition, offset = msg.offset, error = %why, "schema registry unavailable: partition paused, message held");
+                self.held.entry(msg.partition).or_default().push_back(msg);
+                self.registry_retry.get_or_insert_with(|| {
+                    let mut b = Backoff::new();
+                    (Instant::now() + b.next(), b)
+                });
+                self.reconcile_pauses()
+            }
+            verdict => self.apply(msg, verdict).await,
+        }
+    }
+
+    /// Asks the registry again for the held messages, in order per partition; resumes the
+    /// partitions whose messages are all through.
+    async fn retry_held(&mut self) -> Result<(), SinkError> {
+        let partitions: Vec<i32> = self.held.keys().copied().collect();
+        let mut away = None;
+        'partitions: for p in partitions {
+            while let Some(msg) = self.held.get_mut(&p).and_then(VecDeque::pop_front) {
+                match self.validator.check(msg.payload.as_deref()).await {
+                    Verdict::RegistryAway(why) => {
+                        self.held.get_mut(&p).expect("still held").push_front(msg);
+                        away = Some(why);
+                        break 'partitions;
+                    }
+                    verdict => self.apply(msg, verdict).await?,
+                }
+            }
+            self.held.remove(&p);
+        }
+        match away {
+            Some(why) => {
+                let (at, backoff) = self.registry_retry.as_mut().expect("a retry was due");
+                let delay = backoff.next();
+                *at = Instant::now() + delay;
+                tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, held = self.held.values().map(VecDeque::len).sum::<usize>(), "schema registry still unavailable");
+            }
+            None => {
+                self.registry_retry = None;
+                tracing::info!("schema registry back: partitions resumed");
+            }
+        }
+        self.reconcile_pauses()
+    }
+
+    /// A frame into the batch, or a refusal to the dead-letter topic.
+    async fn apply(&mut self, msg: Consumed, verdict: Verdict) -> Result<(), SinkError> {
+        match verdict {
+            Verdict::Frame(frame) => self.batch.push(frame, msg.partition, msg.offset),
+            Verdict::Invalid(reason) => {
                 tracing::warn!(partition = msg.partition, offset = msg.offset, %reason, "invalid message to dead-letter topic");
                 let mut backoff = Backoff::new();
                 loop {
@@ -255,6 +347,7 @@ impl Sink<'_> {
                 metrics::counter!(telemetry::DEAD_LETTERS).increment(1);
                 self.batch.account(msg.partition, msg.offset);
             }
+            Verdict::RegistryAway(_) => unreachable!("held by the caller"),
         }
         Ok(())
     }
@@ -281,15 +374,26 @@ impl Sink<'_> {
         self.in_flight = false;
         let t = &mut self.totals;
         t.last_commit_ms = done.took.as_secs_f64() * 1e3;
-        t.frames += done.written.frames;
-        t.detections += done.written.detections;
-        t.replayed += done.frames as u64 - done.written.frames;
-        t.redone += done.written.redone;
+        let w = &done.written;
+        t.frames += w.frames;
+        t.detections += w.detections;
+        t.replayed += w.replayed;
+        t.conflicts += w.conflicts.len() as u64;
+        t.redone += w.redone;
         t.batches += 1;
-        metrics::counter!(telemetry::FRAMES).increment(done.written.frames);
-        metrics::counter!(telemetry::DETECTIONS).increment(done.written.detections);
-        metrics::counter!(telemetry::REPLAYED).increment(done.frames as u64 - done.written.frames);
-        metrics::counter!(telemetry::REDONE).increment(done.written.redone);
+        metrics::counter!(telemetry::FRAMES).increment(w.frames);
+        metrics::counter!(telemetry::DETECTIONS).increment(w.detections);
+        metrics::counter!(telemetry::REPLAYED).increment(w.replayed);
+        metrics::counter!(telemetry::CONFLICTS).increment(w.conflicts.len() as u64);
+        metrics::counter!(telemetry::REDONE).increment(w.redone);
+        // Each one by its key, but a flood of them as a count.
+        const SHOWN: usize = 20;
+        for key in w.conflicts.iter().take(SHOWN) {
+            tracing::warn!(frame = %key, "replayed frame with other content: the stored frame is kept whole, the new one is not merged");
+        }
+        if w.conflicts.len() > SHOWN {
+            tracing::warn!(more = w.conflicts.len() - SHOWN, "more conflicting replays in this batch");
+        }
         metrics::counter!(telemetry::BATCHES).increment(1);
         metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
         metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());
@@ -297,26 +401,42 @@ impl Sink<'_> {
         if let Err(e) = commit(&self.consumer, &self.args.topic, &done.next_offsets, mode) {
             tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
         }
-        tracing::debug!(frames = done.frames, rows = done.rows, ms = t.last_commit_ms, "batch written");
+        tracing::debug!(rows = done.rows, ms = t.last_commit_ms, "batch written");
     }
 
-    /// Pauses every assigned partition while the database is away; resumes when it is back.
-    fn set_paused(&mut self, down: bool) -> Result<(), SinkError> {
-        match (down, self.paused.take()) {
-            (true, None) => {
-                let assignment = self.consumer.assignment()?;
-                self.consumer.pause(&assignment)?;
-                metrics::gauge!(telemetry::DATABASE_UP).set(0.0);
-                tracing::warn!(partitions = assignment.count(), "database unavailable: partitions paused");
-                self.paused = Some(assignment);
-            }
-            (false, Some(assignment)) => {
-                self.consumer.resume(&assignment)?;
-                metrics::gauge!(telemetry::DATABASE_UP).set(1.0);
-                tracing::info!("database back: partitions resumed");
-            }
-            (_, still) => self.paused = still,
+    /// Pauses and resumes partitions so that exactly those [`to_pause`] names are paused.
+    fn reconcile_pauses(&mut self) -> Result<(), SinkError> {
+        let assigned: BTreeSet<i32> = self.consumer.assignment()?.elements().iter().map(|e| e.partition()).collect();
+        let held: BTreeSet<i32> = self.held.keys().copied().collect();
+        let want = to_pause(&assigned, self.pauses.database_down, &held);
+        // All of `want` is paused every time: pausing a paused partition is harmless, and one
+        // revoked and assigned again comes back unpaused.
+        let was: BTreeSet<i32> = self.pauses.paused.intersection(&assigned).copied().collect();
+        let list = |ps: &mut dyn Iterator<Item = &i32>| {
+            let mut tpl = TopicPartitionList::new();
+            ps.for_each(|p| {
+                tpl.add_partition(&self.args.topic, *p);
+            });
+            tpl
+        };
+        let pause = list(&mut want.iter());
+        let resume = list(&mut was.difference(&want));
+        if pause.count() > 0 {
+            self.consumer.pause(&pause)?;
         }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume)?;
+        }
+        let database_up = if self.pauses.database_down { 0.0 } else { 1.0 };
+        metrics::gauge!(telemetry::DATABASE_UP).set(database_up);
+        if want != was {
+            match (self.pauses.database_down, want.is_empty()) {
+                (true, _) => tracing::warn!(partitions = ?want, "database unavailable: partitions paused"),
+                (false, true) => tracing::info!("partitions resumed"),
+                (false, false) => tracing::info!(paused = ?want, "partitions paused while their messages wait for the schema registry"),
+            }
+        }
+        self.pauses.paused = want;
         Ok(())
     }
 
@@ -327,10 +447,11 @@ impl Sink<'_> {
             frames = t.frames,
             detections = t.detections,
             replayed = t.replayed,
+            conflicts = t.conflicts,
             dead_letters = t.dead_letters,
             batches = t.batches,
             redone_through_staging = t.redone,
-            avg_batch_frames = (t.frames + t.replayed).checked_div(t.batches).unwrap_or(0),
+            avg_batch_frames = (t.frames + t.replayed + t.conflicts).checked_div(t.batches).unwrap_or(0),
             rows_per_s = format!("{:.0}", (t.frames + t.detections) as f64 / secs),
             last_commit_ms = format!("{:.1}", t.last_commit_ms),
             "progress"
@@ -341,6 +462,16 @@ impl Sink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_paused() {
+        let set = |v: &[i32]| v.iter().copied().collect::<BTreeSet<i32>>();
+        let assigned = set(&[0, 1, 2, 3]);
+        assert_eq!(to_pause(&assigned, true, &set(&[])), assigned, "the database away pauses everything");
+        assert_eq!(to_pause(&assigned, false, &set(&[])), set(&[]));
+        assert_eq!(to_pause(&assigned, false, &set(&[2, 7])), set(&[2]), "held, and still ours");
+        assert_eq!(to_pause(&assigned, true, &set(&[2])), assigned);
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap() {

@@ -11,6 +11,7 @@ use crate::error::SinkError;
 pub const FRAMES: &str = "sink_frames_written_total";
 pub const DETECTIONS: &str = "sink_detections_written_total";
 pub const REPLAYED: &str = "sink_frames_replayed_total";
+pub const CONFLICTS: &str = "sink_frames_conflicting_total";
 pub const DEAD_LETTERS: &str = "sink_dead_letters_total";
 pub const BATCHES: &str = "sink_batches_total";
 pub const REDONE: &str = "sink_batches_redone_total";
@@ -18,6 +19,7 @@ pub const BATCH_ROWS: &str = "sink_batch_rows";
 pub const BATCH_SECONDS: &str = "sink_batch_write_seconds";
 pub const LAG: &str = "sink_consumer_lag_messages";
 pub const DATABASE_UP: &str = "sink_database_up";
+pub const REGISTRY_LOOKUPS: &str = "sink_schema_registry_lookups_total";
 
 /// Starts the endpoint on the current tokio runtime.
 pub fn serve(addr: SocketAddr) -> Result<(), SinkError> {
@@ -29,7 +31,9 @@ pub fn serve(addr: SocketAddr) -> Result<(), SinkError> {
         .map_err(|e| SinkError::Config(format!("--metrics-addr {addr}: {e}")))?;
     describe_counter!(FRAMES, "Frame rows written (re-sent frames already stored are not counted)");
     describe_counter!(DETECTIONS, "Detection rows written");
-    describe_counter!(REPLAYED, "Frames consumed again that were already stored (replays absorbed by the natural keys)");
+    describe_counter!(REPLAYED, "Frames delivered again with the content already stored (replays absorbed by the natural keys)");
+    describe_counter!(CONFLICTS, "Frames delivered again with other content than the stored frame: the stored one is kept, the new one not merged");
+    describe_counter!(REGISTRY_LOOKUPS, "Schemas fetched from the schema registry by id, by result (found, unknown, failed)");
     describe_counter!(DEAD_LETTERS, "Invalid messages sent to the dead-letter topic");
     describe_counter!(BATCHES, "Batches committed to PostgreSQL");
     describe_counter!(REDONE, "Batches redone through staging tables after a key conflict");

@@ -1,37 +1,44 @@
-//! Writes one batch in one transaction: frames, detections, and the next offsets it covers.
+//! Writes one part of a batch in one transaction: its frames, their detections, and the next
+//! offsets of its partitions.
 //!
-//! The normal path is COPY straight into the tables. A key conflict (a detector re-sent frames it
-//! had sent before) aborts that transaction; the batch is then redone through staging tables with
-//! INSERT ... ON CONFLICT DO NOTHING, so the rows already there stay as they are and no row is
-//! written twice. `--write-mode` selects the alternatives measured against it.
-
-use std::fmt::Write as _;
+//! The normal path writes straight into the tables (binary COPY, or INSERT from UNNEST). A key
+//! conflict (a frame delivered again: a file processed again, a partition read again) aborts that
+//! transaction, and the part is redone through staging: loaded by COPY into temporary tables, then
+//! merged in one statement that inserts the frames not stored yet with their detections only, and
+//! returns the stored frames whose content differs from the new delivery. So a frame's detections
+//! are stored with its frame row or not at all, and a stored frame is never changed or added to.
+//! Every statement is derived from the table descriptions in `tables`.
 
 use clap::ValueEnum;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 mod binary;
 
-use crate::batch::Batch;
-use binary::CopyBinary;
+use crate::batch::{Batch, FrameKey};
 use crate::error::SinkError;
+use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WriteMode {
-    /// COPY into the tables; on a key conflict, redo the batch through staging (default).
+    /// COPY into the tables; on a key conflict, redo the part through staging (default).
     Copy,
-    /// Always COPY into staging tables, then INSERT ... ON CONFLICT DO NOTHING.
+    /// Always COPY into staging tables, then merge.
     Staging,
-    /// Multi-row INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING.
+    /// Multi-row INSERT ... SELECT FROM UNNEST(arrays); on a key conflict, redo through staging.
     Unnest,
 }
 
-/// What a write changed. Rows that were already present (a re-sent frame) are not counted.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+/// What a write did. Rows that were already present are not counted as written.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Written {
     pub frames: u64,
     pub detections: u64,
-    /// Parts whose COPY hit a key conflict and went through staging.
+    /// Frames delivered again with the content already stored (or already in the batch).
+    pub replayed: u64,
+    /// Frames delivered again with other content: the stored frame was kept whole.
+    pub conflicts: Vec<FrameKey>,
+    /// Parts whose direct write hit a key conflict and went through staging.
     pub redone: u64,
 }
 
@@ -39,13 +46,11 @@ impl std::ops::AddAssign for Written {
     fn add_assign(&mut self, other: Written) {
         self.frames += other.frames;
         self.detections += other.detections;
+        self.replayed += other.replayed;
+        self.conflicts.extend(other.conflicts);
         self.redone += other.redone;
     }
 }
-
-const FRAME_COLUMNS: &str = "camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, \
-                             person_count, model_name, model_sha256, kafka_partition, kafka_offset";
-const DETECTION_COLUMNS: &str = "camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at";
 
 /// A batch ready for the writer: split into parts of whole partitions that are written in
 /// parallel transactions (one connection each), with their binary COPY data already made (for the
@@ -56,13 +61,8 @@ pub struct Encoded {
 
 pub struct Part {
     pub batch: Batch,
-    copy_data: Option<CopyData>,
-}
-
-/// COPY streams for the two tables; `None` when the part has no row for that table.
-struct CopyData {
-    frames: Option<Vec<u8>>,
-    detections: Option<Vec<u8>>,
+    /// COPY streams of the frames and detections; `None` for a table with no row.
+    copy_data: Option<[Option<Vec<u8>>; 2]>,
 }
 
 impl Encoded {
@@ -71,8 +71,7 @@ impl Encoded {
             .split(writers)
             .into_iter()
             .map(|batch| {
-                let copy_data = (mode != WriteMode::Unnest)
-                    .then(|| CopyData { frames: frames_copy(&batch), detections: detections_copy(&batch) });
+                let copy_data = (mode != WriteMode::Unnest).then(|| copy_streams(&batch));
                 Part { batch, copy_data }
             })
             .collect();
@@ -80,18 +79,19 @@ impl Encoded {
     }
 }
 
-impl Part {
-    fn copy_data(&self) -> &CopyData {
-        self.copy_data.as_ref().expect("COPY data is made for the copy and staging modes")
-    }
+fn copy_streams(batch: &Batch) -> [Option<Vec<u8>>; 2] {
+    [binary::encode(&FRAMES, &batch.frames), binary::encode(&DETECTIONS, &batch.frames)]
 }
 
 /// Writes one part in one transaction with its partitions' next offsets.
 pub async fn write_part(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
-    match write_in_transaction(pool, mode, group, topic, part).await {
-        Err(e) if mode == WriteMode::Copy && is_unique_violation(&e) => {
-            tracing::debug!("key conflict in COPY; redoing the batch through staging");
-            let w = write_in_transaction(pool, WriteMode::Staging, group, topic, part).await?;
+    if mode == WriteMode::Staging {
+        return merge(pool, group, topic, part).await;
+    }
+    match direct(pool, mode, group, topic, part).await {
+        Err(e) if is_unique_violation(&e) => {
+            tracing::debug!("key conflict in a direct write; redoing the part through staging");
+            let w = merge(pool, group, topic, part).await?;
             Ok(Written { redone: 1, ..w })
         }
         other => other,
@@ -102,51 +102,85 @@ fn is_unique_violation(e: &SinkError) -> bool {
     matches!(e, SinkError::Database(db) if db.as_database_error().is_some_and(|d| d.code().as_deref() == Some("23505")))
 }
 
-async fn write_in_transaction(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
+/// What the batch found by itself, before the database had a say.
+fn within_batch(batch: &Batch) -> Written {
+    Written { replayed: batch.replayed, conflicts: batch.conflicts.clone(), ..Written::default() }
+}
+
+/// Every row straight into the tables: fails whole on a key that is already stored.
+async fn direct(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
     let mut tx = pool.begin().await?;
-    let (frames, detections) = match mode {
-        WriteMode::Copy => {
-            let data = part.copy_data();
-            (copy(&mut tx, "frames", FRAME_COLUMNS, &data.frames).await?, copy(&mut tx, "detections", DETECTION_COLUMNS, &data.detections).await?)
-        }
-        WriteMode::Staging => stage(&mut tx, part.copy_data()).await?,
-        WriteMode::Unnest => unnest(&mut tx, &part.batch).await?,
-    };
+    let mut written = within_batch(&part.batch);
+    if mode == WriteMode::Copy {
+        let [frames, detections] = part.copy_data.as_ref().expect("COPY data is made for the copy mode");
+        written.frames = copy(&mut tx, FRAMES.name, &FRAMES, frames).await?;
+        written.detections = copy(&mut tx, DETECTIONS.name, &DETECTIONS, detections).await?;
+    } else {
+        written.frames = unnest(&mut tx, &FRAMES, &part.batch).await?;
+        written.detections = unnest(&mut tx, &DETECTIONS, &part.batch).await?;
+    }
     store_offsets(&mut tx, group, topic, &part.batch).await?;
     tx.commit().await?;
-    Ok(Written { frames, detections, redone: 0 })
+    Ok(written)
 }
 
-async fn copy(conn: &mut PgConnection, table: &str, columns: &str, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
+/// Through staging: only frames not stored yet are inserted, with their detections; stored frames
+/// with other content are reported.
+async fn merge(pool: &PgPool, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
+    let encoded;
+    let [frames, detections] = match &part.copy_data {
+        Some(data) => data,
+        None => {
+            encoded = copy_streams(&part.batch);
+            &encoded
+        }
+    };
+    let mut tx = pool.begin().await?;
+    for (table, data) in [(&FRAMES, frames), (&DETECTIONS, detections)] {
+        // Per-connection temporary tables, emptied at every commit.
+        let create = format!("CREATE TEMP TABLE IF NOT EXISTS {0}_stage (LIKE {0} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", table.name);
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
+        copy(&mut tx, &format!("{}_stage", table.name), table, data).await?;
+    }
+    let (new_frames, new_detections, cameras, runs, seqs): (i64, i64, Vec<String>, Vec<Uuid>, Vec<i64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(merge_sql())).fetch_one(&mut *tx).await?;
+    store_offsets(&mut tx, group, topic, &part.batch).await?;
+    tx.commit().await?;
+    let mut written = within_batch(&part.batch);
+    let conflicts: Vec<FrameKey> =
+        cameras.into_iter().zip(runs).zip(seqs).map(|((camera_id, run_id), frame_seq)| FrameKey { camera_id, run_id, frame_seq }).collect();
+    written.replayed += (part.batch.frames.len() - new_frames as usize - conflicts.len()) as u64;
+    written.frames = new_frames as u64;
+    written.detections = new_detections as u64;
+    written.conflicts.extend(conflicts);
+    Ok(written)
+}
+
+/// One statement: the new frames in, their detections in, and the stored frames that conflict.
+fn merge_sql() -> String {
+    let (frames, detections) = (FRAMES.name, DETECTIONS.name);
+    let key = FRAMES.list("", &[Role::Key]);
+    let ordered = |c: &str| format!("ARRAY(SELECT {c} FROM conflicts ORDER BY {key})");
+    format!(
+        "WITH new AS (INSERT INTO {frames} ({fcols}) SELECT {fcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
+              dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
+              conflicts AS ({conflicts})
+         SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM dets), {c}, {r}, {s}",
+        fcols = FRAMES.all(),
+        dcols = DETECTIONS.all(),
+        dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
+        conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
+        c = ordered("camera_id"),
+        r = ordered("run_id"),
+        s = ordered("frame_seq"),
+    )
+}
+
+async fn copy(conn: &mut PgConnection, into: &str, table: &Table, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
     let Some(data) = data else { return Ok(0) };
-    let mut copy = conn.copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)")).await?;
+    let mut copy = conn.copy_in_raw(&format!("COPY {into} ({}) FROM STDIN (FORMAT binary)", table.all())).await?;
     copy.send(data.as_slice()).await?;
     Ok(copy.finish().await?)
-}
-
-async fn stage(conn: &mut PgConnection, data: &CopyData) -> Result<(u64, u64), SinkError> {
-    // Per-connection temporary tables, emptied at every commit.
-    for create in [
-        "CREATE TEMP TABLE IF NOT EXISTS frames_stage (LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-        "CREATE TEMP TABLE IF NOT EXISTS detections_stage (LIKE detections INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-    ] {
-        sqlx::query(create).execute(&mut *conn).await?;
-    }
-    copy(conn, "frames_stage", FRAME_COLUMNS, &data.frames).await?;
-    copy(conn, "detections_stage", DETECTION_COLUMNS, &data.detections).await?;
-    let frames = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO frames ({FRAME_COLUMNS}) SELECT {FRAME_COLUMNS} FROM frames_stage ON CONFLICT DO NOTHING"
-    )))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let detections = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO detections ({DETECTION_COLUMNS}) SELECT {DETECTION_COLUMNS} FROM detections_stage ON CONFLICT DO NOTHING"
-    )))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok((frames, detections))
 }
 
 async fn store_offsets(conn: &mut PgConnection, group: &str, topic: &str, batch: &Batch) -> Result<(), SinkError> {
@@ -166,124 +200,86 @@ async fn store_offsets(conn: &mut PgConnection, group: &str, topic: &str, batch:
     Ok(())
 }
 
-/// A 2-D real[] literal for the UNNEST mode: `{{x,y,s},{x,y,s}}`.
-fn push_keypoints(out: &mut String, kps: &[[f32; 3]]) {
-    out.push('{');
-    for (i, [x, y, s]) in kps.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{{{x},{y},{s}}}");
-    }
-    out.push('}');
+/// One column's values as one array parameter.
+enum ColumnArray<'a> {
+    Text(Vec<&'a str>),
+    Uuid(Vec<Uuid>),
+    Int4(Vec<i32>),
+    Int8(Vec<i64>),
+    Float4(Vec<f32>),
+    Timestamptz(Vec<chrono::DateTime<chrono::Utc>>),
+    /// As `{{x,y,s},...}` literals: a 2-D array cannot be bound as an element of UNNEST's arrays.
+    Keypoints(Vec<Option<String>>),
 }
 
-fn person_count(m: &wire::FrameMessage) -> usize {
-    m.detections.iter().filter(|d| d.class == "person").count()
-}
-
-// Validation bounds frame_seq and the frame size to PostgreSQL's bigint and integer, so the casts
-// below cannot wrap.
-fn frames_copy(batch: &Batch) -> Option<Vec<u8>> {
-    let mut c = CopyBinary::with_capacity(batch.frames.len() * 160);
-    for row in &batch.frames {
-        let m = &row.msg;
-        c.row(11);
-        c.text(&m.camera_id);
-        c.int8(m.frame_seq as i64);
-        c.timestamptz(&m.captured_at);
-        c.int8(m.pts_ms);
-        c.int4(m.frame_width as i32);
-        c.int4(m.frame_height as i32);
-        c.int4(person_count(m) as i32);
-        c.text(&m.model.name);
-        c.text(&m.model.sha256);
-        c.int4(row.partition);
-        c.int8(row.offset);
-    }
-    c.finish()
-}
-
-fn detections_copy(batch: &Batch) -> Option<Vec<u8>> {
-    let mut c = CopyBinary::with_capacity(batch.detections() * 340);
-    for row in &batch.frames {
-        let m = &row.msg;
-        for (i, d) in m.detections.iter().enumerate() {
-            c.row(11);
-            c.text(&m.camera_id);
-            c.int8(m.frame_seq as i64);
-            c.int4(i as i32);
-            c.text(&d.class);
-            for v in [d.score, d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2] {
-                c.float4(v);
-            }
-            match &d.keypoints {
-                Some(k) => c.float4_rows(k),
-                None => c.null(),
-            }
-            c.timestamptz(&m.captured_at);
+impl<'a> ColumnArray<'a> {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Text => ColumnArray::Text(Vec::new()),
+            Kind::Uuid => ColumnArray::Uuid(Vec::new()),
+            Kind::Int4 => ColumnArray::Int4(Vec::new()),
+            Kind::Int8 => ColumnArray::Int8(Vec::new()),
+            Kind::Float4 => ColumnArray::Float4(Vec::new()),
+            Kind::Timestamptz => ColumnArray::Timestamptz(Vec::new()),
+            Kind::Keypoints => ColumnArray::Keypoints(Vec::new()),
         }
     }
-    c.finish()
+
+    fn push(&mut self, v: Value<'a>) {
+        match (self, v) {
+            (ColumnArray::Text(a), Value::Text(x)) => a.push(x),
+            (ColumnArray::Uuid(a), Value::Uuid(x)) => a.push(x),
+            (ColumnArray::Int4(a), Value::Int4(x)) => a.push(x),
+            (ColumnArray::Int8(a), Value::Int8(x)) => a.push(x),
+            (ColumnArray::Float4(a), Value::Float4(x)) => a.push(x),
+            (ColumnArray::Timestamptz(a), Value::Timestamptz(x)) => a.push(x),
+            (ColumnArray::Keypoints(a), Value::Keypoints(x)) => a.push(x.map(keypoints_literal)),
+            (_, v) => unreachable!("a column's values are of its kind, got {v:?}"),
+        }
+    }
 }
 
-/// The array-binding alternative: every column as one array parameter.
-async fn unnest(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), SinkError> {
-    let frames = || batch.frames.iter().map(|r| &r.msg);
-    let dets = || frames().flat_map(|m| m.detections.iter().enumerate().map(move |(i, d)| (m, i, d)));
-    let f = sqlx::query(
-        "INSERT INTO frames (camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height,
-                             person_count, model_name, model_sha256, kafka_partition, kafka_offset)
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::int[],
-                              $6::int[], $7::int[], $8::text[], $9::text[], $10::int[], $11::bigint[])
-         ON CONFLICT (camera_id, frame_seq) DO NOTHING",
-    )
-    .bind(frames().map(|m| m.camera_id.as_str()).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.frame_seq as i64).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.captured_at).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.pts_ms).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.frame_width as i32).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.frame_height as i32).collect::<Vec<_>>())
-    .bind(frames().map(|m| person_count(m) as i32).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.model.name.as_str()).collect::<Vec<_>>())
-    .bind(frames().map(|m| m.model.sha256.as_str()).collect::<Vec<_>>())
-    .bind(batch.frames.iter().map(|r| r.partition).collect::<Vec<_>>())
-    .bind(batch.frames.iter().map(|r| r.offset).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let d = sqlx::query(
-        "INSERT INTO detections (camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at)
-         SELECT c, s, i, cl, sc, a, b, e, f, k::real[], t
-         FROM UNNEST($1::text[], $2::bigint[], $3::int[], $4::text[], $5::real[], $6::real[], $7::real[],
-                     $8::real[], $9::real[], $10::text[], $11::timestamptz[]) AS u(c, s, i, cl, sc, a, b, e, f, k, t)
-         ON CONFLICT (camera_id, frame_seq, det_index) DO NOTHING",
-    )
-    .bind(dets().map(|(m, _, _)| m.camera_id.as_str()).collect::<Vec<_>>())
-    .bind(dets().map(|(m, _, _)| m.frame_seq as i64).collect::<Vec<_>>())
-    .bind(dets().map(|(_, i, _)| i as i32).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.class.as_str()).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.score).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.bbox.x1).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.bbox.y1).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.bbox.x2).collect::<Vec<_>>())
-    .bind(dets().map(|(_, _, d)| d.bbox.y2).collect::<Vec<_>>())
-    .bind(
-        dets()
-            .map(|(_, _, d)| {
-                d.keypoints.as_ref().map(|k| {
-                    let mut s = String::new();
-                    push_keypoints(&mut s, k);
-                    s
-                })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(dets().map(|(m, _, _)| m.captured_at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok((f, d))
+/// The array-binding alternative: every column as one array parameter, unnested into rows.
+async fn unnest(conn: &mut PgConnection, table: &Table, batch: &Batch) -> Result<u64, SinkError> {
+    let mut arrays: Vec<ColumnArray> = table.columns.iter().map(|c| ColumnArray::new(c.kind)).collect();
+    for (row, i) in table.rows(&batch.frames) {
+        for (array, col) in arrays.iter_mut().zip(table.columns) {
+            array.push((col.value)(row, i));
+        }
+    }
+    let params = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}[]", i + 1, if c.kind == Kind::Keypoints { "text" } else { c.kind.sql() }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let select = table
+        .columns
+        .iter()
+        .map(|c| if c.kind == Kind::Keypoints { format!("u.{}::real[]", c.name) } else { format!("u.{}", c.name) })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO {t} ({cols}) SELECT {select} FROM UNNEST({params}) AS u({cols})", t = table.name, cols = table.all());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for array in arrays {
+        query = match array {
+            ColumnArray::Text(a) => query.bind(a),
+            ColumnArray::Uuid(a) => query.bind(a),
+            ColumnArray::Int4(a) => query.bind(a),
+            ColumnArray::Int8(a) => query.bind(a),
+            ColumnArray::Float4(a) => query.bind(a),
+            ColumnArray::Timestamptz(a) => query.bind(a),
+            ColumnArray::Keypoints(a) => query.bind(a),
+        };
+    }
+    Ok(query.execute(&mut *conn).await?.rows_affected())
+}
+
+/// A 2-D real[] literal: `{{x,y,s},{x,y,s}}`.
+fn keypoints_literal(kps: &[[f32; 3]]) -> String {
+    let rows: Vec<String> = kps.iter().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
+    format!("{{{}}}", rows.join(","))
 }
 
 #[cfg(test)]
@@ -291,26 +287,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keypoint_literals_and_counts() {
-        let mut k = String::new();
-        push_keypoints(&mut k, &[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]);
-        assert_eq!(k, "{{1.5,2,0.25},{3,4.125,1}}");
-
+    fn keypoint_literals_and_empty_streams() {
+        assert_eq!(keypoints_literal(&[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]), "{{1.5,2,0.25},{3,4.125,1}}");
         let mut batch = Batch::default();
-        assert!(frames_copy(&batch).is_none() && detections_copy(&batch).is_none());
+        assert_eq!(copy_streams(&batch), [None, None]);
         let msg = wire::FrameMessage {
-            schema_version: 1,
+            schema_version: 2,
             camera_id: "cam".into(),
+            run_id: Uuid::from_u128(9),
             frame_seq: 5,
             captured_at: chrono::Utc::now(),
             pts_ms: 500,
             frame_width: 640,
             frame_height: 480,
-            model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into() },
+            model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into(), keypoints: 0 },
             detections: vec![],
         };
         batch.push(msg, 2, 41);
         // A frame with nobody in it is a frames row and no detections stream at all.
-        assert!(frames_copy(&batch).is_some() && detections_copy(&batch).is_none());
+        let [frames, detections] = copy_streams(&batch);
+        assert!(frames.is_some() && detections.is_none());
+    }
+
+    #[test]
+    fn the_merge_inserts_detections_of_new_frames_only() {
+        let sql = merge_sql();
+        assert!(sql.contains("FROM detections_stage d JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
+        assert!(sql.contains("INSERT INTO frames (camera_id, run_id, frame_seq, captured_at,"), "{sql}");
     }
 }

@@ -53,6 +53,27 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The schema registry's Confluent-compatible API that `scripts/test.sh` starts.
+pub fn registry_url() -> String {
+    std::env::var("TEST_SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
+}
+
+pub fn registry() -> common::registry::Registry {
+    common::registry::Registry::new(&registry_url(), Duration::from_secs(10)).expect("a registry URL")
+}
+
+/// `scripts/services.sh ARGS` (start, stop, restart a shared server); `keep_kafka_data` keeps the
+/// broker's log dir through a start, as a broker that went away and came back.
+pub fn services(args: &[&str], keep_kafka_data: bool) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/services.sh")).args(args);
+    if keep_kafka_data {
+        cmd.env("KEEP_KAFKA_DATA", "1");
+    }
+    ensure!(cmd.status()?.success(), "scripts/services.sh {args:?} failed");
+    Ok(())
+}
+
 pub fn admin_db_url() -> String {
     std::env::var("DATABASE_ADMIN_URL").unwrap_or_else(|_| "postgres://pipeline:pipeline@127.0.0.1:5432/postgres".into())
 }
@@ -159,7 +180,10 @@ pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// A realistic frame message: `persons` people with boxes and 17 keypoints each.
+/// The run of [`synthetic_frame`]'s messages.
+pub const SYNTHETIC_RUN: uuid::Uuid = uuid::Uuid::from_u128(0x0193_5a00_0000_7000_8000_0000_0000_0001);
+
+/// A realistic frame message of [`SYNTHETIC_RUN`]: `persons` people with boxes and 17 keypoints each.
 pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMessage {
     let detections = (0..persons)
         .map(|i| {
@@ -175,14 +199,24 @@ pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMes
     wire::FrameMessage {
         schema_version: wire::SCHEMA_VERSION,
         camera_id: camera.to_string(),
+        run_id: SYNTHETIC_RUN,
         frame_seq: seq,
         captured_at: chrono::DateTime::from_timestamp_millis(1_790_000_000_000 + seq as i64 * 100).unwrap(),
         pts_ms: seq as i64 * 100,
         frame_width: 768,
         frame_height: 576,
-        model: wire::ModelInfo { name: "synthetic".into(), sha256: "0123456789ab".into() },
+        model: wire::ModelInfo { name: "synthetic".into(), sha256: "0123456789ab".into(), keypoints: 17 },
         detections,
     }
+}
+
+/// The message as an older detector wrote it: wire v1, without run id or keypoint count.
+pub fn v1_json(msg: &wire::FrameMessage) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&msg.to_json()).expect("JSON");
+    v["schema_version"] = 1.into();
+    v.as_object_mut().expect("an object").remove("run_id");
+    v["model"].as_object_mut().expect("an object").remove("keypoints");
+    v.to_string().into_bytes()
 }
 
 /// Produces keyed payloads and waits until the broker has them all.
@@ -364,8 +398,13 @@ impl Drop for TempDir {
 
 /// Re-encodes `src` (its first `seconds`, if given) as H.264 in an .mp4, a key frame every 10 frames.
 pub fn h264_mp4(src: &Path, dst: &Path, seconds: Option<u32>) -> Result<()> {
+    h264_clip(src, dst, 0, seconds)
+}
+
+/// As [`h264_mp4`], from `start` seconds into `src`.
+pub fn h264_clip(src: &Path, dst: &Path, start: u32, seconds: Option<u32>) -> Result<()> {
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-v", "error", "-y", "-i"]).arg(src);
+    cmd.args(["-v", "error", "-y", "-ss", &start.to_string(), "-i"]).arg(src);
     if let Some(s) = seconds {
         cmd.args(["-t", &s.to_string()]);
     }
@@ -407,6 +446,27 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP response: {response}"))?;
     ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     Ok(body.to_string())
+}
+
+/// The detector on `source` as camera `camera`, publishing to `topic`, run to its end.
+pub fn detect_to_kafka(source: &Path, camera: &str, topic: &str, extra: &[&str]) -> Result<Output> {
+    let out = run(
+        Command::new(bin("detector"))
+            .arg("--source")
+            .arg(source)
+            .arg("--model")
+            .arg(model())
+            .args(["--camera-id", camera, "--topic", topic, "--brokers", &brokers()])
+            .args(extra),
+        Duration::from_secs(900),
+    )?;
+    ensure!(out.status.success(), "detector failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(out)
+}
+
+/// The value of an unlabelled Prometheus series, e.g. `sink_frames_written_total`.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// A fresh topic with `partitions` partitions and a fresh, migrated database, named from `prefix`.

@@ -13,16 +13,6 @@ use pipeline_tests::*;
 
 static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn services(args: &[&str], keep_kafka_data: bool) -> Result<()> {
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_root().join("scripts/services.sh")).args(args);
-    if keep_kafka_data {
-        cmd.env("KEEP_KAFKA_DATA", "1");
-    }
-    ensure!(cmd.status()?.success(), "scripts/services.sh {args:?} failed");
-    Ok(())
-}
-
 fn wait_for_topic_size(topic: &str, at_least: i64, what: &str) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

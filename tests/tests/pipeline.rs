@@ -2,10 +2,9 @@
 //! broker, the sink writes to the real PostgreSQL, and the rows equal what was published.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use pipeline_tests::*;
 use sqlx::{PgConnection, Row};
 use wire::FrameMessage;
@@ -15,17 +14,7 @@ async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
 }
 
 fn run_detector(source: &std::path::Path, camera: &str, topic: &str) -> Result<()> {
-    let out = run(
-        Command::new(bin("detector"))
-            .arg("--source")
-            .arg(source)
-            .arg("--model")
-            .arg(model())
-            .args(["--camera-id", camera, "--topic", topic, "--brokers", &brokers()]),
-        Duration::from_secs(900),
-    )?;
-    ensure!(out.status.success(), "detector failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
+    detect_to_kafka(source, camera, topic, &[]).map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,10 +107,10 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
     let image = sample("basketball1.png");
     run_detector(&image, "still", &topic)?;
     let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).payload;
-    let mut v2: serde_json::Value = serde_json::from_slice(&good)?;
-    v2["schema_version"] = 2.into();
-    let v2 = v2.to_string();
-    produce(&topic, [("still", b"{not json".to_vec()), ("still", v2.clone().into_bytes())])?;
+    let mut v3: serde_json::Value = serde_json::from_slice(&good)?;
+    v3["schema_version"] = 3.into();
+    let v3 = v3.to_string();
+    produce(&topic, [("still", b"{not json".to_vec()), ("still", v3.clone().into_bytes())])?;
     // The same frame again, as a detector re-processing its file after a restart would send it.
     run_detector(&image, "still", &topic)?;
 
@@ -137,9 +126,9 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
     let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].payload, b"{not json");
-    assert_eq!(dead[1].payload, v2.as_bytes());
-    assert!(dead[0].header("dlq.error").unwrap().contains("not a v1 frame message"));
-    assert!(dead[1].header("dlq.error").unwrap().contains("schema_version 2"));
+    assert_eq!(dead[1].payload, v3.as_bytes());
+    assert!(dead[0].header("dlq.error").unwrap().contains("not a frame message"));
+    assert!(dead[1].header("dlq.error").unwrap().contains("schema_version 3"));
     assert_eq!(dead[1].header("dlq.source.topic"), Some(topic.as_str()));
     assert_eq!(dead[1].header("dlq.source.offset"), Some("2"));
     Ok(())

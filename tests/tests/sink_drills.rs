@@ -105,7 +105,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
         if i % 3 == 0 {
             let mut v: serde_json::Value = serde_json::from_slice(&m.to_json())?;
             let (payload, reason) = match (i / 3) % 6 {
-                0 => (b"{\"truncated".to_vec(), "not a v1 frame message"),
+                0 => (b"{\"truncated".to_vec(), "not a frame message"),
                 1 => {
                     v["schema_version"] = 7.into();
                     (v.to_string().into_bytes(), "unsupported schema_version 7")
@@ -123,7 +123,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
                     v["frame_seq"] = u64::MAX.into();
                     (v.to_string().into_bytes(), "invalid field frame_seq")
                 }
-                _ => (Vec::new(), "not a v1 frame message"),
+                _ => (Vec::new(), "empty message"),
             };
             messages.push((key.clone(), payload, Some(reason)));
         }

@@ -1,26 +1,44 @@
-//! The Kafka message contract between the detector and the sink: wire schema v1.
+//! The Kafka message contract between the detector and the sink: wire schema v2 (v1 is still read).
 //!
 //! One message per decoded frame, frames without people included, so that "nobody there" differs
-//! from "no data". The message key is the camera id. The JSON Schema of this type is
-//! `wire/schema/frame-v1.schema.json`; the test at the bottom keeps the two in step.
+//! from "no data". The message key is the camera id; a frame's natural key is
+//! `(camera_id, run_id, frame_seq)`. The JSON Schema of the v2 message is
+//! `wire/schema/frame-v2.schema.json` (v1: `frame-v1.schema.json`); the tests at the bottom keep
+//! the file and [`FrameMessage::from_json`] in step, bound by bound. A message may travel as plain
+//! JSON or framed for a schema registry ([`envelope`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub mod envelope;
 
-/// The JSON Schema of [`FrameMessage`], shipped with the crate so both services see the same file.
-pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v1.schema.json");
+/// The version this build writes.
+pub const SCHEMA_VERSION: u32 = 2;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The JSON Schema of [`FrameMessage`] as this build writes it (v2), registered by the detector.
+pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v2.schema.json");
+
+/// The run of every v1 message and of the rows stored before runs existed: v1 carries no run id.
+pub const V1_RUN_ID: Uuid = Uuid::nil();
+
+/// Longest `camera_id`, `model.name` and class name, in characters (JSON Schema's `maxLength`).
+pub const MAX_LABEL_CHARS: usize = 128;
+/// Most detections in one message: Ultralytics' `max_det`, and what the detector keeps.
+pub const MAX_DETECTIONS: usize = 300;
+/// Most keypoints per detection: COCO-WholeBody's 133, the largest layout in common use.
+pub const MAX_KEYPOINTS: usize = 133;
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct FrameMessage {
+    /// The version the message was written in (1 or 2).
     pub schema_version: u32,
     pub camera_id: String,
-    /// 0-based decode order of the frame within its camera's stream.
+    /// One run of one camera's source in one detector process; [`V1_RUN_ID`] for v1 messages.
+    pub run_id: Uuid,
+    /// 0-based decode order of the frame within its run.
     pub frame_seq: u64,
     /// When the frame was captured (UTC, RFC 3339 with milliseconds).
-    #[serde(with = "rfc3339_ms")]
     pub captured_at: DateTime<Utc>,
     /// The frame's presentation time in its stream, in milliseconds.
     pub pts_ms: i64,
@@ -36,6 +54,10 @@ pub struct ModelInfo {
     pub name: String,
     /// A hex prefix of the model file's sha256, so rows say exactly which weights made them.
     pub sha256: String,
+    /// Keypoints per detection; 0 for a model without keypoints. (v1 messages do not say: it is
+    /// taken from their detections.)
+    #[serde(default)]
+    pub keypoints: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,57 +81,129 @@ pub struct BBox {
     pub y2: f32,
 }
 
-/// Longest `camera_id` and `model.name`, in characters (JSON Schema's `maxLength`).
-pub const MAX_LABEL_CHARS: usize = 128;
-
 /// Whether a text can be a `camera_id`, `model.name` or class: not empty, not too long, and no
 /// control characters (NUL above all would make PostgreSQL refuse the whole batch).
 pub fn is_label(s: &str, max_chars: usize) -> bool {
     !s.is_empty() && s.chars().count() <= max_chars && !s.chars().any(char::is_control)
 }
 
-/// Why a payload is not a valid v1 message. The text goes into dead-letter headers and logs.
+/// Why a payload is not a valid frame message. The text goes into dead-letter headers and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("not a v1 frame message: {0}")]
+    #[error("not a frame message: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unsupported schema_version {0} (this build knows {SCHEMA_VERSION})")]
+    #[error("unsupported schema_version {0} (this build reads 1 and 2)")]
     Version(u64),
     #[error("invalid field {field}: {reason}")]
     Field { field: String, reason: String },
+    #[error("invalid envelope: {0}")]
+    Envelope(String),
+}
+
+/// The message as it is on the wire, v1 or v2: v2's fields are optional here, and which must be
+/// there is decided by the version.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    schema_version: u32,
+    camera_id: String,
+    #[serde(default)]
+    run_id: Option<String>,
+    frame_seq: u64,
+    #[serde(with = "rfc3339_ms")]
+    captured_at: DateTime<Utc>,
+    pts_ms: i64,
+    frame_width: u32,
+    frame_height: u32,
+    model: RawModel,
+    detections: Vec<Detection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    keypoints: Option<u32>,
+}
+
+/// What the detector writes: v2 with every field.
+#[derive(Serialize)]
+struct V2<'a> {
+    schema_version: u32,
+    camera_id: &'a str,
+    run_id: String,
+    frame_seq: u64,
+    #[serde(with = "rfc3339_ms")]
+    captured_at: DateTime<Utc>,
+    pts_ms: i64,
+    frame_width: u32,
+    frame_height: u32,
+    model: &'a ModelInfo,
+    detections: &'a [Detection],
 }
 
 impl FrameMessage {
+    /// The message as JSON, in wire schema v2.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a FrameMessage always serializes")
-    }
-
-    /// Parses and checks a payload. A message of another version is reported as such rather than
-    /// as a pile of field errors; that second look is taken only when parsing fails.
-    pub fn from_json(payload: &[u8]) -> Result<Self, WireError> {
-        let msg: FrameMessage = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                #[derive(Deserialize)]
-                struct Versioned {
-                    schema_version: Option<serde_json::Value>,
-                }
-                let version = serde_json::from_slice::<Versioned>(payload).ok().and_then(|v| v.schema_version);
-                return Err(match version.as_ref().and_then(|v| v.as_u64()) {
-                    Some(v) if v != u64::from(SCHEMA_VERSION) => WireError::Version(v),
-                    _ => WireError::Json(e),
-                });
-            }
+        let v2 = V2 {
+            schema_version: SCHEMA_VERSION,
+            camera_id: &self.camera_id,
+            run_id: self.run_id.hyphenated().to_string(),
+            frame_seq: self.frame_seq,
+            captured_at: self.captured_at,
+            pts_ms: self.pts_ms,
+            frame_width: self.frame_width,
+            frame_height: self.frame_height,
+            model: &self.model,
+            detections: &self.detections,
         };
-        if msg.schema_version != SCHEMA_VERSION {
-            return Err(WireError::Version(msg.schema_version.into()));
-        }
-        msg.check()?;
-        Ok(msg)
+        serde_json::to_vec(&v2).expect("a FrameMessage always serializes")
     }
 
-    /// Checks what serde's types cannot: ranges and geometry.
-    fn check(&self) -> Result<(), WireError> {
+    /// Parses and checks a v1 or v2 payload. A message of another version is reported as such
+    /// rather than as a pile of field errors; that second look is taken only when parsing fails.
+    pub fn from_json(payload: &[u8]) -> Result<Self, WireError> {
+        match serde_json::from_slice::<Raw>(payload) {
+            Ok(raw) => raw.check(),
+            Err(e) => Err(version_error(serde_json::from_slice::<Versioned>(payload).ok()).unwrap_or(WireError::Json(e))),
+        }
+    }
+
+    /// As [`from_json`](Self::from_json), for a payload already parsed (to be checked against a
+    /// registry's schema first).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, WireError> {
+        let version = Versioned::deserialize(&value).ok();
+        match serde_json::from_value::<Raw>(value) {
+            Ok(raw) => raw.check(),
+            Err(e) => Err(version_error(version).unwrap_or(WireError::Json(e))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Versioned {
+    schema_version: Option<serde_json::Value>,
+}
+
+fn version_error(v: Option<Versioned>) -> Option<WireError> {
+    match v?.schema_version?.as_u64() {
+        Some(n) if n != 1 && n != 2 => Some(WireError::Version(n)),
+        _ => None,
+    }
+}
+
+impl Raw {
+    /// Checks what serde's types cannot: the version's required fields, ranges and geometry.
+    fn check(self) -> Result<FrameMessage, WireError> {
+        let run_id = match (self.schema_version, &self.run_id, self.model.keypoints) {
+            (1, None, None) => V1_RUN_ID,
+            (1, _, _) => return Err(field("run_id/model.keypoints", "are not part of schema_version 1")),
+            (2, Some(id), Some(_)) => parse_run_id(id)?,
+            (2, _, _) => return Err(field("run_id/model.keypoints", "are required in schema_version 2")),
+            (v, _, _) => return Err(WireError::Version(v.into())),
+        };
         if !is_label(&self.camera_id, MAX_LABEL_CHARS) {
             return Err(field("camera_id", "must be 1 to 128 characters, none of them control characters"));
         }
@@ -127,10 +221,21 @@ impl FrameMessage {
         if !(8..=64).contains(&sha.len()) || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(field("model.sha256", "must be 8 to 64 lowercase hex digits"));
         }
+        if self.detections.len() > MAX_DETECTIONS {
+            return Err(field("detections", &format!("must be at most {MAX_DETECTIONS}, got {}", self.detections.len())));
+        }
+        // v2 says how many keypoints its model has; v1 takes it from its first detection.
+        let keypoints = match self.model.keypoints {
+            Some(k) => k as usize,
+            None => self.detections.first().and_then(|d| d.keypoints.as_ref()).map_or(0, Vec::len),
+        };
+        if keypoints > MAX_KEYPOINTS {
+            return Err(field("model.keypoints", &format!("must be at most {MAX_KEYPOINTS}, got {keypoints}")));
+        }
         for (i, d) in self.detections.iter().enumerate() {
             let at = |name: &str| format!("detections[{i}].{name}");
-            if !is_label(&d.class, usize::MAX) {
-                return Err(field(&at("class"), "must be non-empty, without control characters"));
+            if !is_label(&d.class, MAX_LABEL_CHARS) {
+                return Err(field(&at("class"), "must be 1 to 128 characters, none of them control characters"));
             }
             if !(0.0..=1.0).contains(&d.score) {
                 return Err(field(&at("score"), "must be within 0 and 1"));
@@ -139,14 +244,37 @@ impl FrameMessage {
             if ![b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) || b.x2 < b.x1 || b.y2 < b.y1 {
                 return Err(field(&at("bbox"), "must be finite with x1 <= x2 and y1 <= y2"));
             }
-            if let Some(kps) = &d.keypoints {
-                if kps.iter().flatten().any(|v| !v.is_finite()) {
-                    return Err(field(&at("keypoints"), "must be finite"));
-                }
+            let count = d.keypoints.as_ref().map_or(0, Vec::len);
+            if count != keypoints || d.keypoints.as_ref().is_some_and(Vec::is_empty) {
+                return Err(field(&at("keypoints"), &format!("must be {keypoints} keypoints (the model's), got {count}")));
+            }
+            if d.keypoints.iter().flatten().flatten().any(|v| !v.is_finite()) {
+                return Err(field(&at("keypoints"), "must be finite"));
             }
         }
-        Ok(())
+        Ok(FrameMessage {
+            schema_version: self.schema_version,
+            camera_id: self.camera_id,
+            run_id,
+            frame_seq: self.frame_seq,
+            captured_at: self.captured_at,
+            pts_ms: self.pts_ms,
+            frame_width: self.frame_width,
+            frame_height: self.frame_height,
+            model: ModelInfo { name: self.model.name, sha256: self.model.sha256, keypoints: keypoints as u32 },
+            detections: self.detections,
+        })
     }
+}
+
+/// A run id as the schema writes it: lowercase, hyphenated, not the nil UUID (that is v1's).
+fn parse_run_id(s: &str) -> Result<Uuid, WireError> {
+    let bad = || field("run_id", "must be a lowercase hyphenated UUID other than the nil UUID");
+    let id = Uuid::try_parse(s).map_err(|_| bad())?;
+    if id.is_nil() || id.hyphenated().to_string() != s {
+        return Err(bad());
+    }
+    Ok(id)
 }
 
 fn field(name: &str, reason: &str) -> WireError {
@@ -169,94 +297,4 @@ mod rfc3339_ms {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> FrameMessage {
-        FrameMessage {
-            schema_version: 1,
-            camera_id: "cam-1".into(),
-            frame_seq: 7,
-            captured_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z").unwrap().into(),
-            pts_ms: 700,
-            frame_width: 768,
-            frame_height: 576,
-            model: ModelInfo { name: "yolo11n-pose".into(), sha256: "062cd5417709".into() },
-            detections: vec![Detection {
-                class: "person".into(),
-                score: 0.9,
-                bbox: BBox { x1: 1.0, y1: 2.0, x2: 30.0, y2: 80.0 },
-                keypoints: Some(vec![[5.0, 6.0, 0.5]; 17]),
-            }],
-        }
-    }
-
-    #[test]
-    fn round_trips_and_writes_milliseconds() {
-        let m = sample();
-        let json = m.to_json();
-        let text = String::from_utf8(json.clone()).unwrap();
-        assert!(text.contains("\"captured_at\":\"2026-11-22T10:00:00.123Z\""), "{text}");
-        assert_eq!(FrameMessage::from_json(&json).unwrap(), m);
-    }
-
-    #[test]
-    fn rejects_other_versions_and_bad_fields() {
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v["schema_version"] = 2.into();
-        let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
-        assert!(matches!(err, WireError::Version(2)), "{err}");
-
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v["detections"][0]["bbox"]["x2"] = (-5.0).into();
-        let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("detections[0].bbox"), "{err}");
-
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v.as_object_mut().unwrap().remove("camera_id");
-        assert!(matches!(FrameMessage::from_json(v.to_string().as_bytes()), Err(WireError::Json(_))));
-
-        assert!(matches!(FrameMessage::from_json(b"not json"), Err(WireError::Json(_))));
-
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v["camera_id"] = "cam\u{0}1".into();
-        let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("camera_id"), "{err}");
-
-        // What the schema allows and PostgreSQL's columns hold, and no more.
-        for (path, bad, named) in [
-            ("/frame_seq", serde_json::json!(u64::MAX), "frame_seq"),
-            ("/frame_width", serde_json::json!(3_000_000_000u64), "frame_width"),
-            ("/model/name", serde_json::json!("m\u{0}"), "model.name"),
-            ("/model/name", serde_json::json!(""), "model.name"),
-            ("/model/sha256", serde_json::json!("XYZ"), "model.sha256"),
-            ("/model/sha256", serde_json::json!("062CD541"), "model.sha256"),
-        ] {
-            let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-            *v.pointer_mut(path).unwrap() = bad;
-            let err = FrameMessage::from_json(v.to_string().as_bytes()).unwrap_err();
-            assert!(err.to_string().contains(named), "{path}: {err}");
-        }
-    }
-
-    /// The schema file names exactly the fields the Rust type writes, and requires the ones that
-    /// are always present.
-    #[test]
-    fn json_schema_matches_the_type() {
-        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
-        let msg: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        let keys = |v: &serde_json::Value| {
-            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-            k.sort();
-            k
-        };
-        assert_eq!(keys(&schema["properties"]), keys(&msg));
-        let mut required: Vec<String> =
-            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        required.sort();
-        assert_eq!(required, keys(&msg));
-        let det_schema = &schema["$defs"]["detection"];
-        assert_eq!(keys(&det_schema["properties"]), keys(&msg["detections"][0]));
-        assert_eq!(schema["properties"]["schema_version"]["const"], SCHEMA_VERSION);
-    }
-}
+mod tests;

@@ -4,10 +4,27 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::tables::{Table, Value};
+use crate::batch::Row;
+
 /// OID of `real` (float4), the element type of the keypoints array.
 const FLOAT4_OID: u32 = 700;
 /// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 00:00:00 UTC.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The COPY stream of `table`'s rows among `frames`, in the table's column order; `None` when
+/// there is no row.
+pub fn encode(table: &Table, frames: &[Row]) -> Option<Vec<u8>> {
+    // A first guess at the size (a frame row is ~160 bytes, a pose detection ~500); it grows as needed.
+    let mut c = CopyBinary::with_capacity(frames.len() * 256);
+    for (row, i) in table.rows(frames) {
+        c.row(table.columns.len() as i16);
+        for col in table.columns {
+            c.value(&(col.value)(row, i));
+        }
+    }
+    c.finish()
+}
 
 /// One COPY ... (FORMAT binary) stream under construction.
 pub struct CopyBinary {
@@ -55,6 +72,24 @@ impl CopyBinary {
 
     pub fn timestamptz(&mut self, t: &DateTime<Utc>) {
         self.int8(t.timestamp_micros() - PG_EPOCH_MICROS);
+    }
+
+    pub fn uuid(&mut self, id: &uuid::Uuid) {
+        self.field(16);
+        self.buf.extend_from_slice(id.as_bytes());
+    }
+
+    pub fn value(&mut self, v: &Value) {
+        match v {
+            Value::Text(s) => self.text(s),
+            Value::Uuid(id) => self.uuid(id),
+            Value::Int4(n) => self.int4(*n),
+            Value::Int8(n) => self.int8(*n),
+            Value::Float4(x) => self.float4(*x),
+            Value::Timestamptz(t) => self.timestamptz(t),
+            Value::Keypoints(Some(k)) => self.float4_rows(k),
+            Value::Keypoints(None) => self.null(),
+        }
     }
 
     pub fn null(&mut self) {

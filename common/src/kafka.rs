@@ -1,4 +1,4 @@
-//! Kafka client plumbing shared by the detector and the sink.
+//! Kafka client plumbing: `-X` properties, secret redaction, librdkafka logs.
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;

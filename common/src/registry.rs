@@ -1,0 +1,238 @@
+//! A client of a schema registry's Confluent-compatible REST API: Confluent Schema Registry
+//! itself, or Apicurio Registry's `/apis/ccompat/v7`. It registers a schema under a subject, sets
+//! the subject's compatibility, and fetches schemas by id. Blocking; the sink calls it from
+//! `spawn_blocking`. Credentials may ride in the URL (`https://user:password@host/...`, sent as
+//! HTTP basic auth); they are never shown: errors and logs carry [`Registry::url`], without them.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+
+/// Why a registry call failed, and whose problem that is.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// It cannot be reached, timed out, or failed on its side (HTTP 5xx): an outage, which may pass.
+    #[error("schema registry at {url} is unavailable: {reason}")]
+    Unavailable { url: String, reason: String },
+    /// The registry holds no schema with this id: the message's fault, not the registry's.
+    #[error("schema id {0} is unknown to the schema registry")]
+    UnknownSchema(u32),
+    /// The registry refused the request (an incompatible schema, a bad URL): someone must fix it.
+    #[error("schema registry at {url} refused to {what}: HTTP {status}: {message}")]
+    Refused { url: String, what: String, status: u16, message: String },
+}
+
+impl RegistryError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable { .. })
+    }
+}
+
+pub struct Registry {
+    /// The API's base, without credentials and without a trailing slash.
+    url: String,
+    /// `Basic ...` from the URL's user information.
+    authorization: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("url", &self.url).field("authorization", &self.authorization.as_ref().map(|_| "<redacted>")).finish()
+    }
+}
+
+/// The registry's JSON media type.
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+#[derive(Deserialize)]
+struct Id {
+    id: u32,
+}
+
+#[derive(Deserialize)]
+struct Schema {
+    schema: String,
+}
+
+impl Registry {
+    /// `url` is the API's base: `http://host:8081` for Confluent, `http://host:8080/apis/ccompat/v7`
+    /// for Apicurio. Each call gives up after `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").filter(|(s, _)| *s == "http" || *s == "https").ok_or_else(|| {
+            format!("schema registry URL {} must start with http:// or https://", redact_userinfo(url))
+        })?;
+        // user:password@ before the host, if any.
+        let (userinfo, host_path) = match rest.split_once('/').map_or(rest, |(authority, _)| authority).rsplit_once('@') {
+            Some((userinfo, _)) => (Some(userinfo), &rest[userinfo.len() + 1..]),
+            None => (None, rest),
+        };
+        let authorization = userinfo.map(|u| {
+            let plain = percent_decode(u);
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(plain))
+        });
+        let agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+        Ok(Registry { url: format!("{scheme}://{}", host_path.trim_end_matches('/')), authorization, agent })
+    }
+
+    /// The base URL, without credentials: safe to show.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Registers `schema` (a JSON Schema document) under `subject`, or finds it there; its id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let body = serde_json::json!({ "schemaType": "JSON", "schema": schema });
+        let what = format!("register a schema under subject {subject}");
+        self.call(Method::Post, &format!("/subjects/{}/versions", path_segment(subject)), Some(body), &what)
+            .and_then(|text| parse::<Id>(&text, &self.url).map(|r| r.id))
+    }
+
+    /// Sets the subject's compatibility level (`BACKWARD`, `FULL`, ...).
+    pub fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
+        let body = serde_json::json!({ "compatibility": level });
+        let what = format!("set subject {subject}'s compatibility to {level}");
+        self.call(Method::Put, &format!("/config/{}", path_segment(subject)), Some(body), &what).map(|_| ())
+    }
+
+    /// The schema registered under `id`.
+    pub fn schema(&self, id: u32) -> Result<String, RegistryError> {
+        match self.call(Method::Get, &format!("/schemas/ids/{id}"), None, &format!("fetch schema {id}")) {
+            Err(RegistryError::Refused { status: 404, .. }) => Err(RegistryError::UnknownSchema(id)),
+            other => other.and_then(|text| parse::<Schema>(&text, &self.url).map(|s| s.schema)),
+        }
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>, what: &str) -> Result<String, RegistryError> {
+        let unavailable = |reason: String| RegistryError::Unavailable { url: self.url.clone(), reason };
+        let uri = format!("{}{path}", self.url);
+        let with_auth = |headers: Vec<(&'static str, String)>| {
+            let mut h = headers;
+            h.push(("Accept", CONTENT_TYPE.to_string()));
+            if let Some(auth) = &self.authorization {
+                h.push(("Authorization", auth.clone()));
+            }
+            h
+        };
+        let sent = match (method, body) {
+            (Method::Get, _) => with_auth(vec![]).into_iter().fold(self.agent.get(&uri), |r, (k, v)| r.header(k, v)).call(),
+            (m, body) => {
+                let headers = with_auth(vec![("Content-Type", CONTENT_TYPE.to_string())]);
+                let request = if m == Method::Post { self.agent.post(&uri) } else { self.agent.put(&uri) };
+                let body = body.map(|b| b.to_string()).unwrap_or_default();
+                headers.into_iter().fold(request, |r, (k, v)| r.header(k, v)).send(body)
+            }
+        };
+        let mut response = sent.map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(|e| unavailable(format!("reading the response: {e}")))?;
+        match status {
+            200..=299 => Ok(text),
+            500..=599 => Err(unavailable(format!("HTTP {status}: {}", error_message(&text)))),
+            _ => Err(RegistryError::Refused { url: self.url.clone(), what: what.to_string(), status, message: error_message(&text) }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+    Put,
+}
+
+fn parse<'a, T: Deserialize<'a>>(text: &'a str, url: &str) -> Result<T, RegistryError> {
+    serde_json::from_str(text)
+        .map_err(|e| RegistryError::Unavailable { url: url.to_string(), reason: format!("unexpected response {text:?}: {e}") })
+}
+
+/// The registry's own words from an error body (`{"message": ..., "error_code": ...}`), or the body.
+fn error_message(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct Error {
+        message: String,
+    }
+    let text = serde_json::from_str::<Error>(body).map(|e| e.message).unwrap_or_else(|_| body.to_string());
+    text.chars().take(300).collect()
+}
+
+/// A subject name inside a URL path.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A URL as logs may show it: the user information (credentials) before the host replaced.
+pub fn redact_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+            match authority.rsplit_once('@') {
+                Some((userinfo, _)) => format!("{scheme}://***@{}", &rest[userinfo.len() + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_for_a_basic_auth_header() {
+        let r = Registry::new("https://svc:p%40ss@reg.example:8081/apis/ccompat/v7/", Duration::from_secs(1)).unwrap();
+        assert_eq!(r.url(), "https://reg.example:8081/apis/ccompat/v7");
+        let want = base64::engine::general_purpose::STANDARD.encode("svc:p@ss");
+        assert_eq!(r.authorization.as_deref(), Some(format!("Basic {want}").as_str()));
+        assert!(!format!("{r:?}").contains(&want), "{r:?}");
+        let plain = Registry::new("http://127.0.0.1:8081", Duration::from_secs(1)).unwrap();
+        assert_eq!((plain.url(), plain.authorization.is_none()), ("http://127.0.0.1:8081", true));
+        let err = Registry::new("ftp://u:secret@x", Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("http://") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn redaction_and_paths() {
+        assert_eq!(redact_userinfo("http://u:pw@h:1/x@y"), "http://***@h:1/x@y");
+        assert_eq!(redact_userinfo("http://h:1/x@y"), "http://h:1/x@y");
+        assert_eq!(path_segment("detections-value"), "detections-value");
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(error_message(r#"{"message":"Schema 9 not found.","error_code":40403}"#), "Schema 9 not found.");
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_an_outage() {
+        // Port 9 (discard) on loopback: nothing listens there.
+        let r = Registry::new("http://127.0.0.1:9", Duration::from_secs(2)).unwrap();
+        let err = r.schema(1).unwrap_err();
+        assert!(err.retryable(), "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:9"), "{err}");
+    }
+}

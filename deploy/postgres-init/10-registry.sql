@@ -1,0 +1,2 @@
+-- The schema registry's own database, beside the pipeline's (docker-compose.yml).
+CREATE DATABASE registry;

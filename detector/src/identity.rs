@@ -1,0 +1,127 @@
+//! Stream identity: the run id every message of a camera carries, so that `(camera_id, run_id,
+//! frame_seq)` names one frame for good.
+//!
+//! A run is one run of one camera's source in one detector process; reconnects and `--loop`
+//! passes stay in it. A live source's run is new at every start and sorts by time (UUIDv7): a
+//! restarted detector's frames are new frames. A file's (or image's) run is derived from what
+//! decides its output, so that processing the same file again with the same settings is the same
+//! run (a harmless replay), while another file, another model or other thresholds are another
+//! run: a UUIDv8 made of the SHA-256 of the file's content, the model file's SHA-256, the score
+//! and IoU thresholds, the classes kept and the detection cap. The content rather than the path,
+//! so that a copied or renamed file is still the same run. A file played with `--realtime` is a
+//! camera (its frames are released and dropped by the clock), so its run is new at every start.
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{Blame, DetectorError};
+use crate::source::SourceKind;
+
+/// What decides a file's detections, besides the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings<'a> {
+    /// The model file's SHA-256, hex.
+    pub model_sha256: &'a str,
+    pub conf: f32,
+    pub iou: f32,
+    /// The class names kept, as the model names them.
+    pub classes: Vec<&'a str>,
+    pub max_detections: usize,
+}
+
+/// The run of a camera reading `uri`, of this kind, played in real time or not.
+pub fn run_of(uri: &str, kind: SourceKind, realtime: bool, settings: &Settings) -> Result<Uuid, DetectorError> {
+    if kind == SourceKind::Live || realtime {
+        return Ok(live_run());
+    }
+    let content = file_sha256(Path::new(uri)).map_err(|e| DetectorError::source(uri, Blame::User, format!("cannot read: {e}")))?;
+    Ok(file_run(&content, settings))
+}
+
+/// A live source's run: new now, ordered by time.
+pub fn live_run() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// A file's run, from its content's SHA-256 (hex) and the settings.
+pub fn file_run(content_sha256: &str, settings: &Settings) -> Uuid {
+    let mut classes = settings.classes.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    // One line per input, versioned, so that the derivation can change without reusing ids.
+    let described = format!(
+        "yolo-pipeline file run v1\ncontent-sha256={content_sha256}\nmodel-sha256={}\nconf={}\niou={}\nclasses={}\nmax-detections={}\n",
+        settings.model_sha256,
+        settings.conf,
+        settings.iou,
+        classes.join(","),
+        settings.max_detections
+    );
+    let digest = Sha256::digest(described.as_bytes());
+    Uuid::new_v8(digest[..16].try_into().expect("16 bytes"))
+}
+
+/// A file's SHA-256, hex.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings<'static> {
+        Settings { model_sha256: "062cd5", conf: 0.25, iou: 0.7, classes: vec!["person"], max_detections: 300 }
+    }
+
+    #[test]
+    fn a_file_run_is_the_same_for_the_same_file_and_settings_only() {
+        let base = file_run("aa", &settings());
+        assert_eq!(base, file_run("aa", &settings()), "the same file again: the same run");
+        assert_eq!(base.get_version_num(), 8);
+        let differs = [
+            file_run("ab", &settings()),
+            file_run("aa", &Settings { conf: 0.3, ..settings() }),
+            file_run("aa", &Settings { iou: 0.5, ..settings() }),
+            file_run("aa", &Settings { model_sha256: "8d5f3e", ..settings() }),
+            file_run("aa", &Settings { classes: vec!["person", "dog"], ..settings() }),
+            file_run("aa", &Settings { max_detections: 100, ..settings() }),
+        ];
+        for (i, other) in differs.iter().enumerate() {
+            assert_ne!(*other, base, "case {i}");
+        }
+        // The order in which classes are given does not decide the output.
+        let two = |c| file_run("aa", &Settings { classes: c, ..settings() });
+        assert_eq!(two(vec!["dog", "person"]), two(vec!["person", "dog", "dog"]));
+    }
+
+    #[test]
+    fn live_runs_are_new_and_sort_by_time() {
+        let a = live_run();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = live_run();
+        assert!(a < b && a.get_version_num() == 7, "{a} {b}");
+    }
+
+    #[test]
+    fn content_hash() {
+        let path = std::env::temp_dir().join(format!("identity-{}.bin", std::process::id()));
+        std::fs::write(&path, b"abc").unwrap();
+        let h = file_sha256(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

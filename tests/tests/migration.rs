@@ -1,0 +1,164 @@
+//! Migration 2 on a database that holds data from before it, and a topic an older detector wrote:
+//! old rows keep working (in the nil run), the keys and the view are right, and the sink drains
+//! v1 and v2 messages side by side. Also: a database whose tables do not match the sink's
+//! description of them is refused at start.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use pipeline_tests::*;
+use sqlx::{Connection, PgConnection};
+
+/// Applies only the first migration, as a database set up by the previous release is.
+async fn migrate_to_v1(db: &TestDb) -> Result<()> {
+    let dir = TempDir::new("mig1")?;
+    let first = std::fs::read_dir(repo_root().join("migrations"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .min()
+        .context("no migrations")?;
+    let dir_path = dir.join("");
+    std::fs::copy(&first, dir.join(&first.file_name().unwrap().to_string_lossy()))?;
+    let migrator = sqlx::migrate::Migrator::new(dir_path.as_path()).await?;
+    migrator.run(&mut db.connect().await?).await?;
+    Ok(())
+}
+
+/// What the previous sink wrote for a v1 message: the old columns, no run.
+async fn store_as_v1(conn: &mut PgConnection, m: &wire::FrameMessage, offset: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO frames (camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, person_count,
+                             model_name, model_sha256, kafka_partition, kafka_offset)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+    )
+    .bind(&m.camera_id)
+    .bind(m.frame_seq as i64)
+    .bind(m.captured_at)
+    .bind(m.pts_ms)
+    .bind(m.frame_width as i32)
+    .bind(m.frame_height as i32)
+    .bind(m.detections.len() as i32)
+    .bind(&m.model.name)
+    .bind(&m.model.sha256)
+    .bind(offset)
+    .execute(&mut *conn)
+    .await?;
+    for (i, d) in m.detections.iter().enumerate() {
+        let kps: Vec<String> = d.keypoints.iter().flatten().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
+        sqlx::query(
+            "INSERT INTO detections (camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::real[], $11)",
+        )
+        .bind(&m.camera_id)
+        .bind(m.frame_seq as i64)
+        .bind(i as i32)
+        .bind(&d.class)
+        .bind(d.score)
+        .bind(d.bbox.x1)
+        .bind(d.bbox.y1)
+        .bind(d.bbox.x2)
+        .bind(d.bbox.y2)
+        .bind(format!("{{{}}}", kps.join(",")))
+        .bind(m.captured_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+type Minute = (String, chrono::DateTime<chrono::Utc>, i64, String, i32);
+
+async fn per_minute(conn: &mut PgConnection) -> Result<Vec<Minute>> {
+    Ok(sqlx::query_as("SELECT camera_id, minute, frames, avg_people::text, max_people FROM people_per_minute ORDER BY 1, 2").fetch_all(conn).await?)
+}
+
+async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(conn).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> {
+    let db = TestDb::create("mig").await?;
+    migrate_to_v1(&db).await?;
+    let mut conn = db.connect().await?;
+    // 100 frames of an older detector, already stored, 1 to 3 people each, over two minutes.
+    let old: Vec<wire::FrameMessage> = (0..100).map(|s| synthetic_frame("door", s, 1 + (s % 3) as usize)).collect();
+    for (i, m) in old.iter().enumerate() {
+        store_as_v1(&mut conn, m, i as i64).await?;
+    }
+    let minutes_before = per_minute(&mut conn).await?;
+    ensure!(minutes_before.len() >= 1, "{minutes_before:?}");
+
+    migrate(&db.url)?;
+    let mut conn = PgConnection::connect(&db.url).await?;
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, 100);
+    let old_detections: i64 = old.iter().map(|m| m.detections.len() as i64).sum();
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM detections WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, old_detections);
+    assert_eq!(per_minute(&mut conn).await?, minutes_before, "the view says what it said");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname IN ('frames_pkey', 'detections_pkey') ORDER BY indexname")
+        .fetch_all(&mut conn)
+        .await?;
+    assert!(keys[0].ends_with("(camera_id, run_id, frame_seq, det_index)"), "{keys:?}");
+    assert!(keys[1].ends_with("(camera_id, run_id, frame_seq)"), "{keys:?}");
+    let defaults = count(&mut conn, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'run_id' AND column_default IS NOT NULL").await?;
+    assert_eq!(defaults, 0, "no default hides a run the sink forgot");
+
+    // The topic the older detector was writing to still holds those 100 (and 50 more), and a new
+    // detector has started a run for the same camera.
+    let topic = unique("mig");
+    create_topic(&topic, 1).await?;
+    let v1_more: Vec<wire::FrameMessage> = (0..150).map(|s| synthetic_frame("door", s, 1 + (s % 3) as usize)).collect();
+    let run = uuid::Uuid::now_v7();
+    let v2: Vec<wire::FrameMessage> = (0..50)
+        .map(|s| {
+            let mut m = synthetic_frame("door", s, 2);
+            m.run_id = run;
+            m.captured_at += chrono::Duration::hours(1);
+            m
+        })
+        .collect();
+    produce(&topic, v1_more.iter().map(|m| ("door", v1_json(m))).chain(v2.iter().map(|m| ("door", m.to_json()))))?;
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
+    let done = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 200, Duration::from_secs(120)).await?;
+    let log = sink.stop()?;
+    assert_eq!(done, 200, "{log}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, 150, "{log}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE run_id <> '00000000-0000-0000-0000-000000000000'").await?, 50);
+    // The 100 v1 messages already stored were replays of their rows, not new rows or conflicts.
+    assert_eq!(log_field(&log, "progress", "replayed"), Some(100), "{log}");
+    assert_eq!(log_field(&log, "progress", "conflicts"), Some(0), "{log}");
+    assert_eq!(log_field(&log, "progress", "dead_letters"), Some(0), "{log}");
+    let minutes_after = per_minute(&mut conn).await?;
+    let frames_in_view: i64 = minutes_after.iter().map(|m| m.2).sum();
+    assert_eq!(frames_in_view, 200, "{minutes_after:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_does_not_match_the_sink_is_refused_at_start() -> Result<()> {
+    let (topic, db) = fresh_topic_and_db("mismatch", 1).await?;
+    let mut conn = db.connect().await?;
+    sqlx::query("ALTER TABLE frames DROP COLUMN pts_ms, ADD COLUMN note text NOT NULL").execute(&mut conn).await?;
+    sqlx::query("ALTER TABLE detections ALTER COLUMN score TYPE double precision").execute(&mut conn).await?;
+    let out = run(
+        Command::new(bin("sink")).args(["run", "--topic", &topic, "--brokers", &brokers()]).env("DATABASE_URL", &db.url),
+        Duration::from_secs(60),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["table frames does not match this sink", "column pts_ms is missing", "column note needs a value the sink does not write"] {
+        assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().filter(|l| l.contains(" ERROR ")).count(), 1, "one error line:\n{stderr}");
+    // Fixed frames, the detections table is next in line.
+    sqlx::query("ALTER TABLE frames DROP COLUMN note, ADD COLUMN pts_ms bigint NOT NULL").execute(&mut conn).await?;
+    let out = run(
+        Command::new(bin("sink")).args(["run", "--topic", &topic, "--brokers", &brokers()]).env("DATABASE_URL", &db.url),
+        Duration::from_secs(60),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("table detections does not match this sink: column score is double precision, the sink writes real"), "{stderr}");
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The wire contract in a real schema registry (Apicurio Registry's Confluent-compatible API, as
+//! `scripts/services.sh` runs it): the detector registers the schema once and frames every message
+//! with its id, the registry refuses an incompatible change, and the sink stores framed and plain
+//! messages alike while unknown ids and messages the schema refuses go to the dead-letter topic.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use common::registry::RegistryError;
+use pipeline_tests::*;
+use wire::envelope::{frame, Envelope};
+
+/// `GET` on the registry's API; the body.
+fn registry_get(path: &str) -> Result<String> {
+    let url = registry_url();
+    let rest = url.strip_prefix("http://").expect("an http:// registry");
+    let (addr, base) = rest.split_once('/').unwrap_or((rest, ""));
+    http_get(addr, &format!("/{base}{path}"))
+}
+
+fn schema_id_in(stderr: &[u8]) -> Option<u32> {
+    String::from_utf8_lossy(stderr).split_whitespace().find_map(|w| w.strip_prefix("schema_id=")).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_registers_the_schema_once_and_frames_every_message() -> Result<()> {
+    let topic = unique("reg");
+    create_topic(&topic, 1).await?;
+    let image = sample("basketball1.png");
+    let args = ["--schema-registry", &registry_url()];
+    let first = schema_id_in(&detect_to_kafka(&image, "court", &topic, &args)?.stderr).expect("a schema id in the log");
+    let second = schema_id_in(&detect_to_kafka(&image, "court", &topic, &args)?.stderr).expect("a schema id in the log");
+    assert_eq!(first, second, "the same schema is found, not registered again");
+    let subject = format!("{topic}-value");
+    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1]");
+    assert!(registry_get(&format!("/config/{subject}"))?.contains("BACKWARD"));
+
+    for record in read_topic(&topic, Duration::from_secs(30))? {
+        match Envelope::open(&record.payload)? {
+            Envelope::Framed { schema_id, json } => {
+                assert_eq!(schema_id, first);
+                let msg = wire::FrameMessage::from_json(json)?;
+                assert_eq!((msg.schema_version, msg.detections.len()), (2, 2));
+            }
+            plain => panic!("not framed: {plain:?}"),
+        }
+    }
+
+    // BACKWARD: a schema that makes a new field required could not read what was written.
+    let mut incompatible: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
+    incompatible["required"].as_array_mut().unwrap().push("zone".into());
+    incompatible["properties"]["zone"] = serde_json::json!({"type": "string"});
+    match registry().register(&subject, &incompatible.to_string()) {
+        Err(RegistryError::Refused { status: 409, message, .. }) => assert!(message.contains("required"), "{message}"),
+        other => panic!("an incompatible schema was not refused: {other:?}"),
+    }
+    // An optional field is a compatible change: a new version.
+    let mut compatible: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
+    compatible["properties"]["zone"] = serde_json::json!({"type": "string"});
+    let id = registry().register(&subject, &compatible.to_string())?;
+    assert_ne!(id, first);
+    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1,2]");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<()> {
+    let (topic, db) = fresh_topic_and_db("regsink", 2).await?;
+    let id = registry().register(&format!("{topic}-value"), wire::JSON_SCHEMA)?;
+    let unknown = 2_000_000_000u32;
+    ensure!(matches!(registry().schema(unknown), Err(RegistryError::UnknownSchema(_))), "id {unknown} exists");
+    let frames: Vec<wire::FrameMessage> = (0..60).map(|s| synthetic_frame(&format!("cam-{}", s % 3), s, 2)).collect();
+    let mut too_many = synthetic_frame("cam-0", 1000, 0);
+    too_many.detections = synthetic_frame("cam-0", 1000, 1).detections.into_iter().cycle().take(wire::MAX_DETECTIONS + 1).collect();
+    let mut messages: Vec<(String, Vec<u8>, Option<String>)> = Vec::new();
+    for (i, m) in frames.iter().enumerate() {
+        let json = m.to_json();
+        let payload = if i % 2 == 0 { frame(id, &json) } else { json };
+        messages.push((m.camera_id.clone(), payload, None));
+    }
+    for i in 0..5 {
+        messages.push(("cam-1".into(), frame(unknown, &synthetic_frame("cam-1", 2000 + i, 1).to_json()), Some("unknown to the schema registry".into())));
+    }
+    messages.push(("cam-0".into(), frame(id, &too_many.to_json()), Some(format!("does not match schema {id}"))));
+    messages.push(("cam-0".into(), vec![0, 0, 1], Some("too short".into())));
+    produce(&topic, messages.iter().map(|(k, p, _)| (k.as_str(), p.clone())))?;
+
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
+    let mut conn = db.connect().await?;
+    let done = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", messages.len() as i64, Duration::from_secs(120)).await?;
+    let log = sink.stop()?;
+    assert_eq!(done, messages.len() as i64, "{log}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM frames").fetch_one(&mut conn).await?;
+    assert_eq!(stored, frames.len() as i64, "framed and plain alike:\n{log}");
+    assert_eq!(log.matches("schema fetched from the registry").count(), 1, "fetched once, then cached:\n{log}");
+
+    let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
+    let expected: Vec<&String> = messages.iter().filter_map(|m| m.2.as_ref()).collect();
+    assert_eq!(dead.len(), expected.len(), "{log}");
+    for want in expected {
+        assert!(dead.iter().any(|d| d.header("dlq.error").is_some_and(|e| e.contains(want.as_str()))), "no dead letter says {want:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+fn sample() -> FrameMessage {
+    FrameMessage {
+        schema_version: 2,
+        camera_id: "cam-1".into(),
+        run_id: Uuid::parse_str("01937f5e-8a2b-7c3d-9e4f-a1b2c3d4e5f6").unwrap(),
+        frame_seq: 7,
+        captured_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123Z").unwrap().into(),
+        pts_ms: 700,
+        frame_width: 768,
+        frame_height: 576,
+        model: ModelInfo { name: "yolo11n-pose".into(), sha256: "062cd5417709".into(), keypoints: 17 },
+        detections: vec![Detection {
+            class: "person".into(),
+            score: 0.9,
+            bbox: BBox { x1: 1.0, y1: 2.0, x2: 30.0, y2: 80.0 },
+            keypoints: Some(vec![[5.0, 6.0, 0.5]; 17]),
+        }],
+    }
+}
+
+fn sample_json() -> Value {
+    serde_json::from_slice(&sample().to_json()).unwrap()
+}
+
+/// The sample as an older detector wrote it: no run id, no keypoint count.
+fn sample_v1() -> Value {
+    let mut v = sample_json();
+    v["schema_version"] = 1.into();
+    v.as_object_mut().unwrap().remove("run_id");
+    v["model"].as_object_mut().unwrap().remove("keypoints");
+    v
+}
+
+fn parse(v: &Value) -> Result<FrameMessage, WireError> {
+    FrameMessage::from_json(v.to_string().as_bytes())
+}
+
+#[test]
+fn round_trips_and_writes_milliseconds() {
+    let m = sample();
+    let json = m.to_json();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(text.contains("\"captured_at\":\"2026-11-22T10:00:00.123Z\""), "{text}");
+    assert!(text.contains("\"run_id\":\"01937f5e-8a2b-7c3d-9e4f-a1b2c3d4e5f6\""), "{text}");
+    assert_eq!(FrameMessage::from_json(&json).unwrap(), m);
+    assert_eq!(FrameMessage::from_value(sample_json()).unwrap(), m);
+}
+
+#[test]
+fn v1_messages_are_read_into_the_v1_run() {
+    let m = parse(&sample_v1()).unwrap();
+    assert_eq!((m.schema_version, m.run_id), (1, V1_RUN_ID));
+    assert_eq!(m.model.keypoints, 17, "taken from the detections");
+    assert_eq!(m.detections, sample().detections);
+    // A v1 message without people has no keypoints to count.
+    let mut v = sample_v1();
+    v["detections"] = json!([]);
+    assert_eq!(parse(&v).unwrap().model.keypoints, 0);
+    // Written again, it is v2 of the nil run: only the sink's reading decides that.
+    assert!(String::from_utf8(m.to_json()).unwrap().contains("\"schema_version\":2"));
+}
+
+#[test]
+fn each_version_has_its_own_required_fields() {
+    let mut v = sample_json();
+    v.as_object_mut().unwrap().remove("run_id");
+    assert!(parse(&v).unwrap_err().to_string().contains("required in schema_version 2"));
+    let mut v = sample_json();
+    v["model"].as_object_mut().unwrap().remove("keypoints");
+    assert!(parse(&v).unwrap_err().to_string().contains("required in schema_version 2"));
+    let mut v = sample_v1();
+    v["run_id"] = sample_json()["run_id"].clone();
+    assert!(parse(&v).unwrap_err().to_string().contains("not part of schema_version 1"));
+    let mut v = sample_json();
+    v["schema_version"] = 3.into();
+    assert!(matches!(parse(&v), Err(WireError::Version(3))));
+    // Another version is named even when the rest does not parse either.
+    let err = FrameMessage::from_json(br#"{"schema_version": 9}"#).unwrap_err();
+    assert!(matches!(err, WireError::Version(9)), "{err}");
+    assert!(matches!(FrameMessage::from_json(b"not json"), Err(WireError::Json(_))));
+}
+
+#[test]
+fn v1_detections_agree_on_their_keypoint_count() {
+    let mut v = sample_v1();
+    let mut second = v["detections"][0].clone();
+    second["keypoints"] = json!([[1.0, 2.0, 0.5]]);
+    v["detections"].as_array_mut().unwrap().push(second);
+    assert!(parse(&v).unwrap_err().to_string().contains("detections[1].keypoints"));
+    let mut v = sample_v1();
+    v["detections"][0]["keypoints"] = json!(vec![[1.0, 2.0, 0.5]; MAX_KEYPOINTS + 1]);
+    assert!(parse(&v).unwrap_err().to_string().contains("model.keypoints"));
+}
+
+/// Every bound of the contract, just inside and just outside, through both the JSON Schema file
+/// (as the registry holds it and the sink checks framed messages against it) and the Rust checks:
+/// each case says what both must answer. They agree everywhere except the two rules JSON Schema
+/// cannot state, which are marked.
+#[test]
+fn json_schema_and_checks_agree_on_every_bound() {
+    let schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    assert!(validator.is_valid(&sample_json()));
+
+    let text = |n: usize, c: char| Value::String(std::iter::repeat_n(c, n).collect());
+    let kps = |n: usize| json!(vec![[1.0, 2.0, 0.5]; n]);
+    let det = |n_kps: usize| json!({"class": "person", "score": 0.5, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "keypoints": kps(n_kps)});
+    let dets = |n: usize| json!(vec![det(17); n]);
+    let max_kps_model = json!({"name": "m", "sha256": "0123abcd", "keypoints": MAX_KEYPOINTS});
+    let i64_max = json!(i64::MAX);
+    let past_i64 = json!(i64::MAX as u64 + 1);
+    // (what changes, schema says valid, checks say valid)
+    let cases: Vec<(&str, Vec<(&str, Value)>, bool, bool)> = vec![
+        ("camera_id at 128 characters", vec![("/camera_id", text(MAX_LABEL_CHARS, 'c'))], true, true),
+        ("camera_id at 129 characters", vec![("/camera_id", text(MAX_LABEL_CHARS + 1, 'c'))], false, false),
+        ("camera_id of 128 two-byte characters", vec![("/camera_id", text(MAX_LABEL_CHARS, 'é'))], true, true),
+        ("camera_id empty", vec![("/camera_id", json!(""))], false, false),
+        ("camera_id with NUL", vec![("/camera_id", json!("a\u{0}b"))], false, false),
+        ("camera_id with a C1 control", vec![("/camera_id", json!("a\u{85}b"))], false, false),
+        ("camera_id with a no-break space", vec![("/camera_id", json!("a\u{a0}b"))], true, true),
+        ("model.name at 129 characters", vec![("/model/name", text(MAX_LABEL_CHARS + 1, 'm'))], false, false),
+        ("model.name with a tab", vec![("/model/name", json!("a\tb"))], false, false),
+        ("class at 128 characters", vec![("/detections/0/class", text(MAX_LABEL_CHARS, 'k'))], true, true),
+        ("class at 129 characters", vec![("/detections/0/class", text(MAX_LABEL_CHARS + 1, 'k'))], false, false),
+        ("run_id uppercase", vec![("/run_id", json!("01937F5E-8A2B-7C3D-9E4F-A1B2C3D4E5F6"))], false, false),
+        ("run_id without hyphens", vec![("/run_id", json!("01937f5e8a2b7c3d9e4fa1b2c3d4e5f6"))], false, false),
+        ("run_id nil (v1's)", vec![("/run_id", json!("00000000-0000-0000-0000-000000000000"))], false, false),
+        ("run_id braced", vec![("/run_id", json!("{01937f5e-8a2b-7c3d-9e4f-a1b2c3d4e5f6}"))], false, false),
+        ("frame_seq at 2^63 - 1", vec![("/frame_seq", i64_max.clone())], true, true),
+        ("frame_seq at 2^63", vec![("/frame_seq", past_i64.clone())], false, false),
+        ("frame_seq negative", vec![("/frame_seq", json!(-1))], false, false),
+        ("pts_ms at -2^63", vec![("/pts_ms", json!(i64::MIN))], true, true),
+        ("pts_ms at 2^63", vec![("/pts_ms", past_i64)], false, false),
+        ("frame_width 0", vec![("/frame_width", json!(0))], false, false),
+        ("frame_width 1", vec![("/frame_width", json!(1))], true, true),
+        ("frame_height at 2^31 - 1", vec![("/frame_height", json!(i32::MAX))], true, true),
+        ("frame_height at 2^31", vec![("/frame_height", json!(i32::MAX as u64 + 1))], false, false),
+        ("sha256 of 7 digits", vec![("/model/sha256", json!("0123456"))], false, false),
+        ("sha256 of 8 digits", vec![("/model/sha256", json!("01234567"))], true, true),
+        ("sha256 of 64 digits", vec![("/model/sha256", text(64, 'a'))], true, true),
+        ("sha256 of 65 digits", vec![("/model/sha256", text(65, 'a'))], false, false),
+        ("sha256 uppercase", vec![("/model/sha256", json!("062CD541"))], false, false),
+        ("score 0", vec![("/detections/0/score", json!(0.0))], true, true),
+        ("score 1", vec![("/detections/0/score", json!(1.0))], true, true),
+        ("score above 1", vec![("/detections/0/score", json!(1.001))], false, false),
+        ("score below 0", vec![("/detections/0/score", json!(-0.001))], false, false),
+        ("300 detections", vec![("/detections", dets(MAX_DETECTIONS))], true, true),
+        ("301 detections", vec![("/detections", dets(MAX_DETECTIONS + 1))], false, false),
+        ("no detections", vec![("/detections", json!([]))], true, true),
+        ("133 keypoints, as the model says", vec![("/model", max_kps_model.clone()), ("/detections", json!([det(MAX_KEYPOINTS)]))], true, true),
+        ("134 keypoints", vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([det(MAX_KEYPOINTS + 1)]))], false, false),
+        ("10,000 keypoints", vec![("/detections", json!([det(10_000)]))], false, false),
+        ("a model with 134 keypoints and nobody in view", vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([]))], false, false),
+        ("an empty keypoint list", vec![("/model/keypoints", json!(0)), ("/detections/0/keypoints", json!([]))], false, false),
+        ("a keypoint of two numbers", vec![("/detections/0/keypoints/0", json!([1.0, 2.0]))], false, false),
+        ("an unknown field", vec![("/extra", json!(1))], false, false),
+        ("an unknown model field", vec![("/model/extra", json!(1))], false, false),
+        ("schema_version 1 with v2's fields", vec![("/schema_version", json!(1))], false, false),
+        // JSON Schema cannot compare two fields: only the checks can.
+        ("18 keypoints for a 17-keypoint model", vec![("/detections/0/keypoints", kps(18))], true, false),
+        ("a box with x2 < x1", vec![("/detections/0/bbox/x2", json!(-5.0))], true, false),
+    ];
+    let mut wrong = Vec::new();
+    for (what, changes, schema_ok, checks_ok) in cases {
+        let mut v = sample_json();
+        for (pointer, value) in changes {
+            match v.pointer_mut(pointer) {
+                Some(slot) => *slot = value,
+                None => {
+                    let (parent, key) = pointer.rsplit_once('/').unwrap();
+                    v.pointer_mut(if parent.is_empty() { "" } else { parent }).unwrap()[key] = value;
+                }
+            }
+        }
+        let got = (validator.is_valid(&v), parse(&v).is_ok());
+        if got != (schema_ok, checks_ok) {
+            wrong.push(format!("{what}: schema/checks said {got:?}, expected {:?}; checks: {:?}", (schema_ok, checks_ok), parse(&v).err()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The schema file's bounds are this crate's constants, and it names the fields the type writes.
+#[test]
+fn json_schema_matches_the_type() {
+    let schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+    let msg = sample_json();
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&schema["properties"]), keys(&msg));
+    let mut required: Vec<String> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    required.sort();
+    assert_eq!(required, keys(&msg));
+    assert_eq!(keys(&schema["properties"]["model"]["properties"]), keys(&msg["model"]));
+    assert_eq!(keys(&schema["definitions"]["detection"]["properties"]), keys(&msg["detections"][0]));
+    assert_eq!(schema["properties"]["schema_version"]["const"], SCHEMA_VERSION);
+    let p = &schema["properties"];
+    assert_eq!(p["detections"]["maxItems"], MAX_DETECTIONS);
+    assert_eq!(p["model"]["properties"]["keypoints"]["maximum"], MAX_KEYPOINTS);
+    assert_eq!(schema["definitions"]["detection"]["properties"]["keypoints"]["maxItems"], MAX_KEYPOINTS);
+    for label in [&p["camera_id"], &p["model"]["properties"]["name"], &schema["definitions"]["detection"]["properties"]["class"]] {
+        assert_eq!(label["maxLength"], MAX_LABEL_CHARS);
+    }
+    assert_eq!(p["run_id"]["not"]["const"], V1_RUN_ID.to_string());
+}
