@@ -15,6 +15,11 @@ t1=$SECONDS
 cargo build --release --workspace --bins
 log "build took $((SECONDS - t1)) s"
 
+t1=$SECONDS
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+log "fmt and clippy took $((SECONDS - t1)) s"
+
 trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
 "$REPO_ROOT/scripts/services.sh" start
 

@@ -40,7 +40,10 @@ pub struct Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("url", &self.url).field("authorization", &self.authorization.as_ref().map(|_| "<redacted>")).finish()
+        f.debug_struct("Registry")
+            .field("url", &self.url)
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -61,9 +64,10 @@ impl Registry {
     /// `url` is the API's base: `http://host:8081` for Confluent, `http://host:8080/apis/ccompat/v7`
     /// for Apicurio. Each call gives up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let (scheme, rest) = url.split_once("://").filter(|(s, _)| *s == "http" || *s == "https").ok_or_else(|| {
-            format!("schema registry URL {} must start with http:// or https://", redact_userinfo(url))
-        })?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(s, _)| *s == "http" || *s == "https")
+            .ok_or_else(|| format!("schema registry URL {} must start with http:// or https://", redact_userinfo(url)))?;
         // user:password@ before the host, if any.
         let (userinfo, host_path) = match rest.split_once('/').map_or(rest, |(authority, _)| authority).rsplit_once('@') {
             Some((userinfo, _)) => (Some(userinfo), &rest[userinfo.len() + 1..]),

@@ -29,8 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !cut.success() {
         return Err("ffmpeg could not cut the clip".into());
     }
-    let toml: String =
-        (0..cameras).map(|i| format!("[[camera]]\nid = \"cam{i}\"\nsource = \"{}\"\n\n", clip.display())).collect();
+    let toml: String = (0..cameras).map(|i| format!("[[camera]]\nid = \"cam{i}\"\nsource = \"{}\"\n\n", clip.display())).collect();
     let cameras_file = dir.join("cameras.toml");
     std::fs::write(&cameras_file, toml)?;
     let cameras_arg = cameras_file.to_string_lossy();
@@ -39,8 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut fps = Vec::new();
     for model in ["models/yolo11n-pose.onnx", "models/yolo11n-pose-batch.onnx"] {
         let model_arg = root.join(model).to_string_lossy().into_owned();
-        let (messages, secs) =
-            support::run_detector(&["--cameras", &cameras_arg, "--model", &model_arg, "--max-batch", &batch_arg])?;
+        let (messages, secs) = support::run_detector(&["--cameras", &cameras_arg, "--model", &model_arg, "--max-batch", &batch_arg])?;
         println!("model={model} cameras={cameras} messages={messages} seconds={secs:.2} fps={:.2}", messages as f64 / secs);
         fps.push(messages as f64 / secs);
     }

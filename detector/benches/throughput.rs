@@ -61,8 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut before = bare()?;
     let mut rates = Vec::new();
     for round in 1..=rounds {
-        let (messages, secs) =
-            support::run_detector(&["--source", &video_arg, "--model", &model_arg, "--threads", &threads_arg])?;
+        let (messages, secs) = support::run_detector(&["--source", &video_arg, "--model", &model_arg, "--threads", &threads_arg])?;
         if messages != frames {
             return Err(format!("detector: {messages} messages for {frames} frames").into());
         }

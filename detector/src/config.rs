@@ -204,8 +204,7 @@ impl Config {
         }
         let cameras = self.cameras()?;
         if let Some(dir) = &self.snapshot_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
         Ok(cameras)
     }

@@ -28,12 +28,7 @@ const DEFAULT_CLASSES: usize = 80;
 impl Layout {
     /// Tells the layout from the output shape and the model's metadata: `names`, `kpt_shape` for
     /// pose models, and `end2end` where an exporter writes it. `num_names` is 0 without `names`.
-    pub fn from_shape(
-        shape: &[i64],
-        num_names: usize,
-        kpt_shape: Option<(usize, usize)>,
-        end2end: bool,
-    ) -> Result<Self, String> {
+    pub fn from_shape(shape: &[i64], num_names: usize, kpt_shape: Option<(usize, usize)>, end2end: bool) -> Result<Self, String> {
         let unsupported = |why: &str| format!("unsupported output layout {shape:?}: {why}");
         let expected = "expected [1, 4 + classes (+ keypoints), anchors] (YOLOv8/11), \
                         [1, anchors, 5 + classes] (YOLOv5) or [1, detections, 6] (end-to-end)";
@@ -136,9 +131,7 @@ impl Decoder {
     pub fn new(layout: Layout, class_names: Vec<String>, keep: &[String], conf: f32, iou: f32) -> Result<Self, DetectorError> {
         let keep_class: Vec<bool> = class_names.iter().map(|n| keep.iter().any(|k| k.trim() == n)).collect();
         if !keep_class.iter().any(|k| *k) {
-            return Err(DetectorError::Config(format!(
-                "--classes {keep:?} names no class of this model (it has {class_names:?})"
-            )));
+            return Err(DetectorError::Config(format!("--classes {keep:?} names no class of this model (it has {class_names:?})")));
         }
         Ok(Decoder { layout, conf, iou, keep_class, class_names })
     }
@@ -244,8 +237,12 @@ impl Decoder {
             .chunks_exact(6)
             .filter_map(|r| {
                 let class_id = r[5].round();
-                (class_id >= 0.0 && self.keeps(class_id as usize, r[4]))
-                    .then(|| Candidate { class_id: class_id as usize, score: r[4], xyxy: [r[0], r[1], r[2], r[3]], keypoints: vec![] })
+                (class_id >= 0.0 && self.keeps(class_id as usize, r[4])).then(|| Candidate {
+                    class_id: class_id as usize,
+                    score: r[4],
+                    xyxy: [r[0], r[1], r[2], r[3]],
+                    keypoints: vec![],
+                })
             })
             .collect()
     }
@@ -385,16 +382,8 @@ mod tests {
         let layout = Layout::Anchors { classes: 1, keypoints: 1, keypoint_dims: 3 };
         let anchors = 2;
         // channels: cx, cy, w, h, score, kx, ky, kv
-        let rows: [[f32; 2]; 8] = [
-            [320.0, 10.0],
-            [320.0, 10.0],
-            [100.0, 4.0],
-            [200.0, 4.0],
-            [0.9, 0.1],
-            [330.0, 0.0],
-            [300.0, 0.0],
-            [0.8, 0.0],
-        ];
+        let rows: [[f32; 2]; 8] =
+            [[320.0, 10.0], [320.0, 10.0], [100.0, 4.0], [200.0, 4.0], [0.9, 0.1], [330.0, 0.0], [300.0, 0.0], [0.8, 0.0]];
         let raw = RawOutput { shape: vec![1, 8, anchors], data: rows.iter().flatten().copied().collect() };
         let dec = Decoder::new(layout, vec!["person".into()], &["person".into()], 0.25, 0.7).unwrap();
         // Source 768x576 letterboxed to 640x640: gain 5/6, 80 px of padding on top.
@@ -423,10 +412,10 @@ mod tests {
     fn decodes_yolov5_rows_with_objectness_times_class_score() {
         // Rows: cx, cy, w, h, objectness, person, car.
         let rows: [[f32; 7]; 4] = [
-            [100.0, 100.0, 20.0, 40.0, 0.9, 0.8, 0.1],   // person 0.72
-            [102.0, 100.0, 20.0, 40.0, 0.9, 0.5, 0.1],   // person 0.45, overlaps the first: suppressed
-            [300.0, 300.0, 10.0, 10.0, 0.9, 0.1, 0.9],   // car: filtered out by class
-            [500.0, 500.0, 10.0, 10.0, 0.2, 1.0, 0.0],   // objectness under the threshold
+            [100.0, 100.0, 20.0, 40.0, 0.9, 0.8, 0.1], // person 0.72
+            [102.0, 100.0, 20.0, 40.0, 0.9, 0.5, 0.1], // person 0.45, overlaps the first: suppressed
+            [300.0, 300.0, 10.0, 10.0, 0.9, 0.1, 0.9], // car: filtered out by class
+            [500.0, 500.0, 10.0, 10.0, 0.2, 1.0, 0.0], // objectness under the threshold
         ];
         let raw = RawOutput { shape: vec![1, 4, 7], data: rows.iter().flatten().copied().collect() };
         let d = decoder(Layout::V5 { classes: 2 }, &["person", "car"], &["person"]);

@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
-use ort::value::TensorRef;
 use crate::decode::{parse_kpt_shape, parse_names, Layout};
 use crate::error::DetectorError;
 use crate::identity::file_sha256;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
 
 /// A model's raw output for one frame: the first output tensor, row-major.
 #[derive(Debug, Clone)]
@@ -39,10 +39,7 @@ impl Model {
     pub fn load(path: &Path, intra_threads: usize) -> Result<Self, DetectorError> {
         let err = |reason: String| DetectorError::model(path, reason);
         let sha256 = file_sha256(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let env = ort::init()
-            .with_name("detector")
-            .build()
-            .map_err(|e| err(format!("cannot start ONNX Runtime: {e}")))?;
+        let env = ort::init().with_name("detector").build().map_err(|e| err(format!("cannot start ONNX Runtime: {e}")))?;
         let session = Session::builder(&env)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
             .and_then(|b| Ok(b.with_intra_threads(intra_threads)?))
@@ -53,11 +50,7 @@ impl Model {
         let in_shape: Vec<i64> = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
         let (batch, input_h, input_w) = match in_shape.as_slice() {
             [b, 3, h, w] if (*b == 1 || *b == -1) && *h > 0 && *w > 0 => (*b, *h as u32, *w as u32),
-            _ => {
-                return Err(err(format!(
-                    "expected an image input [1 or dynamic, 3, H, W] with fixed H and W, got {in_shape:?}"
-                )))
-            }
+            _ => return Err(err(format!("expected an image input [1 or dynamic, 3, H, W] with fixed H and W, got {in_shape:?}"))),
         };
         let output = session.outputs().first().ok_or_else(|| err("the model has no output".into()))?;
         let out_shape: Vec<i64> = output.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
@@ -97,7 +90,10 @@ impl Model {
         let frame_len = 3 * self.input_h as usize * self.input_w as usize;
         let n = inputs.len();
         if n == 0 || (n > 1 && !self.dynamic_batch) || inputs.iter().any(|i| i.len() != frame_len) {
-            return Err(DetectorError::Inference(format!("{n} inputs for a model whose batch is {}", if self.dynamic_batch { "dynamic" } else { "1" })));
+            return Err(DetectorError::Inference(format!(
+                "{n} inputs for a model whose batch is {}",
+                if self.dynamic_batch { "dynamic" } else { "1" }
+            )));
         }
         let input: &[f32] = if n == 1 {
             inputs[0]
@@ -107,22 +103,13 @@ impl Model {
             &self.batch_input
         };
         let shape = [n, 3, self.input_h as usize, self.input_w as usize];
-        let tensor = TensorRef::from_array_view((shape, input))
-            .map_err(|e| DetectorError::Inference(format!("input tensor: {e}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![tensor])
-            .map_err(|e| DetectorError::Inference(e.to_string()))?;
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| DetectorError::Inference(format!("input tensor: {e}")))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| DetectorError::Inference(e.to_string()))?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
         if shape.first() != Some(&(n as i64)) || data.len() % n != 0 {
             return Err(DetectorError::Inference(format!("output shape {shape:?} for a batch of {n}")));
         }
         let frame_shape: Vec<usize> = std::iter::once(1).chain(shape.iter().skip(1).map(|&d| d as usize)).collect();
-        Ok(data
-            .chunks_exact(data.len() / n)
-            .map(|d| RawOutput { shape: frame_shape.clone(), data: d.to_vec() })
-            .collect())
+        Ok(data.chunks_exact(data.len() / n).map(|d| RawOutput { shape: frame_shape.clone(), data: d.to_vec() }).collect())
     }
 }

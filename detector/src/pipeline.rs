@@ -105,7 +105,8 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
         .collect::<Result<Vec<_>, _>>()?;
     let model = Model::load(&cfg.model, cfg.intra_threads())?;
     let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.conf, cfg.iou)?;
-    let settings = Settings { model_sha256: &model.sha256, conf: cfg.conf, iou: cfg.iou, classes: decoder.kept_classes(), max_detections: MAX_DET };
+    let settings =
+        Settings { model_sha256: &model.sha256, conf: cfg.conf, iou: cfg.iou, classes: decoder.kept_classes(), max_detections: MAX_DET };
     let run_ids = cameras
         .iter()
         .zip(&sources)
@@ -226,8 +227,7 @@ struct Capture<'a> {
 
 impl Capture<'_> {
     fn run(self, mut source: Source, stop: &AtomicBool, abort: &AtomicBool) -> Result<(), DetectorError> {
-        let Capture { camera, paced, max_fps, keep_images, input_size: (input_w, input_h), tx, drop_rx, spare_rx, counters } =
-            self;
+        let Capture { camera, paced, max_fps, keep_images, input_size: (input_w, input_h), tx, drop_rx, spare_rx, counters } = self;
         let tensor_len = 3 * input_w as usize * input_h as usize;
         let live = source.kind == SourceKind::Live;
         let halted = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
@@ -236,11 +236,8 @@ impl Capture<'_> {
         let mut realtime = Realtime::default();
         let started = Instant::now();
         while !halted() {
-            let next = if live {
-                next_live_frame(&mut source, &mut backoff, &counters.reconnects, &halted)?
-            } else {
-                source.next_frame()?
-            };
+            let next =
+                if live { next_live_frame(&mut source, &mut backoff, &counters.reconnects, &halted)? } else { source.next_frame()? };
             let Some(mut frame) = next else {
                 if !live && counters.read.load(Ordering::Relaxed) == 0 {
                     return Err(DetectorError::source(&source.uri, crate::error::Blame::User, "no decodable frames"));

@@ -113,10 +113,7 @@ pub fn fill_tensor(resized: &[u8], stride: usize, lb: &Letterbox, out: &mut [f32
 pub fn letterbox(frame: &Mat, dst_w: u32, dst_h: u32, out: &mut [f32]) -> Result<Letterbox, DetectorError> {
     let internal = |e: opencv::Error| DetectorError::Inference(format!("preprocessing: {e}"));
     if frame.typ() != opencv::core::CV_8UC3 {
-        return Err(DetectorError::Inference(format!(
-            "preprocessing: expected an 8-bit 3-channel frame, got OpenCV type {}",
-            frame.typ()
-        )));
+        return Err(DetectorError::Inference(format!("preprocessing: expected an 8-bit 3-channel frame, got OpenCV type {}", frame.typ())));
     }
     let lb = Letterbox::new(frame.cols() as u32, frame.rows() as u32, dst_w, dst_h);
     let resized;
@@ -226,7 +223,8 @@ mod tests {
 
     #[test]
     fn letterbox_resizes_a_real_mat() {
-        let frame = Mat::new_rows_cols_with_default(576, 768, opencv::core::CV_8UC3, opencv::core::Scalar::new(0.0, 0.0, 255.0, 0.0)).unwrap();
+        let frame =
+            Mat::new_rows_cols_with_default(576, 768, opencv::core::CV_8UC3, opencv::core::Scalar::new(0.0, 0.0, 255.0, 0.0)).unwrap();
         let mut out = vec![0.0; 3 * 64 * 64];
         let lb = letterbox(&frame, 64, 64, &mut out).unwrap();
         assert_eq!((lb.new_w, lb.new_h, lb.top), (64, 48, 8));

@@ -90,9 +90,7 @@ impl Output {
     pub fn finish(self, timeout: Duration) -> Result<(), DetectorError> {
         match self {
             Output::Kafka(k) => k.finish(timeout),
-            Output::Stdout(mut out) => {
-                out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))
-            }
+            Output::Stdout(mut out) => out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}"))),
         }
     }
 }

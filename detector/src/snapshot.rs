@@ -10,8 +10,25 @@ use opencv::prelude::*;
 
 /// COCO keypoint pairs joined in the drawn skeleton (1-based, as Ultralytics lists them).
 const SKELETON: [(usize, usize); 19] = [
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
-    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+    (16, 14),
+    (14, 12),
+    (17, 15),
+    (15, 13),
+    (12, 13),
+    (6, 12),
+    (7, 13),
+    (6, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (9, 11),
+    (2, 3),
+    (1, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
+    (5, 7),
 ];
 /// Keypoints below this visibility are not drawn.
 const MIN_KEYPOINT_SCORE: f32 = 0.5;

@@ -24,9 +24,7 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn of(uri: &str) -> Self {
         let lower = uri.to_ascii_lowercase();
-        if ["rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://"]
-            .iter()
-            .any(|p| lower.starts_with(p))
+        if ["rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://"].iter().any(|p| lower.starts_with(p))
             || lower.starts_with("/dev/video")
         {
             SourceKind::Live
@@ -86,16 +84,8 @@ impl Source {
         if kind != SourceKind::Live && !Path::new(uri).is_file() {
             return Err(DetectorError::source(uri, Blame::User, "no such file"));
         }
-        let mut source = Source {
-            uri: uri.to_string(),
-            kind,
-            opts,
-            reader: None,
-            next_seq: 0,
-            pts_offset_ms: 0,
-            last_pts_ms: 0,
-            frame_ms: 0,
-        };
+        let mut source =
+            Source { uri: uri.to_string(), kind, opts, reader: None, next_seq: 0, pts_offset_ms: 0, last_pts_ms: 0, frame_ms: 0 };
         match source.connect() {
             Ok(()) => {}
             Err(e) if kind == SourceKind::Live => tracing::warn!(
@@ -114,8 +104,7 @@ impl Source {
         let live = self.kind == SourceKind::Live;
         let reader = match self.kind {
             SourceKind::Image => {
-                let img = imgcodecs::imread(uri, imgcodecs::IMREAD_COLOR)
-                    .map_err(|e| DetectorError::source(uri, Blame::User, e))?;
+                let img = imgcodecs::imread(uri, imgcodecs::IMREAD_COLOR).map_err(|e| DetectorError::source(uri, Blame::User, e))?;
                 if img.empty() {
                     return Err(DetectorError::source(uri, Blame::User, "not a readable image"));
                 }
@@ -245,8 +234,7 @@ pub fn select_rtsp_transport<'a>(mut uris: impl Iterator<Item = &'a str>, transp
 mod tests {
     use super::*;
 
-    const OPTS: SourceOptions =
-        SourceOptions { looped: false, open_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) };
+    const OPTS: SourceOptions = SourceOptions { looped: false, open_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) };
 
     #[test]
     fn kinds_from_uri() {

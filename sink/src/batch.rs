@@ -162,7 +162,9 @@ mod tests {
     #[test]
     fn splits_by_whole_partitions_balanced_by_rows() {
         let mut b = Batch::default();
-        for (seq, (partition, offset, persons)) in [(0, 0, 5), (1, 0, 1), (2, 0, 1), (0, 1, 5), (3, 7, 2), (1, 1, 1)].into_iter().enumerate() {
+        for (seq, (partition, offset, persons)) in
+            [(0, 0, 5), (1, 0, 1), (2, 0, 1), (0, 1, 5), (3, 7, 2), (1, 1, 1)].into_iter().enumerate()
+        {
             b.push(msg_at(seq as u64, persons), partition, offset);
         }
         b.account(4, 9); // a partition with only a dead letter still has its offset stored

@@ -58,7 +58,9 @@ impl ClientContext for GroupContext {
         let mut lag: Vec<(i32, i64)> = stats
             .topics
             .get(&self.topic)
-            .map(|t| t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect())
+            .map(|t| {
+                t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect()
+            })
             .unwrap_or_default();
         lag.sort();
         for (partition, messages) in &lag {
@@ -84,12 +86,20 @@ impl ConsumerContext for GroupContext {
                 }
                 tracing::info!(partitions = ?partitions, from_database = ?stored, "partitions assigned");
                 self.changes.lock().unwrap().assigned = true;
-                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?partitions, "partitions revoked");
                 self.changes.lock().unwrap().revoked.extend(&partitions);
-                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
             }
             other => {
                 tracing::warn!(error = ?other, "rebalance error");
@@ -116,9 +126,8 @@ impl GroupContext {
         .bind(&self.topic)
         .bind(partitions)
         .fetch_all(&self.pool);
-        let read = tokio::task::block_in_place(|| {
-            self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), query).await })
-        });
+        let read =
+            tokio::task::block_in_place(|| self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), query).await }));
         match read {
             Ok(Ok(rows)) => rows.into_iter().collect(),
             Ok(Err(e)) => {

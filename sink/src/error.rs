@@ -17,13 +17,13 @@ impl SinkError {
     pub fn retryable(&self) -> bool {
         match self {
             SinkError::Config(_) | SinkError::Schema(_) => false,
-            SinkError::Database(e) => matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
-            ) || e.as_database_error().is_some_and(|d| {
-                // Class 08: connection exceptions; 57P: operator intervention (shutdown, restart).
-                d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
-            }),
+            SinkError::Database(e) => {
+                matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
+                    || e.as_database_error().is_some_and(|d| {
+                        // Class 08: connection exceptions; 57P: operator intervention (shutdown, restart).
+                        d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+                    })
+            }
             SinkError::Kafka(_) => true,
         }
     }

@@ -24,11 +24,8 @@ pub async fn migrate(pool: &PgPool) -> Result<i64, SinkError> {
 pub async fn check(pool: &PgPool) -> Result<i64, SinkError> {
     let known = latest_known();
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
-    let applied: Option<i64> = if exists {
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?
-    } else {
-        None
-    };
+    let applied: Option<i64> =
+        if exists { sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await? } else { None };
     match applied {
         Some(v) if v == known => {
             for table in [&FRAMES, &DETECTIONS] {
@@ -36,15 +33,11 @@ pub async fn check(pool: &PgPool) -> Result<i64, SinkError> {
             }
             Ok(v)
         }
-        Some(v) if v > known => Err(SinkError::Schema(format!(
-            "the database is at schema version {v}, newer than this sink's {known}; upgrade the sink"
-        ))),
-        Some(v) => Err(SinkError::Schema(format!(
-            "the database is at schema version {v}, this sink needs {known}; run `sink migrate`"
-        ))),
-        None => Err(SinkError::Schema(format!(
-            "the database has no schema; run `sink migrate` (this sink needs version {known})"
-        ))),
+        Some(v) if v > known => {
+            Err(SinkError::Schema(format!("the database is at schema version {v}, newer than this sink's {known}; upgrade the sink")))
+        }
+        Some(v) => Err(SinkError::Schema(format!("the database is at schema version {v}, this sink needs {known}; run `sink migrate`"))),
+        None => Err(SinkError::Schema(format!("the database has no schema; run `sink migrate` (this sink needs version {known})"))),
     }
 }
 

@@ -167,7 +167,13 @@ pub fn conflicts_sql(stage_frames: &str, stage_detections: &str) -> String {
     let key = FRAMES.list("", &[Key]);
     let content = |t: &Table, p: &str| t.list(&format!("{p}."), &[Content]);
     let detections_of = |table: &str, frame: &str| {
-        let join = FRAMES.columns.iter().filter(|c| c.role == Key).map(|c| format!("d.{0} = {frame}.{0}", c.name)).collect::<Vec<_>>().join(" AND ");
+        let join = FRAMES
+            .columns
+            .iter()
+            .filter(|c| c.role == Key)
+            .map(|c| format!("d.{0} = {frame}.{0}", c.name))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         format!("ARRAY(SELECT ROW({}) FROM {table} d WHERE {join} ORDER BY d.det_index)", content(&DETECTIONS, "d"))
     };
     format!(

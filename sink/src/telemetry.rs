@@ -26,13 +26,18 @@ pub fn serve(addr: SocketAddr) -> Result<(), SinkError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &[100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0])
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0])
+        })
         .and_then(|b| b.install())
         .map_err(|e| SinkError::Config(format!("--metrics-addr {addr}: {e}")))?;
     describe_counter!(FRAMES, "Frame rows written (re-sent frames already stored are not counted)");
     describe_counter!(DETECTIONS, "Detection rows written");
     describe_counter!(REPLAYED, "Frames delivered again with the content already stored (replays absorbed by the natural keys)");
-    describe_counter!(CONFLICTS, "Frames delivered again with other content than the stored frame: the stored one is kept, the new one not merged");
+    describe_counter!(
+        CONFLICTS,
+        "Frames delivered again with other content than the stored frame: the stored one is kept, the new one not merged"
+    );
     describe_counter!(REGISTRY_LOOKUPS, "Schemas fetched from the schema registry by id, by result (found, unknown, failed)");
     describe_counter!(DEAD_LETTERS, "Invalid messages sent to the dead-letter topic");
     describe_counter!(BATCHES, "Batches committed to PostgreSQL");

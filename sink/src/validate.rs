@@ -129,9 +129,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     pub fn connect(args: &RunArgs) -> Result<Self, SinkError> {
         let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &args.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all");
+        cfg.set("bootstrap.servers", &args.brokers).set("enable.idempotence", "true").set("acks", "all");
         for (k, v) in &args.kafka_properties {
             cfg.set(k, v);
         }
@@ -150,17 +148,11 @@ impl DeadLetters {
             .insert(Header { key: "dlq.source.partition", value: Some(&partition) })
             .insert(Header { key: "dlq.source.offset", value: Some(&offset) });
         let empty: &[u8] = &[];
-        let mut record = FutureRecord::to(&self.topic)
-            .payload(msg.payload.as_deref().unwrap_or(empty))
-            .headers(headers);
+        let mut record = FutureRecord::to(&self.topic).payload(msg.payload.as_deref().unwrap_or(empty)).headers(headers);
         if let Some(key) = &msg.key {
             record = record.key(key.as_slice());
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| SinkError::Kafka(e))
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| SinkError::Kafka(e))
     }
 }
 

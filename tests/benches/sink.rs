@@ -19,8 +19,7 @@ const ROWS_PER_MESSAGE: u64 = 1 + PERSONS as u64;
 #[tokio::main]
 async fn main() -> Result<()> {
     let messages: u64 = std::env::args().skip(1).find(|a| !a.starts_with('-')).map(|a| a.parse()).transpose()?.unwrap_or(50_000);
-    let frames: Vec<wire::FrameMessage> =
-        (0..messages).map(|s| synthetic_frame(&format!("cam-{}", s % 16), s / 16, PERSONS)).collect();
+    let frames: Vec<wire::FrameMessage> = (0..messages).map(|s| synthetic_frame(&format!("cam-{}", s % 16), s / 16, PERSONS)).collect();
     let bytes: usize = frames.iter().map(|m| m.to_json().len()).sum();
     println!("messages={messages} rows={} payload_mb={:.1}", messages * ROWS_PER_MESSAGE, bytes as f64 / 1e6);
 
@@ -86,12 +85,33 @@ async fn psql_copy(frames: &[wire::FrameMessage]) -> Result<f64> {
     let (mut f, mut d) = (String::new(), String::new());
     for (i, m) in frames.iter().enumerate() {
         let at = m.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        writeln!(f, "{}\t{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}\t0\t{i}", m.camera_id, m.frame_seq, m.pts_ms, m.frame_width, m.frame_height,
-            m.detections.len(), m.model.name, m.model.sha256)?;
+        writeln!(
+            f,
+            "{}\t{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}\t0\t{i}",
+            m.camera_id,
+            m.frame_seq,
+            m.pts_ms,
+            m.frame_width,
+            m.frame_height,
+            m.detections.len(),
+            m.model.name,
+            m.model.sha256
+        )?;
         for (j, det) in m.detections.iter().enumerate() {
             let b = det.bbox;
-            writeln!(d, "{}\t{}\t{j}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{at}", m.camera_id, m.frame_seq, det.class, det.score, b.x1, b.y1, b.x2, b.y2,
-                keypoints_literal(det.keypoints.as_ref().unwrap()))?;
+            writeln!(
+                d,
+                "{}\t{}\t{j}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{at}",
+                m.camera_id,
+                m.frame_seq,
+                det.class,
+                det.score,
+                b.x1,
+                b.y1,
+                b.x2,
+                b.y2,
+                keypoints_literal(det.keypoints.as_ref().unwrap())
+            )?;
         }
     }
     let (fp, dp) = (dir.join("frames.tsv"), dir.join("detections.tsv"));

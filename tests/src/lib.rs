@@ -41,9 +41,7 @@ pub fn model() -> PathBuf {
 
 /// A built binary of the workspace (`cargo build --release` first).
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("PIPELINE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/release"));
+    let dir = std::env::var_os("PIPELINE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/release"));
     let p = dir.join(name);
     assert!(p.is_file(), "{} missing: run `cargo build --release` first", p.display());
     p
@@ -85,8 +83,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for r in admin.create_topics([&topic], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
@@ -167,11 +164,7 @@ pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<Record>> {
             let m = m?;
             let headers = m
                 .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
+                .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
                 .unwrap_or_default();
             out.push(Record { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec(), headers });
             remaining -= 1;
@@ -221,11 +214,8 @@ pub fn v1_json(msg: &wire::FrameMessage) -> Vec<u8> {
 
 /// Produces keyed payloads and waits until the broker has them all.
 pub fn produce<'a>(topic: &str, messages: impl IntoIterator<Item = (&'a str, Vec<u8>)>) -> Result<usize> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .create()?;
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("enable.idempotence", "true").set("linger.ms", "20").create()?;
     let mut n = 0;
     for (key, payload) in messages {
         let mut record = BaseRecord::to(topic).key(key).payload(&payload);
@@ -419,9 +409,8 @@ pub fn h264_clip(src: &Path, dst: &Path, start: u32, seconds: Option<u32>) -> Re
 /// `scripts/rtsp_server.py` serving `file` at rtsp://127.0.0.1:`port`/stream, once it listens.
 pub fn start_rtsp_server(file: &Path, port: u16) -> Result<Spawned> {
     // Debian's Python: the one the python3-gi packages belong to.
-    let server = Spawned::start(
-        Command::new("/usr/bin/python3").arg(repo_root().join("scripts/rtsp_server.py")).arg(file).arg(port.to_string()),
-    )?;
+    let server =
+        Spawned::start(Command::new("/usr/bin/python3").arg(repo_root().join("scripts/rtsp_server.py")).arg(file).arg(port.to_string()))?;
     match server.next_line(Duration::from_secs(30))? {
         Some(line) if line.starts_with("ready ") => Ok(server),
         other => bail!("RTSP server did not start ({other:?}); stderr:\n{}", server.stderr()),

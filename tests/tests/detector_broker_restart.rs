@@ -54,7 +54,8 @@ async fn a_file_waits_for_the_broker_and_loses_nothing() -> Result<()> {
     assert!((before as u64) < frames, "the restart came after the last frame ({before} of {frames})");
 
     let records = read_topic(&topic, Duration::from_secs(60))?;
-    let mut seqs: Vec<u64> = records.iter().map(|r| wire::FrameMessage::from_json(&r.payload).map(|m| m.frame_seq)).collect::<Result<_, _>>()?;
+    let mut seqs: Vec<u64> =
+        records.iter().map(|r| wire::FrameMessage::from_json(&r.payload).map(|m| m.frame_seq)).collect::<Result<_, _>>()?;
     assert_eq!(seqs.len() as u64, frames, "one message per frame, none twice:\n{log}");
     seqs.sort_unstable();
     assert_eq!(seqs, (0..frames).collect::<Vec<_>>());

@@ -22,9 +22,7 @@ fn write_cameras(dir: &TempDir, toml: &str) -> Result<std::path::PathBuf> {
 /// they were written, and stderr.
 fn run_cameras(cameras: &std::path::Path, extra: &[&str]) -> Result<(BTreeMap<String, Vec<FrameMessage>>, String)> {
     // Spawned reads stdout as it comes: a run's messages are more than a pipe holds.
-    let det = Spawned::start(
-        Command::new(bin("detector")).arg("--cameras").arg(cameras).args(["--output", "stdout"]).args(extra),
-    )?;
+    let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(cameras).args(["--output", "stdout"]).args(extra))?;
     let mut by_camera: BTreeMap<String, Vec<FrameMessage>> = BTreeMap::new();
     while let Some(line) = det.next_line(Duration::from_secs(120))? {
         let msg = FrameMessage::from_json(line.as_bytes())?;
@@ -137,12 +135,12 @@ fn a_live_camera_and_a_file_in_one_process() -> Result<()> {
             clip.display()
         ),
     )?;
-    let det = Spawned::start(
-        Command::new(bin("detector"))
-            .arg("--cameras")
-            .arg(&cameras)
-            .args(["--model", model().to_str().unwrap(), "--output", "stdout"]),
-    )?;
+    let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(&cameras).args([
+        "--model",
+        model().to_str().unwrap(),
+        "--output",
+        "stdout",
+    ]))?;
     let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     // Until the file is done and the stream has given some frames after it.
     while counts.get("archive").map_or(0, Vec::len) < frames as usize || counts.get("street").map_or(0, Vec::len) < 10 {
@@ -162,9 +160,8 @@ fn a_live_camera_and_a_file_in_one_process() -> Result<()> {
     let street = &counts["street"];
     assert!(street.windows(2).all(|w| w[0] < w[1]), "live frames in order: {street:?}");
     // --max-fps 5 on a 10 fps stream, per camera: the stream skips frames, the file none.
-    let finished = |id: &str| {
-        stderr.lines().find(|l| l.contains("camera finished") && l.contains(&format!("camera={id} "))).map(str::to_string)
-    };
+    let finished =
+        |id: &str| stderr.lines().find(|l| l.contains("camera finished") && l.contains(&format!("camera={id} "))).map(str::to_string);
     let skipped = |id: &str| finished(id).and_then(|l| log_field(&l, "camera finished", "skipped"));
     ensure!(skipped("street").is_some_and(|n| n > 0), "{stderr}");
     ensure!(skipped("archive") == Some(0), "{stderr}");

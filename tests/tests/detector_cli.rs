@@ -103,8 +103,16 @@ fn snapshot_of_a_frame_with_people() -> Result<()> {
     let dir = std::env::temp_dir().join(unique("snapshots"));
     let img = sample("basketball1.png");
     let out = detector(&[
-        "--source", img.to_str().unwrap(), "--model", model().to_str().unwrap(), "--output", "stdout",
-        "--camera-id", "court 1", "--snapshot-dir", dir.to_str().unwrap(),
+        "--source",
+        img.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "--output",
+        "stdout",
+        "--camera-id",
+        "court 1",
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
     ])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let msg = FrameMessage::from_json(std::str::from_utf8(&out.stdout)?.lines().next().unwrap().as_bytes())?;

@@ -6,12 +6,13 @@
 //! Per frame, boxes are matched one-to-one, best IoU first, at IoU >= 0.5:
 //! - recall: reference detections with score >= 0.35, matched among all the detector's;
 //! - precision: detector detections with score >= 0.35, matched among all the reference's.
+//!
 //! Matching each side's confident boxes against everything the other side reported keeps a score
 //! that straddles 0.35 (0.351 against 0.349) from counting as a miss. Both must be >= 0.98 over
 //! all frames of each source, and the keypoints of matched pairs must be close.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -47,7 +48,11 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let inter = iw * ih;
     let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
     let union = area(a) + area(b) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
 }
 
 /// Greedy one-to-one matching, best IoU first, of `queries` (indices into `a`) against all of `b`.
@@ -94,13 +99,25 @@ struct Figures {
 
 impl Figures {
     fn recall(&self) -> f64 {
-        if self.ref_confident == 0 { 1.0 } else { self.ref_matched as f64 / self.ref_confident as f64 }
+        if self.ref_confident == 0 {
+            1.0
+        } else {
+            self.ref_matched as f64 / self.ref_confident as f64
+        }
     }
     fn precision(&self) -> f64 {
-        if self.det_confident == 0 { 1.0 } else { self.det_matched as f64 / self.det_confident as f64 }
+        if self.det_confident == 0 {
+            1.0
+        } else {
+            self.det_matched as f64 / self.det_confident as f64
+        }
     }
     fn kpt_mae(&self) -> f64 {
-        if self.kpt_count == 0 { 0.0 } else { self.kpt_abs_sum / self.kpt_count as f64 }
+        if self.kpt_count == 0 {
+            0.0
+        } else {
+            self.kpt_abs_sum / self.kpt_count as f64
+        }
     }
 
     /// Adds one frame: `r` the reference's detections, `d` the detector's.
@@ -189,7 +206,7 @@ fn load_reference(name: &str) -> Result<(Vec<Vec<Det>>, Value)> {
 }
 
 /// The detector's detections per frame_seq, from `--output stdout`.
-fn run_detector(source: &PathBuf) -> Result<Vec<Vec<Det>>> {
+fn run_detector(source: &Path) -> Result<Vec<Vec<Det>>> {
     // Read while it runs: a video's JSON lines would fill a pipe nobody reads.
     let child = Spawned::start(Command::new(bin("detector")).args([
         "--source",

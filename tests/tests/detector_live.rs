@@ -17,9 +17,7 @@ const FINISHED: &str = "detector finished";
 
 fn detector(source: &str, extra: &[&str]) -> Result<Spawned> {
     Spawned::start(
-        Command::new(bin("detector"))
-            .args(["--source", source, "--model", model().to_str().unwrap(), "--output", "stdout"])
-            .args(extra),
+        Command::new(bin("detector")).args(["--source", source, "--model", model().to_str().unwrap(), "--output", "stdout"]).args(extra),
     )
 }
 
@@ -67,7 +65,7 @@ fn rtsp_stream_survives_a_server_restart() -> Result<()> {
     let mut lines = Vec::new();
     read_until(&det, &mut lines, 10)?;
     drop(server); // SIGKILL: the camera is gone without a goodbye
-    // The detector notices and keeps trying while nothing listens.
+                  // The detector notices and keeps trying while nothing listens.
     det.wait_stderr("two reconnect attempts", Duration::from_secs(60), |e| e.matches(LOST).count() >= 2)?;
     let _server = start_rtsp_server(&mp4, port)?;
     det.wait_stderr("the reopened stream", Duration::from_secs(120), |e| e.contains("live source reopened"))?;

@@ -71,7 +71,9 @@ async fn store_as_v1(conn: &mut PgConnection, m: &wire::FrameMessage, offset: i6
 type Minute = (String, chrono::DateTime<chrono::Utc>, i64, String, i32);
 
 async fn per_minute(conn: &mut PgConnection) -> Result<Vec<Minute>> {
-    Ok(sqlx::query_as("SELECT camera_id, minute, frames, avg_people::text, max_people FROM people_per_minute ORDER BY 1, 2").fetch_all(conn).await?)
+    Ok(sqlx::query_as("SELECT camera_id, minute, frames, avg_people::text, max_people FROM people_per_minute ORDER BY 1, 2")
+        .fetch_all(conn)
+        .await?)
 }
 
 async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
@@ -89,20 +91,26 @@ async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()
         store_as_v1(&mut conn, m, i as i64).await?;
     }
     let minutes_before = per_minute(&mut conn).await?;
-    ensure!(minutes_before.len() >= 1, "{minutes_before:?}");
+    ensure!(!minutes_before.is_empty(), "{minutes_before:?}");
 
     migrate(&db.url)?;
     let mut conn = PgConnection::connect(&db.url).await?;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, 100);
     let old_detections: i64 = old.iter().map(|m| m.detections.len() as i64).sum();
-    assert_eq!(count(&mut conn, "SELECT count(*) FROM detections WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, old_detections);
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) FROM detections WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?,
+        old_detections
+    );
     assert_eq!(per_minute(&mut conn).await?, minutes_before, "the view says what it said");
-    let keys: Vec<String> = sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname IN ('frames_pkey', 'detections_pkey') ORDER BY indexname")
-        .fetch_all(&mut conn)
-        .await?;
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname IN ('frames_pkey', 'detections_pkey') ORDER BY indexname")
+            .fetch_all(&mut conn)
+            .await?;
     assert!(keys[0].ends_with("(camera_id, run_id, frame_seq, det_index)"), "{keys:?}");
     assert!(keys[1].ends_with("(camera_id, run_id, frame_seq)"), "{keys:?}");
-    let defaults = count(&mut conn, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'run_id' AND column_default IS NOT NULL").await?;
+    let defaults =
+        count(&mut conn, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'run_id' AND column_default IS NOT NULL")
+            .await?;
     assert_eq!(defaults, 0, "no default hides a run the sink forgot");
 
     // The topic the older detector was writing to still holds those 100 (and 50 more), and a new
@@ -121,7 +129,8 @@ async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()
         .collect();
     produce(&topic, v1_more.iter().map(|m| ("door", v1_json(m))).chain(v2.iter().map(|m| ("door", m.to_json()))))?;
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
-    let done = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 200, Duration::from_secs(120)).await?;
+    let done =
+        wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 200, Duration::from_secs(120)).await?;
     let log = sink.stop()?;
     assert_eq!(done, 200, "{log}");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE run_id = '00000000-0000-0000-0000-000000000000'").await?, 150, "{log}");
@@ -148,7 +157,8 @@ async fn a_table_that_does_not_match_the_sink_is_refused_at_start() -> Result<()
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for needle in ["table frames does not match this sink", "column pts_ms is missing", "column note needs a value the sink does not write"] {
+    for needle in ["table frames does not match this sink", "column pts_ms is missing", "column note needs a value the sink does not write"]
+    {
         assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
     }
     assert_eq!(stderr.lines().filter(|l| l.contains(" ERROR ")).count(), 1, "one error line:\n{stderr}");
@@ -159,6 +169,9 @@ async fn a_table_that_does_not_match_the_sink_is_refused_at_start() -> Result<()
         Duration::from_secs(60),
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("table detections does not match this sink: column score is double precision, the sink writes real"), "{stderr}");
+    assert!(
+        stderr.contains("table detections does not match this sink: column score is double precision, the sink writes real"),
+        "{stderr}"
+    );
     Ok(())
 }

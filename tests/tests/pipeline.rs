@@ -92,9 +92,8 @@ async fn every_frame_of_the_sample_video_reaches_postgres_as_published() -> Resu
         let e = high.entry(r.partition).or_insert(0);
         *e = (*e).max(r.offset + 1);
     }
-    let stored: Vec<(i32, i64)> = sqlx::query_as("SELECT kafka_partition, next_offset FROM sink_offsets ORDER BY 1")
-        .fetch_all(&mut conn)
-        .await?;
+    let stored: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT kafka_partition, next_offset FROM sink_offsets ORDER BY 1").fetch_all(&mut conn).await?;
     assert_eq!(stored, high.into_iter().collect::<Vec<_>>());
     Ok(())
 }
@@ -116,7 +115,8 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
 
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     let mut conn = db.connect().await?;
-    let next = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 4, Duration::from_secs(60)).await?;
+    let next =
+        wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 4, Duration::from_secs(60)).await?;
     sink.stop()?;
     assert_eq!(next, 4, "all four messages accounted for");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, 1);

@@ -79,7 +79,11 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
         messages.push((m.camera_id.clone(), payload, None));
     }
     for i in 0..5 {
-        messages.push(("cam-1".into(), frame(unknown, &synthetic_frame("cam-1", 2000 + i, 1).to_json()), Some("unknown to the schema registry".into())));
+        messages.push((
+            "cam-1".into(),
+            frame(unknown, &synthetic_frame("cam-1", 2000 + i, 1).to_json()),
+            Some("unknown to the schema registry".into()),
+        ));
     }
     messages.push(("cam-0".into(), frame(id, &too_many.to_json()), Some(format!("does not match schema {id}"))));
     messages.push(("cam-0".into(), vec![0, 0, 1], Some("too short".into())));
@@ -87,7 +91,13 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
 
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
     let mut conn = db.connect().await?;
-    let done = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", messages.len() as i64, Duration::from_secs(120)).await?;
+    let done = wait_for_count(
+        &mut conn,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets",
+        messages.len() as i64,
+        Duration::from_secs(120),
+    )
+    .await?;
     let log = sink.stop()?;
     assert_eq!(done, messages.len() as i64, "{log}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM frames").fetch_one(&mut conn).await?;

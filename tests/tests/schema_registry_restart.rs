@@ -21,7 +21,11 @@ async fn a_registry_away_mid_stream_loses_and_dead_letters_nothing() -> Result<(
 
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
     let mut conn = db.connect().await?;
-    let batch = |from: u64, id: u32| (from..from + 50).map(move |s| synthetic_frame(&format!("cam-{}", s % 4), s, 2)).map(move |m| (m.camera_id.clone(), frame(id, &m.to_json())));
+    let batch = |from: u64, id: u32| {
+        (from..from + 50)
+            .map(move |s| synthetic_frame(&format!("cam-{}", s % 4), s, 2))
+            .map(move |m| (m.camera_id.clone(), frame(id, &m.to_json())))
+    };
     let before: Vec<(String, Vec<u8>)> = batch(0, first).collect();
     produce(&topic, before.iter().map(|(k, p)| (k.as_str(), p.clone())))?;
     assert_eq!(wait_for_count(&mut conn, "SELECT count(*) FROM frames", 50, Duration::from_secs(60)).await?, 50);

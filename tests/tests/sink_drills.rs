@@ -34,7 +34,8 @@ async fn two_sinks_share_four_partitions() -> Result<()> {
     let a = SinkProcess::start(&db.url, &topic, &group, &[])?;
     let b = SinkProcess::start(&db.url, &topic, &group, &[])?;
     // Produce only once both members hold partitions, so the split is the group's doing.
-    let holds_partitions = |log: String| log.lines().any(|l| l.contains("partitions assigned partitions=[") && !l.contains("partitions=[]"));
+    let holds_partitions =
+        |log: String| log.lines().any(|l| l.contains("partitions assigned partitions=[") && !l.contains("partitions=[]"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !(holds_partitions(a.log()) && holds_partitions(b.log())) {
         assert!(std::time::Instant::now() < deadline, "group did not settle:\n{}\n{}", a.log(), b.log());
@@ -135,7 +136,13 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--metrics-addr", &metrics_addr])?;
     let mut conn = db.connect().await?;
-    let next = wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", messages.len() as i64, Duration::from_secs(120)).await?;
+    let next = wait_for_count(
+        &mut conn,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets",
+        messages.len() as i64,
+        Duration::from_secs(120),
+    )
+    .await?;
     // The Prometheus endpoint counts what the tables and the dead-letter topic hold.
     let metrics = http_get(&metrics_addr, "/metrics")?;
     let log = sink.stop()?;

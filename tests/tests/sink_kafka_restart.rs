@@ -29,7 +29,8 @@ async fn kafka_restart_mid_ingest_loses_and_duplicates_nothing() -> Result<()> {
     assert_eq!(stored, total as i64, "{log}");
     let detections: i64 = sqlx::query_scalar("SELECT count(*) FROM detections").fetch_one(&mut conn).await?;
     assert_eq!(detections, total as i64 * 2, "{log}");
-    let distinct: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT camera_id, frame_seq FROM frames) f").fetch_one(&mut conn).await?;
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT camera_id, frame_seq FROM frames) f").fetch_one(&mut conn).await?;
     assert_eq!(distinct, total as i64);
     let next: i64 = sqlx::query_scalar("SELECT sum(next_offset)::bigint FROM sink_offsets").fetch_one(&mut conn).await?;
     assert_eq!(next, total as i64, "the stored offsets cover every message");

@@ -17,7 +17,8 @@ async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
 /// dead-lettered), so that "nothing was added" is a finding and not a race.
 async fn wait_accounted(conn: &mut PgConnection, topic: &str) -> Result<i64> {
     let size = topic_size(topic)?;
-    let done = wait_for_count(conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", size, Duration::from_secs(240)).await?;
+    let done =
+        wait_for_count(conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", size, Duration::from_secs(240)).await?;
     ensure!(done == size, "the sink accounted for {done} of {size} messages");
     Ok(size)
 }
@@ -94,12 +95,16 @@ async fn files_make_runs_and_replays_never_mix_frames() -> Result<()> {
     let mut other_more = more.clone();
     other_more.detections.pop();
     let conflicting = [fewer.clone(), more, other_more];
-    let before: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT frame_seq, person_count::bigint FROM frames WHERE run_id::text = $1 ORDER BY 1").bind(&run1).fetch_all(&mut conn).await?;
+    let before: Vec<(i64, i64)> = sqlx::query_as("SELECT frame_seq, person_count::bigint FROM frames WHERE run_id::text = $1 ORDER BY 1")
+        .bind(&run1)
+        .fetch_all(&mut conn)
+        .await?;
     produce(&topic, conflicting.iter().map(|m| ("door", m.to_json())))?;
     wait_accounted(&mut conn, &topic).await?;
-    let after: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT frame_seq, person_count::bigint FROM frames WHERE run_id::text = $1 ORDER BY 1").bind(&run1).fetch_all(&mut conn).await?;
+    let after: Vec<(i64, i64)> = sqlx::query_as("SELECT frame_seq, person_count::bigint FROM frames WHERE run_id::text = $1 ORDER BY 1")
+        .bind(&run1)
+        .fetch_all(&mut conn)
+        .await?;
     assert_eq!(after, before, "the stored frames stay as they were");
     assert_eq!(count(&mut conn, MIXED).await?, 0, "every frame's person_count equals its person rows");
     let m = http_get(&metrics_addr, "/metrics")?;

@@ -96,6 +96,10 @@ fn v1_detections_agree_on_their_keypoint_count() {
     assert!(parse(&v).unwrap_err().to_string().contains("model.keypoints"));
 }
 
+/// What a bound case changes (JSON pointer, new value), and whether the schema and the checks must
+/// accept the result.
+type Case = (&'static str, Vec<(&'static str, Value)>, bool, bool);
+
 /// Every bound of the contract, just inside and just outside, through both the JSON Schema file
 /// (as the registry holds it and the sink checks framed messages against it) and the Rust checks:
 /// each case says what both must answer. They agree everywhere except the two rules JSON Schema
@@ -108,13 +112,14 @@ fn json_schema_and_checks_agree_on_every_bound() {
 
     let text = |n: usize, c: char| Value::String(std::iter::repeat_n(c, n).collect());
     let kps = |n: usize| json!(vec![[1.0, 2.0, 0.5]; n]);
-    let det = |n_kps: usize| json!({"class": "person", "score": 0.5, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "keypoints": kps(n_kps)});
+    let det =
+        |n_kps: usize| json!({"class": "person", "score": 0.5, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "keypoints": kps(n_kps)});
     let dets = |n: usize| json!(vec![det(17); n]);
     let max_kps_model = json!({"name": "m", "sha256": "0123abcd", "keypoints": MAX_KEYPOINTS});
     let i64_max = json!(i64::MAX);
     let past_i64 = json!(i64::MAX as u64 + 1);
     // (what changes, schema says valid, checks say valid)
-    let cases: Vec<(&str, Vec<(&str, Value)>, bool, bool)> = vec![
+    let cases: Vec<Case> = vec![
         ("camera_id at 128 characters", vec![("/camera_id", text(MAX_LABEL_CHARS, 'c'))], true, true),
         ("camera_id at 129 characters", vec![("/camera_id", text(MAX_LABEL_CHARS + 1, 'c'))], false, false),
         ("camera_id of 128 two-byte characters", vec![("/camera_id", text(MAX_LABEL_CHARS, 'é'))], true, true),
@@ -151,10 +156,25 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("300 detections", vec![("/detections", dets(MAX_DETECTIONS))], true, true),
         ("301 detections", vec![("/detections", dets(MAX_DETECTIONS + 1))], false, false),
         ("no detections", vec![("/detections", json!([]))], true, true),
-        ("133 keypoints, as the model says", vec![("/model", max_kps_model.clone()), ("/detections", json!([det(MAX_KEYPOINTS)]))], true, true),
-        ("134 keypoints", vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([det(MAX_KEYPOINTS + 1)]))], false, false),
+        (
+            "133 keypoints, as the model says",
+            vec![("/model", max_kps_model.clone()), ("/detections", json!([det(MAX_KEYPOINTS)]))],
+            true,
+            true,
+        ),
+        (
+            "134 keypoints",
+            vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([det(MAX_KEYPOINTS + 1)]))],
+            false,
+            false,
+        ),
         ("10,000 keypoints", vec![("/detections", json!([det(10_000)]))], false, false),
-        ("a model with 134 keypoints and nobody in view", vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([]))], false, false),
+        (
+            "a model with 134 keypoints and nobody in view",
+            vec![("/model/keypoints", json!(MAX_KEYPOINTS + 1)), ("/detections", json!([]))],
+            false,
+            false,
+        ),
         ("an empty keypoint list", vec![("/model/keypoints", json!(0)), ("/detections/0/keypoints", json!([]))], false, false),
         ("a keypoint of two numbers", vec![("/detections/0/keypoints/0", json!([1.0, 2.0]))], false, false),
         ("an unknown field", vec![("/extra", json!(1))], false, false),

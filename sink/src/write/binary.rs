@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::tables::{Table, Value};
 use crate::batch::Row;
+use crate::tables::{Table, Value};
 
 /// OID of `real` (float4), the element type of the keypoints array.
 const FLOAT4_OID: u32 = 700;
