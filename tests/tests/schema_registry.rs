@@ -63,6 +63,41 @@ async fn the_detector_registers_the_schema_once_and_frames_every_message() -> Re
     Ok(())
 }
 
+/// The detector fails at start, with one line saying why, rather than publishing what the
+/// registry does not know: exit 3 when it cannot be reached, 2 when it refuses the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_will_not_start_without_the_schema_in_the_registry() -> Result<()> {
+    let topic = unique("regfail");
+    create_topic(&topic, 1).await?;
+    let image = sample("basketball1.png");
+    let detector = |registry: &str| {
+        run(
+            std::process::Command::new(bin("detector"))
+                .arg("--source")
+                .arg(&image)
+                .args(["--model", model().to_str().unwrap(), "--topic", &topic, "--brokers", &brokers(), "--schema-registry", registry]),
+            Duration::from_secs(120),
+        )
+    };
+    let away = detector("http://127.0.0.1:9/apis/ccompat/v7")?;
+    let stderr = String::from_utf8_lossy(&away.stderr);
+    assert_eq!(away.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("schema registry at http://127.0.0.1:9/apis/ccompat/v7 is unavailable"), "{stderr}");
+
+    // The subject already holds a schema whose data v2 cannot read (a field v2 does not allow).
+    let mut older: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
+    older["required"].as_array_mut().unwrap().push("zone".into());
+    older["properties"]["zone"] = serde_json::json!({"type": "string"});
+    registry().register(&format!("{topic}-value"), &older.to_string())?;
+    let refused = detector(&registry_url())?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused to register a schema under subject") && stderr.contains("HTTP 409"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains(" ERROR ")).count(), 1, "{stderr}");
+    assert_eq!(topic_size(&topic)?, 0, "nothing published");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<()> {
     let (topic, db) = fresh_topic_and_db("regsink", 2).await?;
