@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Starts and stops the pipeline's servers on 127.0.0.1, waiting for readiness:
 #   scripts/services.sh start|stop|restart|status [postgres|kafka|registry]...   (no name: all three)
+#   scripts/services.sh start|stop cluster|cluster-N|kafka-secure; kill cluster-N  (for their tests)
 # Kafka: one KRaft node (broker + controller) from the jars scripts/provision.sh fetched.
 # PostgreSQL: a cluster of our own under $STATE_DIR, owned by the postgres user.
 # Schema registry: Apicurio Registry, storing its schemas in PostgreSQL (database "registry"), so
 # they outlive a restart; its Confluent-compatible API is $REGISTRY_URL.
+# cluster: three KRaft nodes on 127.0.0.1:19092, 29092 and 39092 (controllers on N9093), topics
+# replicated 3 times and min.insync.replicas=2; cluster-N is one of them, `kill` SIGKILLs it and
+# `start` brings it back on its data. kafka-secure: one node taking clients over SASL_SSL on 9194.
 # Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), REGISTRY_PORT (8081),
 # REGISTRY_MANAGEMENT_PORT (9011, health). Logs: $STATE_DIR/*.log
 set -euo pipefail
@@ -26,68 +30,171 @@ wait_for() { # description, seconds, command...
   log "$what is ready"
 }
 
-kafka_cli() { java -cp "$KAFKA_HOME/libs/*" -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2-tools.properties" "$@"; }
-
-kafka_start() {
-  [ -f "$KAFKA_HOME/.complete" ] || die "Kafka jars missing in $KAFKA_HOME; run scripts/provision.sh"
-  if pid_alive "$KAFKA_DIR/pid"; then log "kafka already running (pid $(cat "$KAFKA_DIR/pid"))"; return; fi
-  # `start`: a fresh log dir, since the broker is a test and demo fixture, not a store of record.
-  # `restart`: the same log dir, as a broker that went away and came back.
-  if [ "${KEEP_KAFKA_DATA:-0}" = 1 ] && [ -f "$KAFKA_DIR/data/meta.properties" ]; then
-    kafka_launch
-    return
-  fi
-  rm -rf "$KAFKA_DIR"
-  mkdir -p "$KAFKA_DIR/data"
-  cat > "$KAFKA_DIR/server.properties" <<EOF
+# Writes a KRaft node's config (broker and controller in one process) under $1:
+#   kafka_configure DIR NODE_ID VOTERS LISTENERS ADVERTISED PROTOCOL_MAP REPLICATION [EXTRA_LINES]
+kafka_configure() {
+  local dir=$1 id=$2 voters=$3 listeners=$4 advertised=$5 protocols=$6 rf=$7 extra=${8:-}
+  local min_isr=$(( rf > 1 ? 2 : 1 ))
+  mkdir -p "$dir/data"
+  cat > "$dir/server.properties" <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$id
+controller.quorum.voters=$voters
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
-log.dirs=$KAFKA_DIR/data
+log.dirs=$dir/data
 num.partitions=${KAFKA_NUM_PARTITIONS:-4}
-offsets.topic.replication.factor=1
+default.replication.factor=$rf
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 controlled.shutdown.enable=false
+$extra
 EOF
-  for f in log4j2 log4j2-tools; do
-    cat > "$KAFKA_DIR/$f.properties" <<EOF
-rootLogger.level=${f/log4j2-tools/WARN}
+  log4j_config INFO > "$dir/log4j2.properties"
+}
+
+log4j_config() { # LEVEL: a console log4j2 configuration
+  cat <<EOF
+rootLogger.level=$1
 rootLogger.appenderRef.stdout.ref=STDOUT
 appender.stdout.type=Console
 appender.stdout.name=STDOUT
 appender.stdout.layout.type=PatternLayout
 appender.stdout.layout.pattern=[%d] %p %m (%c)%n
 EOF
-  done
-  sed -i 's/^rootLogger.level=log4j2$/rootLogger.level=INFO/' "$KAFKA_DIR/log4j2.properties"
-  local cluster_id
-  cluster_id=$(kafka_cli kafka.tools.StorageTool random-uuid)
-  kafka_cli kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >/dev/null
-  kafka_launch
 }
 
+# Kafka's command-line tools, quiet.
+kafka_cli() {
+  [ -f "$STATE_DIR/log4j2-tools.properties" ] || log4j_config WARN > "$STATE_DIR/log4j2-tools.properties"
+  java -cp "$KAFKA_HOME/libs/*" -Dlog4j2.configurationFile="$STATE_DIR/log4j2-tools.properties" "$@"
+}
+
+# Formats a node's log dir for a cluster: kafka_format DIR CLUSTER_ID [StorageTool args...]
+kafka_format() {
+  local dir=$1 id=$2; shift 2
+  kafka_cli kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "$@" >/dev/null
+}
+
+# Starts a formatted node in the background: kafka_launch NAME DIR HEAP
 kafka_launch() {
-  log "kafka: starting on 127.0.0.1:$KAFKA_PORT (log $STATE_DIR/kafka.log)"
-  setsid java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
-    -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    > "$STATE_DIR/kafka.log" 2>&1 < /dev/null &
-  echo $! > "$KAFKA_DIR/pid"
-  if ! wait_for "kafka" 90 kafka_cli org.apache.kafka.tools.TopicCommand \
-      --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list; then
-    tail -n 30 "$STATE_DIR/kafka.log" >&2
-    die "kafka did not become ready in 90 s"
+  local name=$1 dir=$2 heap=$3
+  log "$name: starting (log $STATE_DIR/$name.log)"
+  setsid java -Xms128m -Xmx"$heap" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$dir/server.properties" \
+    > "$STATE_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$dir/pid"
+}
+
+# Waits until a broker answers on a plaintext port: kafka_ready NAME PORT
+kafka_ready() {
+  if ! wait_for "$1" 90 kafka_cli org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$2" --list; then
+    tail -n 30 "$STATE_DIR/$1.log" >&2
+    die "$1 did not become ready in 90 s"
   fi
+}
+
+kafka_start() {
+  [ -f "$KAFKA_HOME/.complete" ] || die "Kafka jars missing in $KAFKA_HOME; run scripts/provision.sh"
+  if pid_alive "$KAFKA_DIR/pid"; then log "kafka already running (pid $(cat "$KAFKA_DIR/pid"))"; return; fi
+  # `start`: a fresh log dir, since the broker is a test and demo fixture, not a store of record.
+  # `restart`: the same log dir, as a broker that went away and came back.
+  if [ "${KEEP_KAFKA_DATA:-0}" != 1 ] || [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    rm -rf "$KAFKA_DIR"
+    kafka_configure "$KAFKA_DIR" 1 "1@127.0.0.1:$KAFKA_CONTROLLER_PORT" \
+      "PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT" \
+      "PLAINTEXT://127.0.0.1:$KAFKA_PORT" "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" 1
+    kafka_format "$KAFKA_DIR" "$(kafka_cli kafka.tools.StorageTool random-uuid)"
+  fi
+  kafka_launch kafka "$KAFKA_DIR" 1g
+  kafka_ready kafka "$KAFKA_PORT"
+}
+
+# The 3-broker cluster: node N listens on 127.0.0.1:N9092 (clients) and N9093 (controller).
+cluster_node_dir() { echo "$STATE_DIR/cluster/node-$1"; }
+
+cluster_start() { # [NODE]: one node (started again on its data), or all three (fresh)
+  [ -f "$KAFKA_HOME/.complete" ] || die "Kafka jars missing in $KAFKA_HOME; run scripts/provision.sh"
+  local nodes=("$@") n dir
+  if [ $# -eq 0 ]; then
+    nodes=(1 2 3)
+    if ! pid_alive "$(cluster_node_dir 1)/pid" && [ "${KEEP_KAFKA_DATA:-0}" != 1 ]; then
+      rm -rf "$STATE_DIR/cluster"
+      local voters="1@127.0.0.1:19093,2@127.0.0.1:29093,3@127.0.0.1:39093"
+      local id
+      id=$(kafka_cli kafka.tools.StorageTool random-uuid)
+      for n in 1 2 3; do
+        dir=$(cluster_node_dir "$n")
+        kafka_configure "$dir" "$n" "$voters" \
+          "PLAINTEXT://127.0.0.1:${n}9092,CONTROLLER://127.0.0.1:${n}9093" "PLAINTEXT://127.0.0.1:${n}9092" \
+          "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" 3
+        kafka_format "$dir" "$id"
+      done
+    fi
+  fi
+  for n in "${nodes[@]}"; do
+    dir=$(cluster_node_dir "$n")
+    [ -f "$dir/data/meta.properties" ] || die "cluster node $n is not formatted: start the whole cluster first"
+    if pid_alive "$dir/pid"; then log "cluster-$n already running"; continue; fi
+    kafka_launch "cluster-$n" "$dir" 512m
+  done
+  for n in "${nodes[@]}"; do kafka_ready "cluster-$n" "${n}9092"; done
+}
+
+cluster_stop() { # [NODE]
+  local nodes=("$@") n
+  [ $# -gt 0 ] || nodes=(1 2 3)
+  for n in "${nodes[@]}"; do stop_pid "cluster-$n" "$(cluster_node_dir "$n")/pid" 30; done
+}
+
+cluster_kill() { # NODE: SIGKILL, as a crash
+  local pidfile
+  pidfile="$(cluster_node_dir "$1")/pid"
+  pid_alive "$pidfile" || die "cluster-$1 is not running"
+  kill -KILL "$(cat "$pidfile")"
+  rm -f "$pidfile"
+  log "cluster-$1 killed"
+}
+
+# A broker that takes clients only over SASL_SSL (SCRAM-SHA-512) on 127.0.0.1:9194, for the
+# security test. $KAFKA_TLS_DIR (made by the caller) holds its keystore broker.p12, whose password
+# is in keystore.password, and the SCRAM user's name and password in scram.user and
+# scram.password. The broker's own traffic and the tools use a plaintext listener on 9192.
+secure_dir() { echo "$STATE_DIR/kafka-secure"; }
+
+secure_start() {
+  local dir tls=${KAFKA_TLS_DIR:-}
+  dir=$(secure_dir)
+  if pid_alive "$dir/pid"; then log "kafka-secure already running"; return; fi
+  [ -n "$tls" ] && [ -f "$tls/broker.p12" ] || die "kafka-secure needs KAFKA_TLS_DIR with broker.p12, keystore.password, scram.user, scram.password"
+  local pass
+  pass=$(cat "$tls/keystore.password")
+  rm -rf "$dir"
+  kafka_configure "$dir" 1 "1@127.0.0.1:9193" \
+    "PLAINTEXT://127.0.0.1:9192,SASL_SSL://127.0.0.1:9194,CONTROLLER://127.0.0.1:9193" \
+    "PLAINTEXT://127.0.0.1:9192,SASL_SSL://127.0.0.1:9194" \
+    "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL" 1 \
+    "sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$pass
+ssl.key.password=$pass"
+  chmod 600 "$dir/server.properties"
+  kafka_format "$dir" "$(kafka_cli kafka.tools.StorageTool random-uuid)" \
+    --add-scram "SCRAM-SHA-512=[name=$(cat "$tls/scram.user"),password=$(cat "$tls/scram.password")]"
+  kafka_launch kafka-secure "$dir" 512m
+  kafka_ready kafka-secure 9192
 }
 
 pg_start() {
@@ -178,7 +285,7 @@ pg_stop() {
 
 status() {
   local name dir
-  for name in kafka postgres registry; do
+  for name in kafka postgres registry kafka-secure cluster/node-1 cluster/node-2 cluster/node-3; do
     dir="$STATE_DIR/$name"
     pid_alive "$dir/pid" && echo "$name: running (pid $(cat "$dir/pid"))" || echo "$name: stopped"
   done
@@ -187,14 +294,36 @@ status() {
 cmd=${1:-}
 shift || true
 names=("$@")
+# A bare `stop` also stops the test-only brokers, should a test have left them running.
+if [ "$cmd" = stop ] && [ ${#names[@]} -eq 0 ]; then
+  for n in 1 2 3; do
+    if pid_alive "$(cluster_node_dir "$n")/pid"; then cluster_stop "$n"; fi
+  done
+  if pid_alive "$(secure_dir)/pid"; then stop_pid kafka-secure "$(secure_dir)/pid" 30; fi
+fi
 # Started in this order (the registry keeps its schemas in PostgreSQL), stopped in the reverse.
 [ ${#names[@]} -gt 0 ] || names=(postgres kafka registry)
 reversed=()
 for n in "${names[@]}"; do reversed=("$n" "${reversed[@]}"); done
+start_one() {
+  case $1 in
+    kafka) kafka_start ;; postgres) pg_start ;; registry) registry_start ;;
+    cluster) cluster_start ;; cluster-[123]) cluster_start "${1#cluster-}" ;; kafka-secure) secure_start ;;
+    *) die "unknown service $1" ;;
+  esac
+}
+stop_one() {
+  case $1 in
+    kafka) kafka_stop ;; postgres) pg_stop ;; registry) registry_stop ;;
+    cluster) cluster_stop ;; cluster-[123]) cluster_stop "${1#cluster-}" ;; kafka-secure) stop_pid kafka-secure "$(secure_dir)/pid" 30 ;;
+    *) die "unknown service $1" ;;
+  esac
+}
 case "$cmd" in
-  start) for n in "${names[@]}"; do case $n in kafka) kafka_start ;; postgres) pg_start ;; registry) registry_start ;; *) die "unknown service $n" ;; esac; done ;;
-  stop) for n in "${reversed[@]}"; do case $n in kafka) kafka_stop ;; postgres) pg_stop ;; registry) registry_stop ;; *) die "unknown service $n" ;; esac; done ;;
+  start) for n in "${names[@]}"; do start_one "$n"; done ;;
+  stop) for n in "${reversed[@]}"; do stop_one "$n"; done ;;
   restart) "$0" stop "${names[@]}"; KEEP_KAFKA_DATA=1 "$0" start "${names[@]}" ;;
+  kill) for n in "${names[@]}"; do case $n in cluster-[123]) cluster_kill "${n#cluster-}" ;; *) die "kill takes cluster-1, cluster-2 or cluster-3" ;; esac; done ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|restart|status [postgres|kafka|registry]..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status [postgres|kafka|registry|cluster|cluster-N|kafka-secure]... | kill cluster-N" >&2; exit 2 ;;
 esac

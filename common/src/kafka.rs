@@ -1,23 +1,75 @@
-//! Kafka client plumbing: `-X` properties, secret redaction, librdkafka logs.
+//! Kafka client plumbing both services share: the Kafka flags (brokers, topic, `-X` librdkafka
+//! properties, with secret values never shown) and librdkafka's log lines.
 
-use rdkafka::config::RDKafkaLogLevel;
+use std::fmt;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 
-/// Parses a `-X key=value` librdkafka property, as kcat takes it.
-pub fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+use crate::secret::{is_secret_name, Secret};
+
+/// The Kafka flags of both services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Kafka topic: the detector publishes to it, the sink consumes it.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "detections")]
+    pub topic: String,
+
+    /// Extra librdkafka property, as kcat takes it (repeatable): -X security.protocol=SASL_SSL.
+    /// Values of secret-named keys (sasl.password, ssl.key.password, ...) are never shown.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<Property>,
+}
+
+impl KafkaArgs {
+    /// Sets the brokers and the `-X` properties; called after the service's own settings, so that
+    /// a `-X` property wins over them.
+    pub fn apply(&self, cfg: &mut ClientConfig) {
+        cfg.set("bootstrap.servers", &self.brokers);
+        for p in &self.properties {
+            cfg.set(&p.key, p.value.expose());
+        }
+    }
+
+    /// The `-X` properties as logs may show them.
+    pub fn shown(&self) -> Vec<String> {
+        self.properties.iter().map(Property::to_string).collect()
     }
 }
 
-/// A property's value as logs may show it: secrets hidden, file locations kept.
-pub fn redact(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    if ["password", "secret", "token", "key"].iter().any(|s| k.contains(s)) && !k.ends_with(".location") {
-        "<redacted>".to_string()
-    } else {
-        value.to_string()
+/// One `-X key=value`; the value of a secret-named key shows as `<redacted>`.
+#[derive(Clone)]
+pub struct Property {
+    pub key: String,
+    pub value: Secret<String>,
+}
+
+impl fmt::Display for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_secret_name(&self.key) {
+            write!(f, "{}={}", self.key, self.value)
+        } else {
+            write!(f, "{}={}", self.key, self.value.expose())
+        }
+    }
+}
+
+impl fmt::Debug for Property {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Parses a `-X key=value` librdkafka property, as kcat takes it.
+pub fn parse_property(s: &str) -> Result<Property, String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok(Property { key: k.trim().to_string(), value: Secret::new(v.to_string()) }),
+        // The value may be a secret: not echoed back.
+        _ => Err("expected KEY=VALUE".to_string()),
     }
 }
 
@@ -43,12 +95,14 @@ mod tests {
 
     #[test]
     fn properties_parse_and_secrets_are_redacted() {
-        assert_eq!(parse_property("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
+        let p = parse_property("a.b=c=d").unwrap();
+        assert_eq!((p.key.as_str(), p.value.expose().as_str()), ("a.b", "c=d"));
         assert!(parse_property("novalue").is_err());
         assert!(parse_property("=x").is_err());
-        assert_eq!(redact("sasl.password", "hunter2"), "<redacted>");
-        assert_eq!(redact("ssl.key.password", "x"), "<redacted>");
-        assert_eq!(redact("ssl.key.location", "/etc/k.pem"), "/etc/k.pem");
-        assert_eq!(redact("compression.type", "lz4"), "lz4");
+        let shown = |s: &str| parse_property(s).unwrap().to_string();
+        assert_eq!(shown("sasl.password=hunter2"), "sasl.password=<redacted>");
+        assert_eq!(format!("{:?}", parse_property("ssl.key.password=x").unwrap()), "ssl.key.password=<redacted>");
+        assert_eq!(shown("ssl.key.location=/etc/k.pem"), "ssl.key.location=/etc/k.pem");
+        assert_eq!(shown("compression.type=lz4"), "compression.type=lz4");
     }
 }

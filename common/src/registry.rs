@@ -3,6 +3,7 @@
 //! the subject's compatibility, and fetches schemas by id. Blocking; the sink calls it from
 //! `spawn_blocking`. Credentials may ride in the URL (`https://user:password@host/...`, sent as
 //! HTTP basic auth); they are never shown: errors and logs carry [`Registry::url`], without them.
+//! (`Registry::new` takes the URL exposed, from a `secret::SecretUrl`.)
 
 use std::fmt;
 use std::time::Duration;
@@ -67,7 +68,7 @@ impl Registry {
         let (scheme, rest) = url
             .split_once("://")
             .filter(|(s, _)| *s == "http" || *s == "https")
-            .ok_or_else(|| format!("schema registry URL {} must start with http:// or https://", redact_userinfo(url)))?;
+            .ok_or_else(|| format!("schema registry URL {} must start with http:// or https://", crate::secret::redact_url(url)))?;
         // user:password@ before the host, if any.
         let (userinfo, host_path) = match rest.split_once('/').map_or(rest, |(authority, _)| authority).rsplit_once('@') {
             Some((userinfo, _)) => (Some(userinfo), &rest[userinfo.len() + 1..]),
@@ -191,20 +192,6 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// A URL as logs may show it: the user information (credentials) before the host replaced.
-pub fn redact_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
-            match authority.rsplit_once('@') {
-                Some((userinfo, _)) => format!("{scheme}://***@{}", &rest[userinfo.len() + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,8 +211,6 @@ mod tests {
 
     #[test]
     fn redaction_and_paths() {
-        assert_eq!(redact_userinfo("http://u:pw@h:1/x@y"), "http://***@h:1/x@y");
-        assert_eq!(redact_userinfo("http://h:1/x@y"), "http://h:1/x@y");
         assert_eq!(path_segment("detections-value"), "detections-value");
         assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
         assert_eq!(error_message(r#"{"message":"Schema 9 not found.","error_code":40403}"#), "Schema 9 not found.");

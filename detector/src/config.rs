@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use common::kafka::KafkaArgs;
+use common::secret::{redact_url, SecretUrl};
 use serde::Deserialize;
 
 use crate::error::DetectorError;
@@ -21,9 +23,10 @@ pub enum OutputKind {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Config {
-    /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0).
-    #[arg(long, env = "DETECTOR_SOURCE", required_unless_present = "cameras", conflicts_with = "cameras")]
-    pub source: Option<String>,
+    /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0). A password
+    /// in the URL is never shown.
+    #[arg(long, env = "DETECTOR_SOURCE", hide_env_values = true, required_unless_present = "cameras", conflicts_with = "cameras")]
+    pub source: Option<SecretUrl>,
 
     /// TOML file listing many cameras (`[[camera]]` tables with `id`, `source` and per-camera
     /// options), run in one process through one shared inference worker. The per-camera flags
@@ -64,6 +67,15 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_READ_TIMEOUT", default_value_t = 10)]
     pub read_timeout_s: u64,
 
+    /// The crowd alert's threshold: more than this many people in view ... (unset: no crowd
+    /// alert). Exported as `detector_crowd_people{camera}` for the alert rule.
+    #[arg(long, env = "DETECTOR_CROWD_PEOPLE", value_name = "N")]
+    pub crowd_people: Option<u32>,
+
+    /// ... for at least this many seconds. Exported as `detector_crowd_seconds{camera}`.
+    #[arg(long, env = "DETECTOR_CROWD_SECONDS", default_value_t = 30)]
+    pub crowd_seconds: u64,
+
     /// Camera id of `--source`: the Kafka message key and the `camera_id` of every row.
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
     pub camera_id: String,
@@ -92,23 +104,14 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_OUTPUT", value_enum, default_value_t = OutputKind::Kafka)]
     pub output: OutputKind,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-
-    /// Kafka topic.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "detections")]
-    pub topic: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): the wire
     /// v2 JSON Schema is registered under `<topic>-value` at start (compatibility BACKWARD) and
     /// every message is framed with its id. Credentials may be given as URL user info.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL")]
-    pub schema_registry: Option<String>,
-
-    /// Extra librdkafka producer property, as kcat takes it (repeatable): -X security.protocol=SSL
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = common::kafka::parse_property)]
-    pub kafka_properties: Vec<(String, String)>,
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL", hide_env_values = true)]
+    pub schema_registry: Option<SecretUrl>,
 
     /// Write JPEGs of frames with detections here, boxes and skeletons drawn.
     #[arg(long, env = "DETECTOR_SNAPSHOT_DIR")]
@@ -121,10 +124,27 @@ pub struct Config {
     /// How long to wait for outstanding deliveries at exit, in seconds.
     #[arg(long, env = "DETECTOR_FLUSH_TIMEOUT", default_value_t = 30)]
     pub flush_timeout_s: u64,
+
+    /// Live sources (and --realtime files): a frame older than this (seconds since capture) when
+    /// it is published is dropped, and so is one that waits longer than this in the producer's
+    /// queue for a broker that is away; what reaches the broker after an outage is therefore at
+    /// most twice this old, and latency recovers within seconds.
+    #[arg(long, env = "DETECTOR_MAX_FRAME_AGE", default_value_t = 2.0)]
+    pub max_frame_age_s: f64,
+
+    /// When Kafka refuses every message (a deleted topic, a revoked ACL, messages too large) for
+    /// this long, the detector exits (3) instead of losing frames forever, in seconds.
+    #[arg(long, env = "DETECTOR_DELIVERY_FAILURE_TIMEOUT", default_value_t = 30)]
+    pub delivery_failure_timeout_s: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. 0.0.0.0:9188);
+    /// off when unset.
+    #[arg(long, env = "DETECTOR_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// One camera as the pipeline runs it: from the flags (`--source`) or an entry of `--cameras`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Camera {
     pub id: String,
     pub source: String,
@@ -133,18 +153,43 @@ pub struct Camera {
     pub max_fps: f64,
     pub open_timeout_s: u64,
     pub read_timeout_s: u64,
+    /// The crowd alert: more than `people` in view for `seconds` (none: no alert).
+    pub crowd: Option<Crowd>,
+}
+
+/// A crowd alert's threshold for one camera.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crowd {
+    pub people: u32,
+    pub seconds: u64,
+}
+
+impl std::fmt::Debug for Camera {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A camera's URL often carries its password.
+        f.debug_struct("Camera")
+            .field("id", &self.id)
+            .field("source", &redact_url(&self.source))
+            .field("looped", &self.looped)
+            .field("realtime", &self.realtime)
+            .field("max_fps", &self.max_fps)
+            .field("open_timeout_s", &self.open_timeout_s)
+            .field("read_timeout_s", &self.read_timeout_s)
+            .field("crowd", &self.crowd)
+            .finish()
+    }
 }
 
 /// The `--cameras` file: `[[camera]]` tables. Unknown keys are refused, so a typo cannot
 /// silently fall back to a default.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CamerasFile {
     camera: Vec<CameraEntry>,
 }
 
 /// Options left out take the value of the matching flag (or its environment variable).
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CameraEntry {
     id: String,
@@ -155,6 +200,8 @@ struct CameraEntry {
     max_fps: Option<f64>,
     open_timeout_s: Option<u64>,
     read_timeout_s: Option<u64>,
+    crowd_people: Option<u32>,
+    crowd_seconds: Option<u64>,
 }
 
 impl Camera {
@@ -164,11 +211,15 @@ impl Camera {
         if !wire::is_label(&self.id, wire::MAX_LABEL_CHARS) {
             return Err("the camera id (--camera-id, id) must be 1 to 128 characters, none of them control characters".into());
         }
-        if !(self.max_fps.is_finite() && self.max_fps >= 0.0) {
-            return Err(format!("--max-fps (max_fps) must be 0 (no cap) or more, got {}", self.max_fps));
+        if !(self.max_fps.is_finite() && (0.0..=1000.0).contains(&self.max_fps)) {
+            return Err(format!("--max-fps (max_fps) must be 0 (no cap) to 1000, got {}", self.max_fps));
         }
-        if self.open_timeout_s == 0 || self.read_timeout_s == 0 {
-            return Err("--open-timeout-s and --read-timeout-s (open_timeout_s, read_timeout_s) must be at least 1".into());
+        for (flag, v) in
+            [("--open-timeout-s (open_timeout_s)", self.open_timeout_s), ("--read-timeout-s (read_timeout_s)", self.read_timeout_s)]
+        {
+            if !(1..=3600).contains(&v) {
+                return Err(format!("{flag} must be within 1 and 3600, got {v}"));
+            }
         }
         if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
             return Err(
@@ -190,17 +241,34 @@ impl Config {
         if !(0.0..=1.0).contains(&self.iou) {
             return Err(DetectorError::Config(format!("--iou must be within 0 and 1, got {}", self.iou)));
         }
-        if !(self.snapshot_every_s.is_finite() && self.snapshot_every_s >= 0.0) {
-            return Err(DetectorError::Config(format!("--snapshot-every-s must be 0 or more, got {}", self.snapshot_every_s)));
+        if !(self.snapshot_every_s.is_finite() && (0.0..=86_400.0).contains(&self.snapshot_every_s)) {
+            return Err(DetectorError::Config(format!("--snapshot-every-s must be within 0 and 86400, got {}", self.snapshot_every_s)));
+        }
+        // Each frame of a batch is a 5 MB tensor, times the spares kept for re-use: a huge batch
+        // is memory that cannot be had, not speed.
+        if !(1..=64).contains(&self.max_batch) {
+            return Err(DetectorError::Config(format!("--max-batch must be within 1 and 64, got {}", self.max_batch)));
+        }
+        if self.threads > 256 {
+            return Err(DetectorError::Config(format!("--threads must be 0 (one per core) to 256, got {}", self.threads)));
+        }
+        if self.flush_timeout_s > 3600 {
+            return Err(DetectorError::Config(format!("--flush-timeout-s must be within 0 and 3600, got {}", self.flush_timeout_s)));
+        }
+        if !(self.max_frame_age_s.is_finite() && (0.1..=3600.0).contains(&self.max_frame_age_s)) {
+            return Err(DetectorError::Config(format!("--max-frame-age-s must be within 0.1 and 3600, got {}", self.max_frame_age_s)));
+        }
+        if !(1..=3600).contains(&self.delivery_failure_timeout_s) {
+            return Err(DetectorError::Config(format!(
+                "--delivery-failure-timeout-s must be within 1 and 3600, got {}",
+                self.delivery_failure_timeout_s
+            )));
         }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
         }
         if self.schema_registry.is_some() && self.output != OutputKind::Kafka {
             return Err(DetectorError::Config("--schema-registry applies to --output kafka only".into()));
-        }
-        if self.max_batch == 0 {
-            return Err(DetectorError::Config("--max-batch must be at least 1".into()));
         }
         let cameras = self.cameras()?;
         if let Some(dir) = &self.snapshot_dir {
@@ -219,10 +287,11 @@ impl Config {
             max_fps: self.max_fps,
             open_timeout_s: self.open_timeout_s,
             read_timeout_s: self.read_timeout_s,
+            crowd: self.crowd_people.map(|people| Crowd { people, seconds: self.crowd_seconds }),
         };
         let Some(path) = &self.cameras else {
             // clap requires one of --source and --cameras.
-            let camera = from_flags(&self.camera_id, self.source.as_deref().unwrap_or_default());
+            let camera = from_flags(&self.camera_id, self.source.as_ref().map(SecretUrl::expose).unwrap_or_default());
             camera.validate().map_err(DetectorError::Config)?;
             return Ok(vec![camera]);
         };
@@ -245,6 +314,10 @@ impl Config {
                 max_fps: e.max_fps.unwrap_or(defaults.max_fps),
                 open_timeout_s: e.open_timeout_s.unwrap_or(defaults.open_timeout_s),
                 read_timeout_s: e.read_timeout_s.unwrap_or(defaults.read_timeout_s),
+                crowd: match (e.crowd_people.or(self.crowd_people), e.crowd_seconds.unwrap_or(self.crowd_seconds)) {
+                    (Some(people), seconds) => Some(Crowd { people, seconds }),
+                    (None, _) => None,
+                },
                 ..defaults
             };
             camera.validate().map_err(|why| in_file(format!("camera {:?}: {why}", camera.id)))?;
@@ -275,6 +348,43 @@ mod tests {
         assert!(c.validate().is_ok());
         c.conf = 1.5;
         assert!(c.validate().unwrap_err().to_string().contains("--conf"));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_with_one_line() {
+        for (flags, needle) in [
+            (&["--max-batch", "0"][..], "--max-batch must be within 1 and 64"),
+            (&["--max-batch", "100000"], "--max-batch must be within 1 and 64"),
+            (&["--threads", "5000"], "--threads must be 0 (one per core) to 256"),
+            (&["--flush-timeout-s", "999999"], "--flush-timeout-s must be within 0 and 3600"),
+            (&["--snapshot-every-s", "1e12"], "--snapshot-every-s"),
+            (&["--read-timeout-s", "0"], "--read-timeout-s (read_timeout_s) must be within 1 and 3600"),
+            (&["--open-timeout-s", "100000"], "--open-timeout-s (open_timeout_s) must be within 1 and 3600"),
+            (&["--max-fps", "1e9"], "--max-fps (max_fps) must be 0 (no cap) to 1000"),
+        ] {
+            let c = Config::parse_from(["detector", "--source", "x.mp4"].into_iter().chain(flags.iter().copied()));
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle) && !err.contains('\n'), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_secret_in_debug() {
+        let c = Config::parse_from([
+            "detector",
+            "--source",
+            "rtsp://admin:hunter2@cam/1",
+            "--schema-registry",
+            "https://u:hunter3@reg/x",
+            "-X",
+            "sasl.password=hunter4",
+        ]);
+        let cameras = c.validate().unwrap();
+        let shown = format!("{c:?} {cameras:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(cameras[0].source, "rtsp://admin:hunter2@cam/1", "the source itself is intact");
     }
 
     #[test]
@@ -312,14 +422,15 @@ mod tests {
     fn a_cameras_file_takes_the_flags_as_defaults() {
         let cams = cameras_from(
             "[[camera]]\nid = \"door\"\nsource = \"rtsp://cam/door\"\n\n\
-             [[camera]]\nid = \"yard\"\nsource = \"yard.mp4\"\nmax_fps = 2.5\nloop = true\nread_timeout_s = 3\n",
-            &["--max-fps", "5", "--read-timeout-s", "7"],
+             [[camera]]\nid = \"yard\"\nsource = \"yard.mp4\"\nmax_fps = 2.5\nloop = true\nread_timeout_s = 3\ncrowd_people = 4\n",
+            &["--max-fps", "5", "--read-timeout-s", "7", "--crowd-seconds", "20"],
         )
         .unwrap();
         assert_eq!(cams.len(), 2);
         assert_eq!((cams[0].id.as_str(), cams[0].source.as_str()), ("door", "rtsp://cam/door"));
         assert_eq!((cams[0].max_fps, cams[0].read_timeout_s, cams[0].looped), (5.0, 7, false));
         assert_eq!((cams[1].max_fps, cams[1].read_timeout_s, cams[1].looped), (2.5, 3, true));
+        assert_eq!((cams[0].crowd, cams[1].crowd), (None, Some(Crowd { people: 4, seconds: 20 })));
         assert_eq!(cams[1].open_timeout_s, 20);
     }
 

@@ -37,6 +37,9 @@ pub enum DetectorError {
     Registry { reason: String, blame: Blame },
     #[error("output: {0}")]
     Output(String),
+    /// A bug: a panic caught where a camera's fault is contained.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl DetectorError {
@@ -45,7 +48,7 @@ impl DetectorError {
             DetectorError::Config(_) | DetectorError::Model { .. } => Blame::User,
             DetectorError::Source { blame, .. } | DetectorError::Registry { blame, .. } => *blame,
             DetectorError::Kafka(_) | DetectorError::Output(_) => Blame::External,
-            DetectorError::Inference(_) => Blame::Internal,
+            DetectorError::Inference(_) | DetectorError::Internal(_) => Blame::Internal,
         }
     }
 
@@ -63,8 +66,9 @@ impl DetectorError {
         }
     }
 
+    /// The URI is shown with its credentials hidden.
     pub fn source(uri: &str, blame: Blame, reason: impl fmt::Display) -> Self {
-        DetectorError::Source { uri: uri.to_string(), reason: reason.to_string(), blame }
+        DetectorError::Source { uri: common::secret::redact_url(uri), reason: reason.to_string(), blame }
     }
 
     /// A schema registry's failure: an outage is the world's, a refusal (an incompatible schema

@@ -1,7 +1,9 @@
-//! The detector's stages, one module per step of a frame's path: source -> preprocess -> infer ->
-//! decode -> publish, wired into threads by `pipeline`. A library so that the benchmark can drive
-//! the stages; `main.rs` is the command line.
+//! The detector's stages, one module per step of a frame's path: source -> capture (pacing,
+//! preprocess, the capture policy) -> worker (infer, batching) -> publish (decode, the output),
+//! wired into threads by `pipeline`. A library so that the benchmark can drive the stages;
+//! `main.rs` is the command line.
 
+pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod error;
@@ -14,3 +16,5 @@ pub mod publish;
 pub mod reconnect;
 pub mod snapshot;
 pub mod source;
+pub mod stats;
+pub mod worker;

@@ -1,6 +1,5 @@
 //! detector: video in, person detections out to Kafka. See `detector --help`.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,11 +9,7 @@ use detector::{config, pipeline, source};
 
 fn main() -> ExitCode {
     let cfg = config::Config::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    common::telemetry::init_logs();
 
     // First SIGINT/SIGTERM: stop capture, drain, flush. A second one exits at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -30,6 +25,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(s) => {
+            let failed: Vec<&str> = s.failed.iter().map(|(id, _)| id.as_str()).collect();
             tracing::info!(
                 frames = s.frames_read,
                 skipped = s.frames_skipped,
@@ -37,11 +33,16 @@ fn main() -> ExitCode {
                 reconnects = s.reconnects,
                 messages = s.messages,
                 inference_runs = s.inference_runs,
+                failed_cameras = ?failed,
                 seconds = format!("{:.1}", s.elapsed.as_secs_f64()),
                 fps = format!("{:.1}", s.messages as f64 / s.elapsed.as_secs_f64()),
                 "detector finished"
             );
-            ExitCode::SUCCESS
+            // Each camera's fault had its ERROR line when it happened; the exit says the first.
+            match s.failed.first() {
+                Some((_, e)) => ExitCode::from(e.exit_code() as u8),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             tracing::error!(blame = %e.blame(), retryable = e.retryable(), "{e}");

@@ -1,5 +1,5 @@
-//! How many frames go to inference, and when: the `--max-fps` cap, `--realtime` release times, and
-//! a sleep that a stop request cuts short.
+//! How many frames go to inference, and when: the `--max-fps` cap, the release times of a file
+//! played in real time (`--realtime`), and a sleep that a stop request cuts short.
 
 use std::time::{Duration, Instant};
 
@@ -41,14 +41,14 @@ impl MaxFps {
     }
 }
 
-/// Release times of a file played as if it were a camera: the frame at pts `p` is due `p - p0`
-/// after the first frame (pts `p0`) was released.
+/// Release times of a file played in real time, as if it were a camera: the frame at pts `p` is
+/// due `p - p0` after the first frame (pts `p0`) was released.
 #[derive(Debug, Default)]
-pub struct Realtime {
+pub struct Release {
     origin: Option<(Instant, i64)>,
 }
 
-impl Realtime {
+impl Release {
     pub fn due(&mut self, pts_ms: i64, now: Instant) -> Instant {
         let (t0, pts0) = *self.origin.get_or_insert((now, pts_ms));
         t0 + Duration::from_millis(pts_ms.saturating_sub(pts0).max(0) as u64)
@@ -118,8 +118,8 @@ mod tests {
     }
 
     #[test]
-    fn realtime_releases_frames_at_their_pts_from_the_first() {
-        let mut rt = Realtime::default();
+    fn a_file_in_real_time_releases_frames_at_their_pts_from_the_first() {
+        let mut rt = Release::default();
         let t0 = Instant::now();
         assert_eq!(rt.due(1000, t0), t0);
         // Later calls keep the first frame as origin, whatever `now` is.

@@ -1,29 +1,76 @@
-//! The last stage: frame messages out, to Kafka or to standard output.
+//! The last stage: each inferred frame decoded into a wire message and published, to Kafka or to
+//! standard output.
+//!
+//! To Kafka, through one producer per capture policy (idempotent, `acks=all`, lz4):
+//! - lossless cameras' messages wait for a broker that is away (`message.timeout.ms=0`), with a
+//!   bounded local queue that holds capture back;
+//! - real-time cameras' messages expire once older than `--max-frame-age-s` (dropped as stale,
+//!   counted), so that a queue filled during an outage does not go out minutes late: latency
+//!   recovers within that age once the broker is back. A frame already that old when it is
+//!   decoded is dropped here, unsent.
+//!
+//! A delivery that cannot succeed (a deleted topic, a revoked ACL, a message larger than the topic
+//! takes) is counted and reported (ERROR, once per streak); once deliveries have failed for
+//! `--delivery-failure-timeout-s` without one succeeding, publishing stops with that error.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::registry::Registry;
+use crossbeam_channel::Receiver;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use common::registry::Registry;
-
-use crate::config::{Config, OutputKind};
+use crate::capture::Policy;
+use crate::config::{Camera, Config, OutputKind};
+use crate::decode::Decoder;
 use crate::error::DetectorError;
+use crate::snapshot::Snapshots;
+use crate::stats::{self, total, CameraStats, Drop};
+use crate::worker::Inferred;
 
-/// Counts delivery reports, which librdkafka hands back on its own thread.
-#[derive(Default)]
-pub struct DeliveryCounter {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
+/// What a message carries to its delivery report.
+pub struct Sent {
+    camera: usize,
+    people: usize,
+    captured_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl ClientContext for DeliveryCounter {
+/// Counts delivery reports, which librdkafka hands back on its own thread, per camera.
+pub struct Deliveries {
+    stats: Arc<Vec<CameraStats>>,
+    delivered: AtomicU64,
+    expired: AtomicU64,
+    failed: AtomicU64,
+    /// The latest failure, and since when deliveries have failed with none succeeding.
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+impl Deliveries {
+    fn new(stats: Arc<Vec<CameraStats>>) -> Self {
+        Deliveries { stats, delivered: AtomicU64::new(0), expired: AtomicU64::new(0), failed: AtomicU64::new(0), failing: Mutex::new(None) }
+    }
+
+    /// How long deliveries have been failing, and why; `None` while they succeed.
+    fn failing_for(&self) -> Option<(Duration, String)> {
+        self.failing.lock().unwrap().as_ref().map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    /// Messages accounted for: delivered, or dropped by the broker's absence (expired).
+    fn accounted(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed) + self.expired.load(Ordering::Relaxed)
+    }
+}
+
+/// The producers' context: both producers count into one [`Deliveries`].
+pub struct DeliveryContext(Arc<Deliveries>);
+
+impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         common::kafka::log_librdkafka(level, fac, msg);
     }
@@ -33,30 +80,60 @@ impl ClientContext for DeliveryCounter {
     }
 }
 
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        self.0.report(result, &sent);
+    }
+}
+
+impl Deliveries {
+    fn report(&self, result: &DeliveryResult<'_>, sent: &Sent) {
+        let camera = &self.stats[sent.camera];
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                let since = (chrono::Utc::now() - sent.captured_at).num_milliseconds() as f64 / 1000.0;
+                camera.published(sent.people, since);
+                *self.failing.lock().unwrap() = None;
             }
-            Err((e, _)) => {
+            // Only a real-time camera's messages expire: they were too old to be worth sending.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+                camera.frame_dropped(Drop::Stale);
+            }
+            // Left in the queue at exit, after the flush timed out: `finish` has said so.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {}
+            Err((e, m)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "kafka delivery failed");
-                *self.last_error.lock().unwrap() = Some(e.to_string());
+                metrics::counter!(stats::DELIVERY_FAILURES).increment(1);
+                let why = format!("topic {}: {e}", m.topic());
+                let mut failing = self.failing.lock().unwrap();
+                if failing.is_none() {
+                    tracing::error!(error = %why, "kafka refuses the detector's messages; they are lost until this is fixed");
+                    *failing = Some((Instant::now(), why));
+                } else if let Some((_, last)) = failing.as_mut() {
+                    *last = why;
+                }
             }
         }
     }
 }
 
+type Kafka = ThreadedProducer<DeliveryContext>;
+
 pub struct KafkaOutput {
-    producer: ThreadedProducer<DeliveryCounter>,
+    /// One producer per capture policy in use.
+    lossless: Option<Kafka>,
+    real_time: Option<Kafka>,
+    deliveries: Arc<Deliveries>,
     topic: String,
     /// The registry's id of the wire schema, when messages are framed for it.
     schema_id: Option<u32>,
     sent: u64,
     flush_timeout: Duration,
+    failure_timeout: Duration,
 }
 
 pub enum Output {
@@ -65,32 +142,11 @@ pub enum Output {
 }
 
 impl Output {
-    /// `client_id` names the producer to the brokers.
-    pub fn open(cfg: &Config, client_id: &str) -> Result<Self, DetectorError> {
+    /// `client_id` names the producers to the brokers; `policies` are the cameras' policies.
+    pub fn open(cfg: &Config, client_id: &str, policies: &[Policy], stats: Arc<Vec<CameraStats>>) -> Result<Self, DetectorError> {
         match cfg.output {
             OutputKind::Stdout => Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout()))),
-            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id).map(Output::Kafka),
-        }
-    }
-
-    /// Publishes one message. `stop` (a shutdown was asked) bounds how long a full local queue
-    /// is waited for.
-    pub fn publish(&mut self, msg: &wire::FrameMessage, stop: &AtomicBool) -> Result<(), DetectorError> {
-        match self {
-            Output::Kafka(k) => k.send(msg, stop),
-            Output::Stdout(out) => {
-                let mut line = msg.to_json();
-                line.push(b'\n');
-                out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))
-            }
-        }
-    }
-
-    /// Waits for every message to be delivered (or the timeout), then reports.
-    pub fn finish(self, timeout: Duration) -> Result<(), DetectorError> {
-        match self {
-            Output::Kafka(k) => k.finish(timeout),
-            Output::Stdout(mut out) => out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}"))),
+            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stats).map(Output::Kafka),
         }
     }
 }
@@ -107,47 +163,81 @@ fn register_schema(url: &str, topic: &str) -> Result<u32, DetectorError> {
 }
 
 impl KafkaOutput {
-    fn connect(cfg: &Config, client_id: &str) -> Result<Self, DetectorError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("client.id", client_id)
-            // Idempotence keeps retries from duplicating or reordering a camera's frames.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            // 0 = retry forever: a file's frames wait for a broker that is away rather than
-            // being dropped; the bounded queue then holds capture back.
-            .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.messages", "10000");
-        for (k, v) in &cfg.kafka_properties {
-            client.set(k, v);
-        }
-        let schema_id = cfg.schema_registry.as_deref().map(|url| register_schema(url, &cfg.topic)).transpose()?;
-        let shown: Vec<String> = cfg.kafka_properties.iter().map(|(k, v)| format!("{k}={}", common::kafka::redact(k, v))).collect();
-        tracing::info!(brokers = %cfg.brokers, topic = %cfg.topic, extra = ?shown, "connecting to kafka");
-        let producer: ThreadedProducer<DeliveryCounter> = client
-            .create_with_context(DeliveryCounter::default())
-            .map_err(|e| DetectorError::Config(format!("kafka producer settings: {e}")))?;
-        // Fail at start, with the address, rather than queueing into the void.
-        producer
-            .client()
-            .fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))
-            .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.brokers)))?;
-        Ok(KafkaOutput { producer, topic: cfg.topic.clone(), schema_id, sent: 0, flush_timeout: Duration::from_secs(cfg.flush_timeout_s) })
+    fn connect(cfg: &Config, client_id: &str, policies: &[Policy], stats: Arc<Vec<CameraStats>>) -> Result<Self, DetectorError> {
+        let schema_id = cfg.schema_registry.as_ref().map(|url| register_schema(url.expose(), &cfg.kafka.topic)).transpose()?;
+        tracing::info!(brokers = %cfg.kafka.brokers, topic = %cfg.kafka.topic, extra = ?cfg.kafka.shown(), "connecting to kafka");
+        let deliveries = Arc::new(Deliveries::new(stats));
+        let make = |policy: Policy| -> Result<Option<Kafka>, DetectorError> {
+            if !policies.contains(&policy) {
+                return Ok(None);
+            }
+            let (suffix, timeout_ms) = match policy {
+                // 0 = retry forever: a file's frames wait for a broker that is away rather than
+                // being dropped; the bounded queue then holds capture back.
+                Policy::Lossless => ("", 0),
+                Policy::RealTime => ("-live", (cfg.max_frame_age_s * 1000.0) as u64),
+            };
+            let mut client = ClientConfig::new();
+            client
+                .set("client.id", format!("{client_id}{suffix}"))
+                // Idempotence keeps retries from duplicating or reordering a camera's frames.
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", timeout_ms.to_string())
+                .set("queue.buffering.max.messages", "10000");
+            cfg.kafka.apply(&mut client);
+            let producer: Kafka = client
+                .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
+                .map_err(|e| DetectorError::Config(format!("kafka producer settings: {e}")))?;
+            // Fail at start, with the address, rather than queueing into the void.
+            producer
+                .client()
+                .fetch_metadata(Some(&cfg.kafka.topic), Duration::from_secs(10))
+                .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.kafka.brokers)))?;
+            Ok(Some(producer))
+        };
+        Ok(KafkaOutput {
+            lossless: make(Policy::Lossless)?,
+            real_time: make(Policy::RealTime)?,
+            deliveries,
+            topic: cfg.kafka.topic.clone(),
+            schema_id,
+            sent: 0,
+            flush_timeout: Duration::from_secs(cfg.flush_timeout_s),
+            failure_timeout: Duration::from_secs(cfg.delivery_failure_timeout_s),
+        })
     }
 
-    fn send(&mut self, msg: &wire::FrameMessage, stop: &AtomicBool) -> Result<(), DetectorError> {
+    fn producers(&self) -> impl Iterator<Item = &Kafka> {
+        self.lossless.iter().chain(&self.real_time)
+    }
+
+    fn queued(&self) -> i32 {
+        self.producers().map(|p| p.in_flight_count()).sum()
+    }
+
+    fn send(&mut self, msg: &wire::FrameMessage, camera: usize, policy: Policy, stop: &AtomicBool) -> Result<(), DetectorError> {
+        if let Some((failing, why)) = self.deliveries.failing_for().filter(|(d, _)| *d >= self.failure_timeout) {
+            return Err(DetectorError::Kafka(format!("deliveries have failed for {} s with none succeeding: {why}", failing.as_secs())));
+        }
         let json = msg.to_json();
         let payload = match self.schema_id {
             Some(id) => wire::envelope::frame(id, &json),
             None => json,
         };
-        let mut record = BaseRecord::to(&self.topic).key(msg.camera_id.as_str()).payload(&payload);
+        let producer = match policy {
+            Policy::Lossless => self.lossless.as_ref(),
+            Policy::RealTime => self.real_time.as_ref(),
+        }
+        .expect("a producer for every policy in use");
+        let sent =
+            Box::new(Sent { camera, people: msg.detections.iter().filter(|d| d.class == "person").count(), captured_at: msg.captured_at });
+        let mut record = BaseRecord::with_opaque_to(&self.topic, sent).key(msg.camera_id.as_str()).payload(&payload);
         let mut stopping_since = None;
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => break,
                 // The local queue is full (broker slow or away): wait, which backs the pipeline up
                 // (a live source then drops its oldest frames). Once a shutdown is asked, wait no
@@ -157,7 +247,7 @@ impl KafkaOutput {
                     if stop.load(Ordering::Relaxed) && stopping_since.get_or_insert_with(Instant::now).elapsed() >= self.flush_timeout {
                         return Err(DetectorError::Kafka(format!(
                             "shutting down with the broker unreachable: {} queued messages and frame {} of camera {} not delivered within the {} s flush timeout",
-                            self.producer.in_flight_count(),
+                            self.queued(),
                             msg.frame_seq,
                             msg.camera_id,
                             self.flush_timeout.as_secs()
@@ -169,23 +259,101 @@ impl KafkaOutput {
             }
         }
         self.sent += 1;
+        metrics::gauge!(stats::QUEUE).set(self.queued() as f64);
         Ok(())
     }
 
-    fn finish(self, timeout: Duration) -> Result<(), DetectorError> {
-        let flushed = self.producer.flush(timeout);
-        let ctx = self.producer.context();
-        let delivered = ctx.delivered.load(Ordering::Relaxed);
-        let failed = ctx.failed.load(Ordering::Relaxed);
-        if failed > 0 || flushed.is_err() || delivered != self.sent {
-            let last = ctx.last_error.lock().unwrap().clone().unwrap_or_else(|| "flush timed out".into());
+    /// Waits for every message to be delivered or expired (or the timeout), then reports.
+    fn finish(self) -> Result<u64, DetectorError> {
+        let deadline = Instant::now() + self.flush_timeout;
+        let flushed: Vec<_> = self.producers().map(|p| p.flush(deadline.saturating_duration_since(Instant::now()))).collect();
+        let d = &self.deliveries;
+        let (delivered, expired, failed) =
+            (d.delivered.load(Ordering::Relaxed), d.expired.load(Ordering::Relaxed), d.failed.load(Ordering::Relaxed));
+        if failed > 0 || flushed.iter().any(Result::is_err) || d.accounted() != self.sent {
+            let last = d.failing_for().map(|(_, why)| why).unwrap_or_else(|| "flush timed out".into());
             return Err(DetectorError::Kafka(format!(
-                "{} of {} messages not delivered ({failed} failed): {last}",
+                "{} of {} messages not delivered ({failed} refused, {expired} expired as stale): {last}",
                 self.sent - delivered,
                 self.sent
             )));
         }
-        tracing::info!(delivered, "all messages delivered");
-        Ok(())
+        tracing::info!(delivered, expired, "all messages delivered or expired");
+        Ok(delivered)
+    }
+}
+
+/// Decodes and publishes every inferred frame until inference has stopped; the messages
+/// delivered.
+#[allow(clippy::too_many_arguments)]
+pub fn publish_loop(
+    cfg: &Config,
+    cameras: &[Camera],
+    policies: &[Policy],
+    run_ids: &[uuid::Uuid],
+    decoder: &Decoder,
+    model: &wire::ModelInfo,
+    mut output: Output,
+    rx: Receiver<Inferred>,
+    stats: &[CameraStats],
+    stop: &AtomicBool,
+) -> Result<u64, DetectorError> {
+    let mut last_report = Instant::now();
+    let started = Instant::now();
+    let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
+    let mut snapshots: Vec<Option<Snapshots>> =
+        cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
+    for Inferred { meta, lb, output: raw } in rx {
+        let camera = meta.camera;
+        // Too old to be worth sending: a real-time camera drops it.
+        if policies[camera] == Policy::RealTime && chrono::Utc::now() - meta.captured_at > max_age {
+            stats[camera].frame_dropped(Drop::Stale);
+            continue;
+        }
+        let detections = decoder.decode(&raw, &lb)?;
+        let msg = wire::FrameMessage {
+            schema_version: wire::SCHEMA_VERSION,
+            camera_id: cameras[camera].id.clone(),
+            run_id: run_ids[camera],
+            frame_seq: meta.seq,
+            captured_at: meta.captured_at,
+            pts_ms: meta.pts_ms,
+            frame_width: lb.src_w,
+            frame_height: lb.src_h,
+            model: model.clone(),
+            detections,
+        };
+        if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
+            s.offer(image, &msg);
+        }
+        match &mut output {
+            Output::Kafka(k) => k.send(&msg, camera, policies[camera], stop)?,
+            Output::Stdout(out) => {
+                let mut line = msg.to_json();
+                line.push(b'\n');
+                out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
+                let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
+                stats[camera].published(msg.detections.iter().filter(|d| d.class == "person").count(), since);
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let published = total(stats, |c| &c.published);
+            tracing::info!(
+                frames = published,
+                fps = format!("{:.1}", published as f64 / started.elapsed().as_secs_f64()),
+                skipped = total(stats, |c| &c.skipped),
+                dropped = total(stats, |c| &c.dropped),
+                reconnects = total(stats, |c| &c.reconnects),
+                "progress"
+            );
+        }
+    }
+    match output {
+        Output::Kafka(k) => k.finish(),
+        Output::Stdout(mut out) => {
+            out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
+            Ok(total(stats, |c| &c.published))
+        }
     }
 }

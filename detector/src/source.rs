@@ -73,6 +73,15 @@ pub struct Source {
     /// The last pts handed out and the stream's frame period: where the next pass starts.
     last_pts_ms: i64,
     frame_ms: i64,
+    /// A video file: the frames its container announces, and those read in this pass.
+    announced: Option<u64>,
+    pass_frames: u64,
+}
+
+/// Frames a file may come short of what its container announces before that counts as truncated
+/// (some containers only estimate their count): 1 %, and at least 2.
+fn short_by_too_many(read: u64, announced: u64) -> bool {
+    read < announced && announced - read > (announced / 100).max(2)
 }
 
 impl Source {
@@ -84,8 +93,18 @@ impl Source {
         if kind != SourceKind::Live && !Path::new(uri).is_file() {
             return Err(DetectorError::source(uri, Blame::User, "no such file"));
         }
-        let mut source =
-            Source { uri: uri.to_string(), kind, opts, reader: None, next_seq: 0, pts_offset_ms: 0, last_pts_ms: 0, frame_ms: 0 };
+        let mut source = Source {
+            uri: uri.to_string(),
+            kind,
+            opts,
+            reader: None,
+            next_seq: 0,
+            pts_offset_ms: 0,
+            last_pts_ms: 0,
+            frame_ms: 0,
+            announced: None,
+            pass_frames: 0,
+        };
         match source.connect() {
             Ok(()) => {}
             Err(e) if kind == SourceKind::Live => tracing::warn!(
@@ -136,10 +155,15 @@ impl Source {
                     return Err(DetectorError::source(uri, blame, why));
                 }
                 let fps = cap.get(videoio::CAP_PROP_FPS).unwrap_or(0.0);
+                if !live {
+                    let count = cap.get(videoio::CAP_PROP_FRAME_COUNT).unwrap_or(0.0);
+                    self.announced = (count >= 1.0).then_some(count as u64);
+                    self.pass_frames = 0;
+                }
                 // Unknown rate: the next pass of a loop starts 1 ms after the last frame.
                 self.frame_ms = if fps > 0.0 { (1000.0 / fps).round() as i64 } else { 1 };
                 if live {
-                    tracing::info!(uri, fps, "live source open");
+                    tracing::info!(uri = %common::secret::redact_url(uri), fps, "live source open");
                 }
                 Reader::Video(cap)
             }
@@ -152,10 +176,25 @@ impl Source {
         self.reader.is_some()
     }
 
+    /// Closes the reader (a live source is then reopened).
+    pub fn close(&mut self) {
+        self.reader = None;
+    }
+
     /// The next frame, or `None` at the end of a file or image, or when a live source has no
     /// frame to give (ended, stalled past the read timeout, or not open; it is closed then).
+    /// A file that ends well short of the frames its container announces is an error, not a
+    /// clean end.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DetectorError> {
-        let (image, pts_ms) = match self.read()? {
+        let read = self.read()?;
+        if read.is_none() && self.kind == SourceKind::File {
+            if let Some(announced) = self.announced.filter(|a| short_by_too_many(self.pass_frames, *a)) {
+                let why =
+                    format!("ended after {} of the {announced} frames its container announces: truncated or corrupt", self.pass_frames);
+                return Err(DetectorError::source(&self.uri, Blame::User, why));
+            }
+        }
+        let (image, pts_ms) = match read {
             Some(read) => read,
             None if self.opts.looped && self.kind == SourceKind::File && self.next_seq > 0 => {
                 self.connect()?;
@@ -169,6 +208,7 @@ impl Source {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.pass_frames += 1;
         self.last_pts_ms = pts_ms;
         Ok(Some(Frame { seq, pts_ms, captured_at: Utc::now(), image }))
     }
@@ -235,6 +275,16 @@ mod tests {
     use super::*;
 
     const OPTS: SourceOptions = SourceOptions { looped: false, open_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) };
+
+    #[test]
+    fn a_file_short_of_its_announced_frames_is_truncated() {
+        assert!(!short_by_too_many(795, 795));
+        assert!(!short_by_too_many(793, 795), "within 2 frames: an estimate");
+        assert!(short_by_too_many(391, 795));
+        assert!(!short_by_too_many(9_950, 10_000), "within 1 %");
+        assert!(short_by_too_many(9_890, 10_000));
+        assert!(!short_by_too_many(800, 795), "more than announced is no loss");
+    }
 
     #[test]
     fn kinds_from_uri() {

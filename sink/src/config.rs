@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use common::kafka::KafkaArgs;
 use common::registry::Registry;
+use common::secret::SecretUrl;
 
 use crate::error::SinkError;
 
@@ -28,16 +30,16 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://pipeline:pipeline@127.0.0.1:5432/detections")]
-    pub database_url: String,
-}
-
-impl DbArgs {
-    /// The URL with its password hidden, for logs and errors.
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.database_url)
-    }
+    /// PostgreSQL connection URL [default: postgres://pipeline:***@127.0.0.1:5432/detections, the
+    /// local development database]. Its password is never shown.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = "postgres://pipeline:pipeline@127.0.0.1:5432/detections"
+    )]
+    pub database_url: SecretUrl,
 }
 
 #[derive(Debug, Args)]
@@ -45,13 +47,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-
-    /// Topic to consume.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "detections")]
-    pub topic: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// Consumer group; run more sinks with the same group to share the partitions.
     #[arg(long, env = "SINK_GROUP_ID", default_value = "detections-sink")]
@@ -83,6 +80,21 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy)]
     pub write_mode: WriteMode,
 
+    /// A statement that runs longer than this is cancelled and retried (0: no limit), in
+    /// milliseconds: a database that hangs is an error that retries, not a stuck sink.
+    #[arg(long, env = "SINK_STATEMENT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub statement_timeout_ms: u64,
+
+    /// Waiting longer than this for a lock (a `LOCK TABLE` someone holds) fails the write, which is
+    /// retried (0: wait forever), in milliseconds.
+    #[arg(long, env = "SINK_LOCK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub lock_timeout_ms: u64,
+
+    /// On a rebalance, how long a revoked partition waits for this sink's write in flight before
+    /// it is given up, so that its next owner starts from a final offset (seconds).
+    #[arg(long, env = "SINK_REVOKE_WAIT", default_value_t = 10)]
+    pub revoke_wait_s: u64,
+
     /// Seconds between progress lines in the log.
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
     pub report_every_s: u64,
@@ -94,64 +106,73 @@ pub struct RunArgs {
     /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): framed
     /// messages are checked against the schema their id names. Without it, framed messages are
     /// checked against the wire contract built in. Credentials may be given as URL user info.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL")]
-    pub schema_registry: Option<String>,
-
-    /// Extra librdkafka property for the consumer and dead-letter producer (repeatable).
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = common::kafka::parse_property)]
-    pub kafka_properties: Vec<(String, String)>,
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL", hide_env_values = true)]
+    pub schema_registry: Option<SecretUrl>,
 }
 
 impl RunArgs {
     pub fn dead_letter_topic(&self) -> String {
-        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
     }
 
     /// The schema registry client, if one is set.
     pub fn registry(&self) -> Result<Option<Registry>, SinkError> {
-        self.schema_registry.as_deref().map(|url| Registry::new(url, Duration::from_secs(5)).map_err(SinkError::Config)).transpose()
+        self.schema_registry.as_ref().map(|url| Registry::new(url.expose(), Duration::from_secs(5)).map_err(SinkError::Config)).transpose()
     }
 
+    /// Refuses settings that cannot work, with one line naming the flag.
     pub fn validate(&self) -> Result<(), String> {
-        if self.batch_rows == 0 {
-            return Err("--batch-rows must be at least 1".into());
-        }
+        let within = |flag: &str, v: u64, lo: u64, hi: u64, why: &str| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{flag} must be within {lo} and {hi}{why}, got {v}"))
+            }
+        };
+        within("--batch-rows", self.batch_rows as u64, 1, MAX_BATCH_ROWS, "")?;
+        within("--batch-max-rows", self.batch_max_rows as u64, 1, MAX_BATCH_ROWS, " (the batch is held in memory)")?;
         if self.batch_max_rows < self.batch_rows {
             return Err(format!("--batch-max-rows ({}) must be at least --batch-rows ({})", self.batch_max_rows, self.batch_rows));
         }
-        if !(1..=64).contains(&self.writers) {
-            return Err(format!("--writers must be within 1 and 64, got {}", self.writers));
-        }
-        if self.batch_ms == 0 {
-            return Err("--batch-ms must be at least 1".into());
-        }
-        if self.dead_letter_topic() == self.topic {
+        within("--writers", self.writers as u64, 1, 64, "")?;
+        within("--batch-ms", self.batch_ms, 1, 60_000, " (rows wait that long at most before they are written)")?;
+        within("--report-every-s", self.report_every_s, 1, 86_400, "")?;
+        within("--revoke-wait-s", self.revoke_wait_s, 0, 600, "")?;
+        within("--statement-timeout-ms", self.statement_timeout_ms, 0, 86_400_000, "")?;
+        within("--lock-timeout-ms", self.lock_timeout_ms, 0, 86_400_000, "")?;
+        if self.dead_letter_topic() == self.kafka.topic {
             return Err("--dead-letter-topic must differ from --topic".into());
         }
         Ok(())
     }
 }
 
-fn redact_url(url: &str) -> String {
-    // scheme://user:password@host/...  ->  scheme://user:***@host/...
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((creds, host)) = rest.split_once('@') {
-            if let Some((user, _)) = creds.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-    }
-    url.to_string()
-}
+/// The most rows a batch may hold, with its detections.
+const MAX_BATCH_ROWS: u64 = 1_000_000;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
-    fn url_password_is_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    fn no_secret_in_debug_or_help() {
+        let cli = Cli::parse_from([
+            "sink",
+            "run",
+            "--database-url",
+            "postgres://u:hunter2@h/db?password=hunter3",
+            "--schema-registry",
+            "https://svc:hunter4@reg/x",
+            "-X",
+            "sasl.password=hunter5",
+        ]);
+        let shown = format!("{cli:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let help = Cli::command().find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        assert!(!help.contains("pipeline:pipeline"), "{help}");
     }
 
     #[test]
@@ -163,8 +184,19 @@ mod tests {
         let cli = Cli::parse_from(["sink", "run", "--topic", "t", "--dead-letter-topic", "t"]);
         let Command::Run(args) = cli.command else { panic!("expected run") };
         assert!(args.validate().is_err());
-        let cli = Cli::parse_from(["sink", "run", "--topic", "t", "--batch-rows", "30000"]);
-        let Command::Run(args) = cli.command else { panic!("expected run") };
-        assert!(args.validate().unwrap_err().contains("--batch-max-rows"));
+        for (flags, needle) in [
+            (&["--batch-rows", "30000"][..], "--batch-max-rows (20000) must be at least --batch-rows"),
+            (&["--report-every-s", "0"], "--report-every-s must be within 1 and 86400"),
+            (&["--batch-ms", "86400000"], "--batch-ms must be within 1 and 60000"),
+            (&["--batch-ms", "0"], "--batch-ms must be within 1"),
+            (&["--writers", "0"], "--writers must be within 1 and 64"),
+            (&["--batch-max-rows", "50000000"], "--batch-max-rows must be within 1 and 1000000"),
+            (&["--revoke-wait-s", "9999"], "--revoke-wait-s must be within 0 and 600"),
+        ] {
+            let cli = Cli::parse_from(["sink", "run", "--topic", "t"].into_iter().chain(flags.iter().copied()));
+            let Command::Run(args) = cli.command else { panic!("expected run") };
+            let err = args.validate().unwrap_err();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
     }
 }

@@ -1,12 +1,10 @@
-//! Kafka consumption in a consumer group: the first stage of the sink.
-//!
-//! On every assignment each partition starts at the next offset stored in PostgreSQL with the rows
-//! (`sink_offsets`), not at Kafka's committed offset: the database is the record of what has been
-//! written, so a crash between the database commit and the Kafka commit repeats nothing.
+//! Kafka consumption in a consumer group: the first stage of the sink. The rebalance callback
+//! carries out steps 1 and (on revocation) the drain of the offset protocol (`offsets`): each
+//! assigned partition starts at the next offset stored in PostgreSQL with the rows, and a revoked
+//! partition is given up only once the write in flight is durable (bounded).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
@@ -19,6 +17,7 @@ use sqlx::PgPool;
 
 use crate::config::RunArgs;
 use crate::error::SinkError;
+use crate::offsets::{self, Fence};
 use crate::telemetry;
 
 /// The context of the sink's producer (dead letters): librdkafka's logs only.
@@ -41,7 +40,10 @@ pub struct GroupContext {
     runtime: tokio::runtime::Handle,
     group: String,
     topic: String,
-    /// Partitions revoked since the loop last looked, and whether anything was assigned.
+    /// True while the writer has a batch: a revocation waits for it, at most `revoke_wait`.
+    writer_busy: tokio::sync::watch::Receiver<bool>,
+    revoke_wait: Duration,
+    /// What the group changed since the loop last looked.
     changes: Mutex<Changes>,
 }
 
@@ -78,14 +80,16 @@ impl ConsumerContext for GroupContext {
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let stored = self.stored_offsets(&partitions);
-                for (partition, next) in &stored {
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, *partition, Offset::Offset(*next)) {
-                        tracing::warn!(partition, error = %e, "cannot position partition");
+                let fences = self.stored_offsets(&partitions);
+                for (partition, fence) in &fences {
+                    if let Fence::Stored(next) = fence {
+                        if let Err(e) = tpl.set_partition_offset(&self.topic, *partition, Offset::Offset(*next)) {
+                            tracing::warn!(partition, error = %e, "cannot position partition");
+                        }
                     }
                 }
-                tracing::info!(partitions = ?partitions, from_database = ?stored, "partitions assigned");
-                self.changes.lock().unwrap().assigned = true;
+                tracing::info!(partitions = ?partitions, fences = ?fences, "partitions assigned");
+                self.changes.lock().unwrap().assigned.extend(fences);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -95,6 +99,7 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?partitions, "partitions revoked");
                 self.changes.lock().unwrap().revoked.extend(&partitions);
+                self.wait_for_writer();
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -113,30 +118,40 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
-    /// The next offsets the database holds for these partitions. Called from librdkafka's
-    /// rebalance callback, which cannot await, hence the blocking bridge. If the database cannot be
-    /// read, Kafka's committed offsets apply: they never run ahead of the database (the sink
-    /// commits to Kafka only after it), so the worst case is a replay the natural keys absorb.
-    fn stored_offsets(&self, partitions: &[i32]) -> HashMap<i32, i64> {
-        let query = sqlx::query_as::<_, (i32, i64)>(
-            "SELECT kafka_partition, next_offset FROM sink_offsets
-             WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
-        )
-        .bind(&self.group)
-        .bind(&self.topic)
-        .bind(partitions)
-        .fetch_all(&self.pool);
-        let read =
-            tokio::task::block_in_place(|| self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), query).await }));
+    /// Each partition's fence: its stored next offset, none yet, or unknown when the database
+    /// cannot be read now (the loop pauses those and reads them again). Called from librdkafka's
+    /// rebalance callback, which cannot await, hence the blocking bridge.
+    fn stored_offsets(&self, partitions: &[i32]) -> Vec<(i32, Fence)> {
+        let read = tokio::task::block_in_place(|| {
+            self.runtime
+                .block_on(tokio::time::timeout(Duration::from_secs(10), offsets::read(&self.pool, &self.group, &self.topic, partitions)))
+        });
         match read {
-            Ok(Ok(rows)) => rows.into_iter().collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read stored offsets; starting from Kafka's committed offsets");
-                HashMap::new()
+            Ok(Ok(stored)) => partitions.iter().map(|p| (*p, Fence::from_stored(stored.get(p).copied()))).collect(),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(error = %why, "cannot read stored offsets: the partitions wait until they can be read");
+                partitions.iter().map(|p| (*p, Fence::Unknown)).collect()
             }
+        }
+    }
+
+    /// A revoked partition's rows in flight are made durable before the partition is given up, so
+    /// the next owner reads a final offset; at most `revoke_wait` (the fence covers a longer write).
+    fn wait_for_writer(&self) {
+        let mut busy = self.writer_busy.clone();
+        if !*busy.borrow() {
+            return;
+        }
+        let t = Instant::now();
+        let waited = tokio::task::block_in_place(|| self.runtime.block_on(tokio::time::timeout(self.revoke_wait, busy.wait_for(|b| !*b))));
+        match waited {
+            Ok(_) => tracing::info!(ms = t.elapsed().as_millis() as u64, "waited for the write in flight before giving partitions up"),
             Err(_) => {
-                tracing::warn!("reading stored offsets timed out; starting from Kafka's committed offsets");
-                HashMap::new()
+                tracing::warn!(ms = t.elapsed().as_millis() as u64, "the write in flight outlasted the revoke wait; its offsets are fenced")
             }
         }
     }
@@ -151,13 +166,7 @@ impl GroupContext {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub revoked: Vec<i32>,
-    pub assigned: bool,
-}
-
-impl Changes {
-    pub fn any(&self) -> bool {
-        self.assigned || !self.revoked.is_empty()
-    }
+    pub assigned: Vec<(i32, Fence)>,
 }
 
 pub type GroupConsumer = StreamConsumer<GroupContext>;
@@ -171,10 +180,9 @@ pub struct Consumed {
     pub payload: Option<Vec<u8>>,
 }
 
-pub fn connect(args: &RunArgs, pool: &PgPool) -> Result<GroupConsumer, SinkError> {
+pub fn connect(args: &RunArgs, pool: &PgPool, writer_busy: tokio::sync::watch::Receiver<bool>) -> Result<GroupConsumer, SinkError> {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &args.brokers)
-        .set("group.id", &args.group_id)
+    cfg.set("group.id", &args.group_id)
         .set("client.id", format!("sink-{}", std::process::id()))
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Offsets are committed by hand, only after the rows are durable.
@@ -183,20 +191,23 @@ pub fn connect(args: &RunArgs, pool: &PgPool) -> Result<GroupConsumer, SinkError
         .set("auto.offset.reset", "earliest")
         // Only committed transactions of producers that use them.
         .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", (args.report_every_s * 1000).to_string());
-    for (k, v) in &args.kafka_properties {
-        cfg.set(k, v);
-    }
+        .set("statistics.interval.ms", (args.report_every_s * 1000).to_string())
+        // What librdkafka prefetches ahead of the loop (default 64 MB): with the batch cap, the
+        // bound on the sink's memory while the database is slow or away.
+        .set("queued.max.messages.kbytes", "16384");
+    args.kafka.apply(&mut cfg);
     let context = GroupContext {
         pool: pool.clone(),
         runtime: tokio::runtime::Handle::current(),
         group: args.group_id.clone(),
-        topic: args.topic.clone(),
+        topic: args.kafka.topic.clone(),
+        writer_busy,
+        revoke_wait: Duration::from_secs(args.revoke_wait_s),
         changes: Mutex::new(Changes::default()),
     };
     let consumer: GroupConsumer =
         cfg.create_with_context(context).map_err(|e| SinkError::Config(format!("kafka consumer settings: {e}")))?;
-    consumer.subscribe(&[&args.topic])?;
+    consumer.subscribe(&[&args.kafka.topic])?;
     Ok(consumer)
 }
 

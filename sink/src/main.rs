@@ -1,10 +1,11 @@
 //! sink: Kafka detection messages in, PostgreSQL rows out. See `sink --help`.
 
 mod batch;
-mod commit;
 mod config;
 mod consume;
+mod decide;
 mod error;
+mod offsets;
 mod pipeline;
 mod schema;
 mod tables;
@@ -12,12 +13,13 @@ mod telemetry;
 mod validate;
 mod write;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use config::{Cli, Command, DbArgs};
@@ -26,11 +28,7 @@ use error::SinkError;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    common::telemetry::init_logs();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -43,7 +41,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), SinkError> {
     match cli.command {
         Command::Migrate(db) => {
-            let pool = connect(&db, 1).await?;
+            let pool = connect(&db, 1, &[]).await?;
             let version = schema::migrate(&pool).await?;
             tracing::info!(version, "schema is up to date");
             Ok(())
@@ -54,28 +52,47 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
                 telemetry::serve(addr)?;
             }
             // The writers, plus one for reading stored offsets at a rebalance.
-            let pool = connect(&args.db, args.writers as u32 + 1).await?;
+            let timeouts = [
+                ("statement_timeout", format!("{}ms", args.statement_timeout_ms)),
+                ("lock_timeout", format!("{}ms", args.lock_timeout_ms)),
+            ];
+            let pool = connect(&args.db, args.writers as u32 + 1, &timeouts).await?;
             let version = schema::check(&pool).await?;
-            tracing::info!(version, database = %args.db.redacted_url(), "schema checked");
+            tracing::info!(version, database = %args.db.database_url.redacted(), "schema checked");
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
-                tracing::info!("signal received; finishing the current batch");
+                tracing::info!("signal received; finishing the current batch (a second signal exits at once)");
                 let _ = tx.send(true);
+                wait_for_signal().await;
+                tracing::warn!("second signal: exiting now; what was not committed is read again at the next start");
+                std::process::exit(130);
             });
             pipeline::run(&args, &pool, rx).await
         }
     }
 }
 
-async fn connect(db: &DbArgs, connections: u32) -> Result<PgPool, SinkError> {
+/// A pool of `connections`, each with these session settings.
+async fn connect(db: &DbArgs, connections: u32, settings: &[(&str, String)]) -> Result<PgPool, SinkError> {
+    // Away (refused, timed out): the world's, exit 3; anything else (a password, a certificate,
+    // the URL itself) is the user's to fix, exit 2.
+    let cannot = |e: sqlx::Error| {
+        let why = format!("cannot connect to PostgreSQL at {}: {e}", db.database_url.redacted());
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => SinkError::DatabaseAway(why),
+            _ => SinkError::Config(why),
+        }
+    };
+    let options =
+        PgConnectOptions::from_str(db.database_url.expose()).map_err(cannot)?.options(settings.iter().map(|(k, v)| (*k, v.as_str())));
     PgPoolOptions::new()
         .max_connections(connections)
         // Short, so an outage surfaces as an error (and the partitions pause) within seconds.
         .acquire_timeout(Duration::from_secs(3))
-        .connect(&db.database_url)
+        .connect_with(options)
         .await
-        .map_err(|e| SinkError::Config(format!("cannot connect to PostgreSQL at {}: {e}", db.redacted_url())))
+        .map_err(cannot)
 }
 
 async fn wait_for_signal() {

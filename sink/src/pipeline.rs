@@ -1,124 +1,30 @@
-//! The sink's loop: consume -> validate -> batch -> write (one transaction) -> commit offsets.
-//!
-//! The write stage runs as its own task with at most one batch in flight: while the database
-//! writes one batch, the next is consumed, validated and encoded, and Kafka commits stay in order.
+//! The sink's loop: consume -> validate -> batch -> write (one transaction per part) -> commit
+//! offsets. A thin shell around three pieces that hold the rules: what to do next is
+//! [`decide`](crate::decide::decide)'s, the offset protocol is [`offsets`]'s, and the write stage
+//! is [`write`]'s own task, with one batch in flight while the next is gathered.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::backoff::Backoff;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batch::Batch;
-use crate::commit::commit;
 use crate::config::RunArgs;
 use crate::consume::{self, Consumed, GroupConsumer};
+use crate::decide::{decide, Policy, View, HOLD};
 use crate::error::SinkError;
+use crate::offsets::{self, Fence, Fences};
 use crate::telemetry;
 use crate::validate::{DeadLetters, Validator, Verdict};
-use crate::write::{write_part, Encoded, Part, WriteMode, Written};
+use crate::write::{self, Done, Encoded, Writer};
 
-/// Exponential backoff from 100 ms, doubling to 10 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        Backoff(Self::FIRST)
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        d
-    }
-}
-
-/// A batch the writer has made durable.
-struct Done {
-    next_offsets: BTreeMap<i32, i64>,
-    rows: usize,
-    written: Written,
-    took: Duration,
-}
-
-/// What every part's write needs besides its rows.
-#[derive(Clone)]
-struct WriteTarget {
-    pool: PgPool,
-    mode: WriteMode,
-    group: String,
-    topic: String,
-}
-
-/// The write stage: the parts of a batch are written in parallel, one connection and transaction
-/// each. Retries a part while the database is away, saying so on the returned watch (so the
-/// consumer can pause), and stops retrying once shutdown is asked. The batch is done when all its
-/// parts are durable.
-fn spawn_writer(
-    target: WriteTarget,
-    shutdown: watch::Receiver<bool>,
-) -> (mpsc::Sender<Encoded>, mpsc::Receiver<Result<Done, SinkError>>, watch::Receiver<bool>) {
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Encoded>(1);
-    let (done_tx, done_rx) = mpsc::channel(1);
-    let (down_tx, down_rx) = watch::channel(false);
-    let down_tx = std::sync::Arc::new(down_tx);
-    tokio::spawn(async move {
-        while let Some(enc) = batch_rx.recv().await {
-            let t = Instant::now();
-            let mut writes = tokio::task::JoinSet::new();
-            for part in enc.parts {
-                writes.spawn(write_with_retry(target.clone(), part, shutdown.clone(), down_tx.clone()));
-            }
-            let mut done = Ok(Done { next_offsets: BTreeMap::new(), rows: 0, written: Written::default(), took: Duration::ZERO });
-            while let Some(joined) = writes.join_next().await {
-                match (&mut done, joined.expect("a part's write does not panic")) {
-                    (Ok(d), Ok((batch, written))) => {
-                        d.next_offsets.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
-                        d.rows += batch.rows();
-                        d.written += written;
-                    }
-                    (_, Err(e)) => done = Err(e),
-                    (Err(_), Ok(_)) => {}
-                }
-            }
-            down_tx.send_if_modified(|down| std::mem::replace(down, false));
-            let failed = done.is_err();
-            let done = done.map(|d| Done { took: t.elapsed(), ..d });
-            if done_tx.send(done).await.is_err() || failed {
-                break;
-            }
-        }
-    });
-    (batch_tx, done_rx, down_rx)
-}
-
-async fn write_with_retry(
-    target: WriteTarget,
-    part: Part,
-    mut shutdown: watch::Receiver<bool>,
-    down: std::sync::Arc<watch::Sender<bool>>,
-) -> Result<(crate::batch::Batch, Written), SinkError> {
-    let mut backoff = Backoff::new();
-    loop {
-        match write_part(&target.pool, target.mode, &target.group, &target.topic, &part).await {
-            Ok(w) => return Ok((part.batch, w)),
-            Err(e) if e.retryable() && !*shutdown.borrow() => {
-                down.send_if_modified(|down| !std::mem::replace(down, true));
-                let delay = backoff.next();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 #[derive(Default)]
@@ -128,6 +34,8 @@ struct Totals {
     replayed: u64,
     conflicts: u64,
     dead_letters: u64,
+    refused: u64,
+    fenced: u64,
     batches: u64,
     redone: u64,
     last_commit_ms: f64,
@@ -135,132 +43,62 @@ struct Totals {
 
 struct Sink<'a> {
     args: &'a RunArgs,
+    pool: &'a PgPool,
     consumer: GroupConsumer,
     validator: Validator,
-    dead_letters: DeadLetters,
+    dead_letters: Arc<DeadLetters>,
+    writer: Writer,
     batch: Batch,
-    totals: Totals,
-    shutdown: watch::Receiver<bool>,
-    to_writer: mpsc::Sender<Encoded>,
-    from_writer: mpsc::Receiver<Result<Done, SinkError>>,
-    in_flight: bool,
-    pauses: Pauses,
+    /// What this sink believes is stored for each assigned partition (the offset protocol).
+    fences: Fences,
     /// Messages held while the schema registry cannot be asked, in order per partition.
     held: BTreeMap<i32, VecDeque<Consumed>>,
-    /// When to ask the registry again, and how long to wait after that.
-    registry_retry: Option<(Instant, Backoff)>,
-}
-
-/// Why partitions are paused, and which are. Consumption stops for a partition while the database
-/// is away (all of them) or while its next message waits for the schema registry; the consumer
-/// is still polled, so the group keeps this member.
-#[derive(Default)]
-struct Pauses {
+    /// When to try again what waits (held messages, partitions to read again), and how long after.
+    retry: Option<(Instant, Backoff)>,
+    /// When the batch in flight went to the writer.
+    writing: Option<Instant>,
     database_down: bool,
+    stopping: bool,
+    /// Why the sink must stop once what it holds is written (a message it can neither store nor
+    /// dead-letter).
+    failed: Option<SinkError>,
     /// Partitions paused now.
     paused: BTreeSet<i32>,
-}
-
-/// The partitions to pause: all assigned ones while the database is away, else those whose next
-/// message waits for the registry.
-fn to_pause(assigned: &BTreeSet<i32>, database_down: bool, held: &BTreeSet<i32>) -> BTreeSet<i32> {
-    if database_down {
-        assigned.clone()
-    } else {
-        assigned.intersection(held).copied().collect()
-    }
+    totals: Totals,
+    shutdown: watch::Receiver<bool>,
 }
 
 pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
-    let target = WriteTarget { pool: pool.clone(), mode: args.write_mode, group: args.group_id.clone(), topic: args.topic.clone() };
-    let (to_writer, from_writer, mut db_down) = spawn_writer(target, shutdown.clone());
+    let dead_letters = Arc::new(DeadLetters::connect(args)?);
+    let target = write::Target {
+        pool: pool.clone(),
+        mode: args.write_mode,
+        group: args.group_id.clone(),
+        topic: args.kafka.topic.clone(),
+        dead_letters: Arc::clone(&dead_letters),
+    };
+    let writer = write::spawn(target, shutdown.clone());
     let mut sink = Sink {
         args,
-        consumer: consume::connect(args, pool)?,
+        pool,
+        consumer: consume::connect(args, pool, writer.busy.clone())?,
         validator: Validator::new(args.registry()?),
-        dead_letters: DeadLetters::connect(args)?,
+        dead_letters,
+        writer,
         batch: Batch::default(),
+        fences: Fences::default(),
+        held: BTreeMap::new(),
+        retry: None,
+        writing: None,
+        database_down: false,
+        stopping: false,
+        failed: None,
+        paused: BTreeSet::new(),
         totals: Totals::default(),
         shutdown,
-        to_writer,
-        from_writer,
-        in_flight: false,
-        pauses: Pauses::default(),
-        held: BTreeMap::new(),
-        registry_retry: None,
     };
-    tracing::info!(topic = %args.topic, group = %args.group_id, dlq = %args.dead_letter_topic(), mode = ?args.write_mode, "sink started");
-    let started = Instant::now();
-    let report_every = Duration::from_secs(args.report_every_s);
-    let mut next_report = Instant::now() + report_every;
-    let batch_age = Duration::from_millis(args.batch_ms);
-    let mut backoff = Backoff::new();
-    let mut revoked = false;
-
-    loop {
-        let deadline = sink.batch.deadline(batch_age);
-        let full = sink.batch.rows() >= args.batch_rows;
-        let due = full || revoked || deadline.is_some_and(|d| Instant::now() >= d);
-        if due && !sink.batch.is_empty() && !sink.in_flight {
-            sink.send_batch().await;
-            revoked = false;
-            continue;
-        }
-        revoked &= !sink.batch.is_empty();
-        // While a batch is in flight the next one grows up to the cap, then waits (backpressure),
-        // except while paused: then the consumer is still polled, so the group keeps this member,
-        // and stragglers join the batch.
-        let capped = sink.batch.rows() >= args.batch_max_rows;
-        let consume = !(capped && sink.in_flight) || sink.pauses.database_down;
-        let retry_registry = sink.registry_retry.as_ref().map(|(at, _)| *at);
-        tokio::select! {
-            biased;
-            _ = sink.shutdown.changed() => break,
-            done = sink.from_writer.recv() => sink.on_done(done.expect("the writer outlives the loop")?),
-            Ok(()) = db_down.changed() => {
-                sink.pauses.database_down = *db_down.borrow_and_update();
-                sink.reconcile_pauses()?;
-            }
-            _ = sleep_until_opt(deadline), if deadline.is_some() && !sink.in_flight => {}
-            _ = sleep_until_opt(retry_registry), if retry_registry.is_some() => sink.retry_held().await?,
-            msg = consume::next(&sink.consumer), if consume => match msg {
-                Ok(msg) => {
-                    backoff = Backoff::new();
-                    // A rebalance runs inside the poll that returned this message.
-                    let changes = sink.consumer.context().take_changes();
-                    if changes.any() {
-                        for p in &changes.revoked {
-                            sink.held.remove(p);
-                        }
-                        sink.reconcile_pauses()?;
-                    }
-                    // Partitions handed to another sink: write what we hold for them now.
-                    revoked |= !changes.revoked.is_empty();
-                    sink.handle(msg).await?;
-                }
-                Err(e) => {
-                    let delay = backoff.next();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
-                    tokio::time::sleep(delay).await;
-                }
-            },
-        }
-        if Instant::now() >= next_report {
-            next_report = Instant::now() + report_every;
-            sink.report(started.elapsed());
-        }
-    }
-
-    // Shutdown: finish the batch in flight and the one being gathered, commit, leave the group.
-    tracing::info!("shutting down: writing the last batches");
-    sink.drain().await?;
-    if !sink.batch.is_empty() {
-        sink.send_batch().await;
-        sink.drain().await?;
-    }
-    sink.consumer.unsubscribe();
-    sink.report(started.elapsed());
-    Ok(())
+    tracing::info!(topic = %args.kafka.topic, group = %args.group_id, dlq = %args.dead_letter_topic(), mode = ?args.write_mode, "sink started");
+    sink.run().await
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -270,9 +108,165 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 impl Sink<'_> {
+    async fn run(&mut self) -> Result<(), SinkError> {
+        let policy = Policy {
+            batch_rows: self.args.batch_rows,
+            batch_age: Duration::from_millis(self.args.batch_ms),
+            batch_max_rows: self.args.batch_max_rows,
+        };
+        let started = Instant::now();
+        let report_every = Duration::from_secs(self.args.report_every_s);
+        let mut next_report = Instant::now() + report_every;
+        let mut consume_backoff = backoff();
+        loop {
+            let d = decide(&self.view(), &policy);
+            self.apply_pauses(&d.pause)?;
+            if d.done {
+                break;
+            }
+            if d.write {
+                let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode, self.args.writers, &self.fences);
+                self.writer.batches.send(enc).await.expect("the writer outlives the loop");
+                self.writing = Some(Instant::now());
+                continue;
+            }
+            let deadline = self.batch.deadline(policy.batch_age).filter(|_| self.writing.is_none());
+            // Waiting for a quick write without taking messages: look again once it is no longer quick.
+            let hold_until = self.writing.filter(|_| !d.consume).map(|t| t + HOLD);
+            let retry_at = self.retry.as_ref().map(|(at, _)| *at);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed(), if !self.stopping => {
+                    tracing::info!("shutting down: writing the last batches");
+                    self.stopping = true;
+                }
+                done = self.writer.done.recv() => self.on_done(done.expect("the writer outlives the loop")?)?,
+                Ok(()) = self.writer.down.changed() => {
+                    self.database_down = *self.writer.down.borrow_and_update();
+                    if self.database_down {
+                        tracing::warn!("database unavailable: partitions paused");
+                    } else {
+                        tracing::info!("database back: partitions resumed");
+                    }
+                    telemetry::set_database_up(!self.database_down);
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {}
+                _ = sleep_until_opt(hold_until), if hold_until.is_some() => {}
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    if let Err(e) = self.retry_waiting().await {
+                        self.fail(e)?;
+                    }
+                }
+                // Polled, paused or not, but for the brief wait for a quick write: past
+                // max.poll.interval.ms without a poll the group would throw this sink out.
+                msg = consume::next(&self.consumer), if d.consume => match msg {
+                    Ok(msg) => {
+                        consume_backoff.reset();
+                        // A rebalance runs inside the poll that returned this message.
+                        self.apply_changes();
+                        if let Err(e) = self.handle(msg).await {
+                            self.fail(e)?;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = consume_backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
+                        tokio::time::sleep(delay).await;
+                    }
+                },
+            }
+            if Instant::now() >= next_report {
+                next_report = Instant::now() + report_every;
+                self.report(started.elapsed());
+            }
+        }
+        self.consumer.unsubscribe();
+        self.report(started.elapsed());
+        self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// A message that cannot be dealt with ends the sink, after what it holds before that message
+    /// is written (the message's offset is not accounted for: it is read again at the next start).
+    /// Any other error ends it at once.
+    fn fail(&mut self, e: SinkError) -> Result<(), SinkError> {
+        match e {
+            SinkError::DeadLetterRefused { .. } => {
+                tracing::warn!("stopping: writing what is held, then exiting");
+                self.stopping = true;
+                self.failed = Some(e);
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    /// What [`decide`] sees.
+    fn view(&self) -> View {
+        let assigned: BTreeSet<i32> = self.fences.partitions().collect();
+        let waiting = self.held.keys().copied().chain(self.fences.unknown()).collect();
+        View {
+            batch_rows: self.batch.rows(),
+            batch_age: self.batch.age(),
+            writing: self.writing.map(|t| t.elapsed()),
+            database_down: self.database_down,
+            stopping: self.stopping,
+            assigned,
+            waiting,
+        }
+    }
+
+    /// Pauses and resumes partitions so that exactly `want` are paused.
+    fn apply_pauses(&mut self, want: &BTreeSet<i32>) -> Result<(), SinkError> {
+        let list = |ps: &mut dyn Iterator<Item = &i32>| {
+            let mut tpl = TopicPartitionList::new();
+            ps.for_each(|p| {
+                tpl.add_partition(&self.args.kafka.topic, *p);
+            });
+            tpl
+        };
+        let pause = list(&mut want.difference(&self.paused));
+        let resume = list(&mut self.paused.difference(want));
+        if pause.count() > 0 {
+            self.consumer.pause(&pause)?;
+        }
+        if resume.count() > 0 {
+            self.consumer.resume(&resume)?;
+        }
+        self.paused = want.clone();
+        Ok(())
+    }
+
+    /// Carries out what the last rebalance changed: revoked partitions are forgotten (their rows
+    /// not yet written are left to the next owner), assigned ones get their fences.
+    fn apply_changes(&mut self) {
+        let changes = self.consumer.context().take_changes();
+        let gone: BTreeSet<i32> = changes.revoked.iter().copied().collect();
+        for p in &gone {
+            self.fences.revoke(*p);
+            self.held.remove(p);
+        }
+        self.batch.remove_partitions(&gone);
+        for (p, fence) in changes.assigned {
+            self.fences.assign(p, fence);
+            // Assigned again, a partition comes back unpaused.
+            self.paused.remove(&p);
+            if !fence.known() {
+                self.retry_now();
+            }
+        }
+        for p in &gone {
+            self.paused.remove(p);
+        }
+    }
+
     /// Validates one message into the batch, or sends it to the dead-letter topic, or holds it
-    /// (pausing its partition) while the schema registry cannot be asked.
+    /// while the schema registry cannot be asked.
     async fn handle(&mut self, msg: Consumed) -> Result<(), SinkError> {
+        // Not ours (any more), or waiting to be read again from the stored offset, or no longer
+        // wanted: its offset is not accounted for, so it will be read again.
+        if self.stopping || !self.fences.get(msg.partition).is_some_and(Fence::known) {
+            return Ok(());
+        }
         if let Some(waiting) = self.held.get_mut(&msg.partition) {
             // Behind a held message of its partition: order is kept.
             waiting.push_back(msg);
@@ -282,61 +276,29 @@ impl Sink<'_> {
             Verdict::RegistryAway(why) => {
                 tracing::warn!(partition = msg.partition, offset = msg.offset, error = %why, "schema registry unavailable: partition paused, message held");
                 self.held.entry(msg.partition).or_default().push_back(msg);
-                self.registry_retry.get_or_insert_with(|| {
-                    let mut b = Backoff::new();
-                    (Instant::now() + b.next(), b)
+                self.retry.get_or_insert_with(|| {
+                    let mut b = backoff();
+                    (Instant::now() + b.next_delay(), b)
                 });
-                self.reconcile_pauses()
+                Ok(())
             }
             verdict => self.apply(msg, verdict).await,
         }
     }
 
-    /// Asks the registry again for the held messages, in order per partition; resumes the
-    /// partitions whose messages are all through.
-    async fn retry_held(&mut self) -> Result<(), SinkError> {
-        let partitions: Vec<i32> = self.held.keys().copied().collect();
-        let mut away = None;
-        'partitions: for p in partitions {
-            while let Some(msg) = self.held.get_mut(&p).and_then(VecDeque::pop_front) {
-                match self.validator.check(msg.payload.as_deref()).await {
-                    Verdict::RegistryAway(why) => {
-                        self.held.get_mut(&p).expect("still held").push_front(msg);
-                        away = Some(why);
-                        break 'partitions;
-                    }
-                    verdict => self.apply(msg, verdict).await?,
-                }
-            }
-            self.held.remove(&p);
-        }
-        match away {
-            Some(why) => {
-                let (at, backoff) = self.registry_retry.as_mut().expect("a retry was due");
-                let delay = backoff.next();
-                *at = Instant::now() + delay;
-                tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, held = self.held.values().map(VecDeque::len).sum::<usize>(), "schema registry still unavailable");
-            }
-            None => {
-                self.registry_retry = None;
-                tracing::info!("schema registry back: partitions resumed");
-            }
-        }
-        self.reconcile_pauses()
-    }
-
     /// A frame into the batch, or a refusal to the dead-letter topic.
     async fn apply(&mut self, msg: Consumed, verdict: Verdict) -> Result<(), SinkError> {
         match verdict {
-            Verdict::Frame(frame) => self.batch.push(frame, msg.partition, msg.offset),
+            Verdict::Frame(frame) => self.batch.push(frame, msg),
             Verdict::Invalid(reason) => {
                 tracing::warn!(partition = msg.partition, offset = msg.offset, %reason, "invalid message to dead-letter topic");
-                let mut backoff = Backoff::new();
+                let mut b = backoff();
                 loop {
-                    match self.dead_letters.send(&msg, &reason).await {
+                    let payload = msg.payload.as_deref().unwrap_or_default();
+                    match self.dead_letters.send(msg.partition, msg.offset, msg.key.as_deref(), payload, &reason).await {
                         Ok(()) => break,
                         Err(e) if e.retryable() && !*self.shutdown.borrow() => {
-                            let delay = backoff.next();
+                            let delay = b.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed; retrying");
                             tokio::time::sleep(delay).await;
                         }
@@ -352,40 +314,88 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Encodes the batch here, beside the write in flight, and hands it to the writer.
-    async fn send_batch(&mut self) {
-        let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode, self.args.writers);
-        self.to_writer.send(enc).await.expect("the writer outlives the loop");
-        self.in_flight = true;
+    fn retry_now(&mut self) {
+        self.retry = Some((Instant::now(), backoff()));
     }
 
-    /// Waits for the batch in flight, if any.
-    async fn drain(&mut self) -> Result<(), SinkError> {
-        if self.in_flight {
-            let done = self.from_writer.recv().await.expect("the writer outlives the loop")?;
-            self.on_done(done);
+    /// Tries again what waits: partitions whose stored offset must be read (and sought to), then
+    /// the messages held for the registry, in order per partition.
+    async fn retry_waiting(&mut self) -> Result<(), SinkError> {
+        let mut still = None;
+        for p in self.fences.unknown().collect::<Vec<_>>() {
+            match offsets::resync(&self.consumer, self.pool, &self.args.group_id, &self.args.kafka.topic, p).await {
+                Ok(fence) => self.fences.assign(p, fence),
+                Err(e) => still = Some(format!("partition {p}'s stored offset: {e}")),
+            }
+        }
+        'partitions: for p in self.held.keys().copied().collect::<Vec<_>>() {
+            while let Some(msg) = self.held.get_mut(&p).and_then(VecDeque::pop_front) {
+                match self.validator.check(msg.payload.as_deref()).await {
+                    Verdict::RegistryAway(why) => {
+                        self.held.get_mut(&p).expect("still held").push_front(msg);
+                        still = Some(why);
+                        break 'partitions;
+                    }
+                    verdict => self.apply(msg, verdict).await?,
+                }
+            }
+            self.held.remove(&p);
+            tracing::info!(partition = p, "schema registry back: partition resumed");
+        }
+        match still {
+            Some(why) => {
+                let (at, b) = self.retry.get_or_insert_with(|| (Instant::now(), backoff()));
+                let delay = b.next_delay();
+                *at = Instant::now() + delay;
+                tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "still waiting");
+            }
+            None => self.retry = None,
         }
         Ok(())
     }
 
-    /// A batch is durable: now Kafka may learn its offsets. A failed commit only means a replay,
-    /// which the stored offsets and natural keys absorb.
-    fn on_done(&mut self, done: Done) {
-        self.in_flight = false;
+    /// A batch is durable: the fences advance, and Kafka may learn the offsets. A failed Kafka
+    /// commit only leaves Kafka's offsets behind the database's, which is what positions the sink.
+    fn on_done(&mut self, done: Done) -> Result<(), SinkError> {
+        self.writing = None;
+        self.fences.advance(&done.stored);
+        let mode = if self.stopping { CommitMode::Sync } else { CommitMode::Async };
+        if let Err(e) = offsets::commit(&self.consumer, &self.args.kafka.topic, &done.stored, &self.fences, mode) {
+            tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
+        }
+        // Partitions another sink wrote: read them again, from the offset it stored.
+        for p in &done.fenced {
+            if self.fences.get(*p).is_some() {
+                self.fences.assign(*p, Fence::Unknown);
+                self.held.remove(p);
+                self.retry_now();
+            }
+        }
+        self.batch.remove_partitions(&done.fenced);
+
+        let w = &done.written;
         let t = &mut self.totals;
         t.last_commit_ms = done.took.as_secs_f64() * 1e3;
-        let w = &done.written;
         t.frames += w.frames;
         t.detections += w.detections;
         t.replayed += w.replayed;
         t.conflicts += w.conflicts.len() as u64;
+        t.refused += w.refused;
+        t.dead_letters += w.refused;
+        t.fenced += done.fenced.len() as u64;
         t.redone += w.redone;
         t.batches += 1;
         metrics::counter!(telemetry::FRAMES).increment(w.frames);
         metrics::counter!(telemetry::DETECTIONS).increment(w.detections);
         metrics::counter!(telemetry::REPLAYED).increment(w.replayed);
         metrics::counter!(telemetry::CONFLICTS).increment(w.conflicts.len() as u64);
+        metrics::counter!(telemetry::REFUSED).increment(w.refused);
+        metrics::counter!(telemetry::DEAD_LETTERS).increment(w.refused);
+        metrics::counter!(telemetry::FENCED).increment(done.fenced.len() as u64);
         metrics::counter!(telemetry::REDONE).increment(w.redone);
+        metrics::counter!(telemetry::BATCHES).increment(1);
+        metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
+        metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());
         // Each one by its key, but a flood of them as a count.
         const SHOWN: usize = 20;
         for key in w.conflicts.iter().take(SHOWN) {
@@ -394,49 +404,7 @@ impl Sink<'_> {
         if w.conflicts.len() > SHOWN {
             tracing::warn!(more = w.conflicts.len() - SHOWN, "more conflicting replays in this batch");
         }
-        metrics::counter!(telemetry::BATCHES).increment(1);
-        metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
-        metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());
-        let mode = if *self.shutdown.borrow() { CommitMode::Sync } else { CommitMode::Async };
-        if let Err(e) = commit(&self.consumer, &self.args.topic, &done.next_offsets, mode) {
-            tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
-        }
         tracing::debug!(rows = done.rows, ms = t.last_commit_ms, "batch written");
-    }
-
-    /// Pauses and resumes partitions so that exactly those [`to_pause`] names are paused.
-    fn reconcile_pauses(&mut self) -> Result<(), SinkError> {
-        let assigned: BTreeSet<i32> = self.consumer.assignment()?.elements().iter().map(|e| e.partition()).collect();
-        let held: BTreeSet<i32> = self.held.keys().copied().collect();
-        let want = to_pause(&assigned, self.pauses.database_down, &held);
-        // All of `want` is paused every time: pausing a paused partition is harmless, and one
-        // revoked and assigned again comes back unpaused.
-        let was: BTreeSet<i32> = self.pauses.paused.intersection(&assigned).copied().collect();
-        let list = |ps: &mut dyn Iterator<Item = &i32>| {
-            let mut tpl = TopicPartitionList::new();
-            ps.for_each(|p| {
-                tpl.add_partition(&self.args.topic, *p);
-            });
-            tpl
-        };
-        let pause = list(&mut want.iter());
-        let resume = list(&mut was.difference(&want));
-        if pause.count() > 0 {
-            self.consumer.pause(&pause)?;
-        }
-        if resume.count() > 0 {
-            self.consumer.resume(&resume)?;
-        }
-        let database_up = if self.pauses.database_down { 0.0 } else { 1.0 };
-        metrics::gauge!(telemetry::DATABASE_UP).set(database_up);
-        if want != was {
-            match (self.pauses.database_down, want.is_empty()) {
-                (true, _) => tracing::warn!(partitions = ?want, "database unavailable: partitions paused"),
-                (false, true) => tracing::info!("partitions resumed"),
-                (false, false) => tracing::info!(paused = ?want, "partitions paused while their messages wait for the schema registry"),
-            }
-        }
-        self.pauses.paused = want;
         Ok(())
     }
 
@@ -449,6 +417,8 @@ impl Sink<'_> {
             replayed = t.replayed,
             conflicts = t.conflicts,
             dead_letters = t.dead_letters,
+            refused = t.refused,
+            fenced = t.fenced,
             batches = t.batches,
             redone_through_staging = t.redone,
             avg_batch_frames = (t.frames + t.replayed + t.conflicts).checked_div(t.batches).unwrap_or(0),
@@ -456,27 +426,5 @@ impl Sink<'_> {
             last_commit_ms = format!("{:.1}", t.last_commit_ms),
             "progress"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_is_paused() {
-        let set = |v: &[i32]| v.iter().copied().collect::<BTreeSet<i32>>();
-        let assigned = set(&[0, 1, 2, 3]);
-        assert_eq!(to_pause(&assigned, true, &set(&[])), assigned, "the database away pauses everything");
-        assert_eq!(to_pause(&assigned, false, &set(&[])), set(&[]));
-        assert_eq!(to_pause(&assigned, false, &set(&[2, 7])), set(&[2]), "held, and still ours");
-        assert_eq!(to_pause(&assigned, true, &set(&[2])), assigned);
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap() {
-        let mut b = Backoff::new();
-        let seen: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(seen, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
     }
 }

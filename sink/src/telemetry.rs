@@ -1,10 +1,12 @@
-//! Prometheus metrics, served at `http://<--metrics-addr>/metrics` when that flag is set. The same
-//! figures go to the log every `--report-every-s`, so the endpoint is optional.
+//! Prometheus metrics, served at `http://<--metrics-addr>/metrics` (and health at `/healthz`)
+//! when that flag is set. The same figures go to the log every `--report-every-s`, so the
+//! endpoint is optional.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use common::telemetry::Metrics;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::error::SinkError;
 
@@ -12,6 +14,8 @@ pub const FRAMES: &str = "sink_frames_written_total";
 pub const DETECTIONS: &str = "sink_detections_written_total";
 pub const REPLAYED: &str = "sink_frames_replayed_total";
 pub const CONFLICTS: &str = "sink_frames_conflicting_total";
+pub const REFUSED: &str = "sink_rows_refused_total";
+pub const FENCED: &str = "sink_partitions_fenced_total";
 pub const DEAD_LETTERS: &str = "sink_dead_letters_total";
 pub const BATCHES: &str = "sink_batches_total";
 pub const REDONE: &str = "sink_batches_redone_total";
@@ -20,17 +24,20 @@ pub const BATCH_SECONDS: &str = "sink_batch_write_seconds";
 pub const LAG: &str = "sink_consumer_lag_messages";
 pub const DATABASE_UP: &str = "sink_database_up";
 pub const REGISTRY_LOOKUPS: &str = "sink_schema_registry_lookups_total";
+pub const CAPTURE_TO_COMMIT: &str = "sink_capture_to_commit_seconds";
+pub const NEWEST: &str = "sink_newest_captured_at_seconds";
 
-/// Starts the endpoint on the current tokio runtime.
+/// Starts the endpoint; healthy while the database takes writes.
 pub fn serve(addr: SocketAddr) -> Result<(), SinkError> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &[100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0])
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0])
-        })
-        .and_then(|b| b.install())
-        .map_err(|e| SinkError::Config(format!("--metrics-addr {addr}: {e}")))?;
+    let buckets: &[(&str, &[f64])] = &[
+        (BATCH_ROWS, &[100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0]),
+        (BATCH_SECONDS, &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+        (CAPTURE_TO_COMMIT, &[0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0]),
+    ];
+    let metrics = Metrics::install(buckets).map_err(SinkError::Config)?;
+    metrics
+        .serve(addr, Arc::new(|| if database_up() { Ok("database: up".into()) } else { Err("the database does not take writes".into()) }))
+        .map_err(SinkError::Config)?;
     describe_counter!(FRAMES, "Frame rows written (re-sent frames already stored are not counted)");
     describe_counter!(DETECTIONS, "Detection rows written");
     describe_counter!(REPLAYED, "Frames delivered again with the content already stored (replays absorbed by the natural keys)");
@@ -39,14 +46,59 @@ pub fn serve(addr: SocketAddr) -> Result<(), SinkError> {
         "Frames delivered again with other content than the stored frame: the stored one is kept, the new one not merged"
     );
     describe_counter!(REGISTRY_LOOKUPS, "Schemas fetched from the schema registry by id, by result (found, unknown, failed)");
-    describe_counter!(DEAD_LETTERS, "Invalid messages sent to the dead-letter topic");
+    describe_counter!(DEAD_LETTERS, "Messages sent to the dead-letter topic: invalid ones, and frames whose rows the database refused");
+    describe_counter!(
+        REFUSED,
+        "Frames whose rows the database refused (a constraint, an encoding): sent to the dead-letter topic with its error"
+    );
+    describe_counter!(
+        FENCED,
+        "Partitions left out of a write because another sink had stored their offsets since (after a rebalance); read again"
+    );
     describe_counter!(BATCHES, "Batches committed to PostgreSQL");
     describe_counter!(REDONE, "Batches redone through staging tables after a key conflict");
     describe_histogram!(BATCH_ROWS, "Rows (frames + detections) per batch");
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to make one batch durable, retries included");
     describe_gauge!(LAG, "Messages behind the partition's end, from librdkafka statistics");
+    describe_histogram!(CAPTURE_TO_COMMIT, Unit::Seconds, "From a frame's capture to the commit that stored it");
+    describe_gauge!(NEWEST, Unit::Seconds, "The newest stored frame's captured_at per camera, in Unix seconds: how fresh the table is");
     describe_gauge!(DATABASE_UP, "1 while writes succeed, 0 while the database is unavailable");
-    metrics::gauge!(DATABASE_UP).set(1.0);
-    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    // Every counter from 0, so that a series exists before its first event (a dashboard or an
+    // alert on dead letters has something to read while there are none).
+    for name in [FRAMES, DETECTIONS, REPLAYED, CONFLICTS, REFUSED, FENCED, DEAD_LETTERS, BATCHES, REDONE] {
+        metrics::counter!(name).increment(0);
+    }
+    set_database_up(true);
     Ok(())
+}
+
+static DATABASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The database takes writes (1), or not (0): the gauge, and what `/healthz` answers.
+pub fn set_database_up(up: bool) {
+    DATABASE.store(up, std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+fn database_up() -> bool {
+    DATABASE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A part's frames are durable: how long after capture, and how fresh each camera's rows now are
+/// (`newest` keeps the latest per camera, so a replay of old frames does not turn it back).
+pub fn committed(frames: &[crate::batch::Row], all_new: bool, newest: &mut std::collections::HashMap<String, i64>) {
+    let now = chrono::Utc::now();
+    for row in frames {
+        let at = row.msg.captured_at;
+        // Replayed frames were stored long ago: their age says nothing of this commit.
+        if all_new {
+            metrics::histogram!(CAPTURE_TO_COMMIT).record((now - at).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+        let ms = at.timestamp_millis();
+        let known = newest.entry(row.msg.camera_id.clone()).or_insert(i64::MIN);
+        if ms > *known {
+            *known = ms;
+            metrics::gauge!(NEWEST, "camera" => row.msg.camera_id.clone()).set(ms as f64 / 1000.0);
+        }
+    }
 }

@@ -14,8 +14,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use wire::envelope::Envelope;
 
 use crate::config::RunArgs;
-use crate::consume::{Consumed, KafkaContext};
-use crate::error::SinkError;
+use crate::consume::KafkaContext;
+use crate::error::{kafka_may_heal, SinkError};
 use crate::telemetry;
 
 /// What became of one payload.
@@ -129,30 +129,37 @@ pub struct DeadLetters {
 impl DeadLetters {
     pub fn connect(args: &RunArgs) -> Result<Self, SinkError> {
         let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &args.brokers).set("enable.idempotence", "true").set("acks", "all");
-        for (k, v) in &args.kafka_properties {
-            cfg.set(k, v);
-        }
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            // A send that cannot be delivered fails within this, and is tried again by the caller.
+            .set("message.timeout.ms", "30000");
+        args.kafka.apply(&mut cfg);
         let producer = cfg.create_with_context(KafkaContext).map_err(|e| SinkError::Config(format!("kafka producer settings: {e}")))?;
-        Ok(DeadLetters { producer, topic: args.dead_letter_topic(), source_topic: args.topic.clone() })
+        Ok(DeadLetters { producer, topic: args.dead_letter_topic(), source_topic: args.kafka.topic.clone() })
     }
 
-    /// Sends the original bytes with headers naming the error and the source; returns once the
-    /// broker has acknowledged it, so the source offset can then be committed.
-    pub async fn send(&self, msg: &Consumed, reason: &str) -> Result<(), SinkError> {
-        let partition = msg.partition.to_string();
-        let offset = msg.offset.to_string();
+    /// Sends a message's original bytes with headers naming the error and the source; returns once
+    /// the broker has acknowledged it, so the source offset can then be stored. An error that will
+    /// fail this message every time (too large for the topic, not authorized) is
+    /// [`SinkError::DeadLetterRefused`]; the caller must not retry it.
+    pub async fn send(&self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8], reason: &str) -> Result<(), SinkError> {
+        let (p, o) = (partition.to_string(), offset.to_string());
         let headers = OwnedHeaders::new()
             .insert(Header { key: "dlq.error", value: Some(reason) })
             .insert(Header { key: "dlq.source.topic", value: Some(&self.source_topic) })
-            .insert(Header { key: "dlq.source.partition", value: Some(&partition) })
-            .insert(Header { key: "dlq.source.offset", value: Some(&offset) });
-        let empty: &[u8] = &[];
-        let mut record = FutureRecord::to(&self.topic).payload(msg.payload.as_deref().unwrap_or(empty)).headers(headers);
-        if let Some(key) = &msg.key {
-            record = record.key(key.as_slice());
+            .insert(Header { key: "dlq.source.partition", value: Some(&p) })
+            .insert(Header { key: "dlq.source.offset", value: Some(&o) });
+        let mut record = FutureRecord::to(&self.topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
         }
-        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| SinkError::Kafka(e))
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(error, _)| {
+            if kafka_may_heal(&error) {
+                SinkError::Kafka(error)
+            } else {
+                SinkError::DeadLetterRefused { topic: self.topic.clone(), partition, offset, error }
+            }
+        })
     }
 }
 

@@ -1,23 +1,40 @@
-//! Writes one part of a batch in one transaction: its frames, their detections, and the next
-//! offsets of its partitions.
+//! The write stage: a task of its own that makes batches durable, one batch at a time, so that
+//! the next batch is consumed, validated and encoded meanwhile. A batch is split into parts of
+//! whole partitions written in parallel, one connection and one transaction each.
 //!
-//! The normal path writes straight into the tables (binary COPY, or INSERT from UNNEST). A key
-//! conflict (a frame delivered again: a file processed again, a partition read again) aborts that
-//! transaction, and the part is redone through staging: loaded by COPY into temporary tables, then
-//! merged in one statement that inserts the frames not stored yet with their detections only, and
-//! returns the stored frames whose content differs from the new delivery. So a frame's detections
-//! are stored with its frame row or not at all, and a stored frame is never changed or added to.
-//! Every statement is derived from the table descriptions in `tables`.
+//! A part's transaction:
+//! 1. begins with the fenced offset store (`offsets::store`): a partition whose stored offset is
+//!    no longer what this sink expects was written by another sink after a rebalance; the
+//!    transaction rolls back and the part is written again without that partition, which the loop
+//!    then reads again from the stored offset;
+//! 2. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
+//!    frame delivered again) redoes the part through the staging merge, which inserts only frames
+//!    not stored yet, with their own detections. Rows the database refuses for what they hold (a
+//!    CHECK a DBA added, a character the database encoding lacks) are found by bisecting the part
+//!    with savepoints, sent to the dead-letter topic with the database's error, and the rest is
+//!    stored: one bad row never stops its partition;
+//! 3. commits.
+//!
+//! An error that may pass (classified in `error`) retries the part with backoff while the loop
+//! pauses consumption; an error that cannot pass ends the sink, with nothing of the part stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use common::backoff::Backoff;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
+use tokio::sync::{mpsc, watch};
 
 mod binary;
+mod statements;
 
 use crate::batch::{Batch, FrameKey};
-use crate::error::SinkError;
-use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES};
+use crate::error::{DbFault, SinkError};
+use crate::offsets::{self, Claim, Fences};
+use crate::validate::DeadLetters;
+use statements::{copy_streams, Streams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WriteMode {
@@ -38,7 +55,9 @@ pub struct Written {
     pub replayed: u64,
     /// Frames delivered again with other content: the stored frame was kept whole.
     pub conflicts: Vec<FrameKey>,
-    /// Parts whose direct write hit a key conflict and went through staging.
+    /// Frames whose rows the database refused, sent to the dead-letter topic.
+    pub refused: u64,
+    /// Parts whose direct write failed and went through staging.
     pub redone: u64,
 }
 
@@ -48,53 +67,199 @@ impl std::ops::AddAssign for Written {
         self.detections += other.detections;
         self.replayed += other.replayed;
         self.conflicts.extend(other.conflicts);
+        self.refused += other.refused;
         self.redone += other.redone;
     }
 }
 
-/// A batch ready for the writer: split into parts of whole partitions that are written in
-/// parallel transactions (one connection each), with their binary COPY data already made (for the
-/// COPY and staging modes), so that encoding overlaps the previous batch's write.
+/// A batch ready for the writer: split into parts of whole partitions, each with its partitions'
+/// claims on the stored offsets and its COPY data already made (for the COPY and staging modes),
+/// so that encoding overlaps the previous batch's write.
 pub struct Encoded {
     pub parts: Vec<Part>,
 }
 
 pub struct Part {
     pub batch: Batch,
-    /// COPY streams of the frames and detections; `None` for a table with no row.
-    copy_data: Option<[Option<Vec<u8>>; 2]>,
+    claims: Vec<Claim>,
+    streams: Option<Streams>,
 }
 
 impl Encoded {
-    pub fn new(batch: Batch, mode: WriteMode, writers: usize) -> Self {
+    pub fn new(batch: Batch, mode: WriteMode, writers: usize, fences: &Fences) -> Self {
         let parts = batch
             .split(writers)
             .into_iter()
             .map(|batch| {
-                let copy_data = (mode != WriteMode::Unnest).then(|| copy_streams(&batch));
-                Part { batch, copy_data }
+                let claims = batch
+                    .next_offsets
+                    .iter()
+                    .map(|(&partition, &next)| Claim {
+                        partition,
+                        fence: fences.get(partition).expect("a batch holds assigned partitions"),
+                        next,
+                    })
+                    .collect();
+                let streams = (mode != WriteMode::Unnest).then(|| copy_streams(&batch.frames));
+                Part { batch, claims, streams }
             })
             .collect();
         Encoded { parts }
     }
 }
 
-fn copy_streams(batch: &Batch) -> [Option<Vec<u8>>; 2] {
-    [binary::encode(&FRAMES, &batch.frames), binary::encode(&DETECTIONS, &batch.frames)]
+impl Part {
+    fn streams(&mut self) -> &Streams {
+        let frames = &self.batch.frames;
+        self.streams.get_or_insert_with(|| copy_streams(frames))
+    }
+
+    /// Leaves these partitions out: their rows, offsets and claims.
+    fn drop_partitions(&mut self, gone: &BTreeSet<i32>) {
+        self.batch.remove_partitions(gone);
+        self.claims.retain(|c| !gone.contains(&c.partition));
+        self.streams = None;
+    }
 }
 
-/// Writes one part in one transaction with its partitions' next offsets.
-pub async fn write_part(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
-    if mode == WriteMode::Staging {
-        return merge(pool, group, topic, part).await;
-    }
-    match direct(pool, mode, group, topic, part).await {
-        Err(e) if is_unique_violation(&e) => {
-            tracing::debug!("key conflict in a direct write; redoing the part through staging");
-            let w = merge(pool, group, topic, part).await?;
-            Ok(Written { redone: 1, ..w })
+/// A batch the writer has dealt with.
+pub struct Done {
+    /// The next offsets now durable, per partition.
+    pub stored: BTreeMap<i32, i64>,
+    /// Partitions another sink had written: left out, to be read again.
+    pub fenced: BTreeSet<i32>,
+    pub rows: usize,
+    pub written: Written,
+    pub took: Duration,
+}
+
+/// What every part's write needs besides its rows.
+#[derive(Clone)]
+pub struct Target {
+    pub pool: PgPool,
+    pub mode: WriteMode,
+    pub group: String,
+    pub topic: String,
+    pub dead_letters: Arc<DeadLetters>,
+}
+
+/// The loop's side of the write stage.
+pub struct Writer {
+    pub batches: mpsc::Sender<Encoded>,
+    pub done: mpsc::Receiver<Result<Done, SinkError>>,
+    /// True while the database cannot be written (a part is retrying).
+    pub down: watch::Receiver<bool>,
+    /// True while a batch is being written: a revocation waits for it (`consume`).
+    pub busy: watch::Receiver<bool>,
+}
+
+/// Starts the write stage. It stops retrying once shutdown is asked.
+pub fn spawn(target: Target, shutdown: watch::Receiver<bool>) -> Writer {
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Encoded>(1);
+    let (done_tx, done_rx) = mpsc::channel(1);
+    let (down_tx, down_rx) = watch::channel(false);
+    let (busy_tx, busy_rx) = watch::channel(false);
+    let down_tx = Arc::new(down_tx);
+    tokio::spawn(async move {
+        let mut newest = std::collections::HashMap::new();
+        while let Some(enc) = batch_rx.recv().await {
+            busy_tx.send_replace(true);
+            let t = Instant::now();
+            let mut writes = tokio::task::JoinSet::new();
+            for part in enc.parts {
+                writes.spawn(write_part(target.clone(), part, shutdown.clone(), Arc::clone(&down_tx)));
+            }
+            let mut done =
+                Ok(Done { stored: BTreeMap::new(), fenced: BTreeSet::new(), rows: 0, written: Written::default(), took: Duration::ZERO });
+            while let Some(joined) = writes.join_next().await {
+                match (&mut done, joined.expect("a part's write does not panic")) {
+                    (Ok(d), Ok((batch, written, fenced))) => {
+                        crate::telemetry::committed(&batch.frames, written.frames == batch.frames.len() as u64, &mut newest);
+                        d.stored.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
+                        d.rows += batch.rows();
+                        d.written += written;
+                        d.fenced.extend(fenced);
+                    }
+                    (_, Err(e)) => done = Err(e),
+                    (Err(_), Ok(_)) => {}
+                }
+            }
+            down_tx.send_if_modified(|down| std::mem::replace(down, false));
+            busy_tx.send_replace(false);
+            let failed = done.is_err();
+            let done = done.map(|d| Done { took: t.elapsed(), ..d });
+            if done_tx.send(done).await.is_err() || failed {
+                break;
+            }
         }
-        other => other,
+    });
+    Writer { batches: batch_tx, done: done_rx, down: down_rx, busy: busy_rx }
+}
+
+/// One part, retried while the database is away, until it is durable (or fails for good).
+async fn write_part(
+    target: Target,
+    mut part: Part,
+    mut shutdown: watch::Receiver<bool>,
+    down: Arc<watch::Sender<bool>>,
+) -> Result<(Batch, Written, BTreeSet<i32>), SinkError> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut fenced = BTreeSet::new();
+    loop {
+        if part.claims.is_empty() {
+            return Ok((part.batch, Written::default(), fenced));
+        }
+        match attempt(&target, &mut part).await {
+            Ok(Attempt::Written(w)) => return Ok((part.batch, w, fenced)),
+            Ok(Attempt::Fenced(gone)) => {
+                tracing::warn!(partitions = ?gone, "another sink stored these partitions' offsets since this one read them: their rows are left out and the partitions read again");
+                part.drop_partitions(&gone);
+                fenced.extend(gone);
+            }
+            Err(e) if e.retryable() && !*shutdown.borrow() => {
+                down.send_if_modified(|down| !std::mem::replace(down, true));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum Attempt {
+    Written(Written),
+    /// These partitions' stored offsets moved: nothing was written.
+    Fenced(BTreeSet<i32>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Merge,
+    Bisect,
+}
+
+/// The direct write, else the merge, else the bisection, each in a transaction of its own.
+async fn attempt(target: &Target, part: &mut Part) -> Result<Attempt, SinkError> {
+    let first = if target.mode == WriteMode::Staging { Path::Merge } else { Path::Direct };
+    let mut path = first;
+    loop {
+        let outcome = in_transaction(target, part, path).await;
+        path = match (&outcome, path) {
+            (Err(e), Path::Direct) if is_unique_violation(e) => Path::Merge,
+            (Err(e), Path::Direct | Path::Merge) if e.db_fault() == Some(DbFault::Rows) && !is_unique_violation(e) => Path::Bisect,
+            _ => {
+                return outcome.map(|a| match a {
+                    Attempt::Written(w) if path != first => Attempt::Written(Written { redone: w.redone + 1, ..w }),
+                    other => other,
+                })
+            }
+        };
+        tracing::debug!(?path, "redoing the part through staging");
     }
 }
 
@@ -102,184 +267,83 @@ fn is_unique_violation(e: &SinkError) -> bool {
     matches!(e, SinkError::Database(db) if db.as_database_error().is_some_and(|d| d.code().as_deref() == Some("23505")))
 }
 
-/// What the batch found by itself, before the database had a say.
-fn within_batch(batch: &Batch) -> Written {
-    Written { replayed: batch.replayed, conflicts: batch.conflicts.clone(), ..Written::default() }
-}
-
-/// Every row straight into the tables: fails whole on a key that is already stored.
-async fn direct(pool: &PgPool, mode: WriteMode, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
-    let mut tx = pool.begin().await?;
-    let mut written = within_batch(&part.batch);
-    if mode == WriteMode::Copy {
-        let [frames, detections] = part.copy_data.as_ref().expect("COPY data is made for the copy mode");
-        written.frames = copy(&mut tx, FRAMES.name, &FRAMES, frames).await?;
-        written.detections = copy(&mut tx, DETECTIONS.name, &DETECTIONS, detections).await?;
-    } else {
-        written.frames = unnest(&mut tx, &FRAMES, &part.batch).await?;
-        written.detections = unnest(&mut tx, &DETECTIONS, &part.batch).await?;
+async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<Attempt, SinkError> {
+    let mut tx = target.pool.begin().await?;
+    // The fence first: it takes the offset rows' locks, so a second writer of a partition waits
+    // here, then finds the offset moved, before it has written anything.
+    let fenced = offsets::store(&mut tx, &target.group, &target.topic, &part.claims).await?;
+    if !fenced.is_empty() {
+        return Ok(Attempt::Fenced(fenced.into_iter().collect()));
     }
-    store_offsets(&mut tx, group, topic, &part.batch).await?;
-    tx.commit().await?;
-    Ok(written)
-}
-
-/// Through staging: only frames not stored yet are inserted, with their detections; stored frames
-/// with other content are reported.
-async fn merge(pool: &PgPool, group: &str, topic: &str, part: &Part) -> Result<Written, SinkError> {
-    let encoded;
-    let [frames, detections] = match &part.copy_data {
-        Some(data) => data,
-        None => {
-            encoded = copy_streams(&part.batch);
-            &encoded
-        }
+    let echoes = &part.batch.echoes;
+    let mut w = Written {
+        replayed: echoes.iter().filter(|e| e.same).count() as u64,
+        conflicts: echoes.iter().filter(|e| !e.same).map(|e| e.key.clone()).collect(),
+        ..Written::default()
     };
-    let mut tx = pool.begin().await?;
-    for (table, data) in [(&FRAMES, frames), (&DETECTIONS, detections)] {
-        // Per-connection temporary tables, emptied at every commit.
-        let create = format!("CREATE TEMP TABLE IF NOT EXISTS {0}_stage (LIKE {0} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", table.name);
-        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
-        copy(&mut tx, &format!("{}_stage", table.name), table, data).await?;
+    let frames = part.batch.frames.len() as u64;
+    match path {
+        Path::Direct => {
+            (w.frames, w.detections) = match target.mode {
+                WriteMode::Unnest => statements::unnest_direct(&mut tx, &part.batch).await?,
+                _ => statements::copy_direct(&mut tx, part.streams()).await?,
+            };
+        }
+        Path::Merge => {
+            let m = statements::merge(&mut tx, part.streams()).await?;
+            w.replayed += frames - m.frames - m.conflicts.len() as u64;
+            (w.frames, w.detections) = (m.frames, m.detections);
+            w.conflicts.extend(m.conflicts);
+        }
+        Path::Bisect => {
+            let (m, refused) = bisect(&mut tx, &part.batch).await?;
+            w.replayed += frames - refused.len() as u64 - m.frames - m.conflicts.len() as u64;
+            (w.frames, w.detections, w.refused) = (m.frames, m.detections, refused.len() as u64);
+            w.conflicts.extend(m.conflicts);
+            // Dead letters before the commit: a crash between the two repeats the dead letters
+            // (at least once), never loses them.
+            let taken = part.batch.take_rows(&refused.keys().copied().collect());
+            part.streams = None;
+            for (row, reason) in taken.iter().zip(refused.values()) {
+                tracing::warn!(partition = row.partition, offset = row.offset, frame = %row.key(), %reason, "the database refused a frame's rows: to the dead-letter topic");
+                target.dead_letters.send(row.partition, row.offset, row.key.as_deref(), &row.payload, reason).await?;
+            }
+        }
     }
-    let (new_frames, new_detections, cameras, runs, seqs): (i64, i64, Vec<String>, Vec<Uuid>, Vec<i64>) =
-        sqlx::query_as(sqlx::AssertSqlSafe(merge_sql())).fetch_one(&mut *tx).await?;
-    store_offsets(&mut tx, group, topic, &part.batch).await?;
     tx.commit().await?;
-    let mut written = within_batch(&part.batch);
-    let conflicts: Vec<FrameKey> =
-        cameras.into_iter().zip(runs).zip(seqs).map(|((camera_id, run_id), frame_seq)| FrameKey { camera_id, run_id, frame_seq }).collect();
-    written.replayed += (part.batch.frames.len() - new_frames as usize - conflicts.len()) as u64;
-    written.frames = new_frames as u64;
-    written.detections = new_detections as u64;
-    written.conflicts.extend(conflicts);
-    Ok(written)
+    Ok(Attempt::Written(w))
 }
 
-/// One statement: the new frames in, their detections in, and the stored frames that conflict.
-fn merge_sql() -> String {
-    let (frames, detections) = (FRAMES.name, DETECTIONS.name);
-    let key = FRAMES.list("", &[Role::Key]);
-    let ordered = |c: &str| format!("ARRAY(SELECT {c} FROM conflicts ORDER BY {key})");
-    format!(
-        "WITH new AS (INSERT INTO {frames} ({fcols}) SELECT {fcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
-              dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
-              conflicts AS ({conflicts})
-         SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM dets), {c}, {r}, {s}",
-        fcols = FRAMES.all(),
-        dcols = DETECTIONS.all(),
-        dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
-        conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
-        c = ordered("camera_id"),
-        r = ordered("run_id"),
-        s = ordered("frame_seq"),
-    )
-}
-
-async fn copy(conn: &mut PgConnection, into: &str, table: &Table, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
-    let Some(data) = data else { return Ok(0) };
-    let mut copy = conn.copy_in_raw(&format!("COPY {into} ({}) FROM STDIN (FORMAT binary)", table.all())).await?;
-    copy.send(data.as_slice()).await?;
-    Ok(copy.finish().await?)
-}
-
-async fn store_offsets(conn: &mut PgConnection, group: &str, topic: &str, batch: &Batch) -> Result<(), SinkError> {
-    let (parts, next): (Vec<i32>, Vec<i64>) = batch.next_offsets.iter().map(|(p, o)| (*p, *o)).unzip();
-    sqlx::query(
-        "INSERT INTO sink_offsets (consumer_group, topic, kafka_partition, next_offset)
-         SELECT $1, $2, p, o FROM UNNEST($3::int[], $4::bigint[]) AS u(p, o)
-         ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE
-         SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-    )
-    .bind(group)
-    .bind(topic)
-    .bind(&parts)
-    .bind(&next)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// One column's values as one array parameter.
-enum ColumnArray<'a> {
-    Text(Vec<&'a str>),
-    Uuid(Vec<Uuid>),
-    Int4(Vec<i32>),
-    Int8(Vec<i64>),
-    Float4(Vec<f32>),
-    Timestamptz(Vec<chrono::DateTime<chrono::Utc>>),
-    /// As `{{x,y,s},...}` literals: a 2-D array cannot be bound as an element of UNNEST's arrays.
-    Keypoints(Vec<Option<String>>),
-}
-
-impl<'a> ColumnArray<'a> {
-    fn new(kind: Kind) -> Self {
-        match kind {
-            Kind::Text => ColumnArray::Text(Vec::new()),
-            Kind::Uuid => ColumnArray::Uuid(Vec::new()),
-            Kind::Int4 => ColumnArray::Int4(Vec::new()),
-            Kind::Int8 => ColumnArray::Int8(Vec::new()),
-            Kind::Float4 => ColumnArray::Float4(Vec::new()),
-            Kind::Timestamptz => ColumnArray::Timestamptz(Vec::new()),
-            Kind::Keypoints => ColumnArray::Keypoints(Vec::new()),
+/// Finds the frames whose rows the database refuses: merges halves of the batch under savepoints,
+/// keeping what succeeds and splitting what fails, down to single frames. Returns what was
+/// merged and the refused frames' indexes with the database's error.
+async fn bisect(conn: &mut PgConnection, batch: &Batch) -> Result<(statements::Merged, BTreeMap<usize, String>), SinkError> {
+    let mut merged = statements::Merged { frames: 0, detections: 0, conflicts: Vec::new() };
+    let mut refused = BTreeMap::new();
+    let mut todo = vec![(0, batch.frames.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        sqlx::query("SAVEPOINT bisect").execute(&mut *conn).await?;
+        match statements::merge(conn, &copy_streams(&batch.frames[lo..hi])).await {
+            Ok(m) => {
+                sqlx::query("RELEASE SAVEPOINT bisect").execute(&mut *conn).await?;
+                merged.frames += m.frames;
+                merged.detections += m.detections;
+                merged.conflicts.extend(m.conflicts);
+            }
+            Err(e) if e.db_fault() == Some(DbFault::Rows) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT bisect").execute(&mut *conn).await?;
+                if hi - lo == 1 {
+                    refused.insert(lo, format!("the database refused the frame's rows: {e}"));
+                } else {
+                    let mid = lo + (hi - lo) / 2;
+                    todo.push((mid, hi));
+                    todo.push((lo, mid));
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
-
-    fn push(&mut self, v: Value<'a>) {
-        match (self, v) {
-            (ColumnArray::Text(a), Value::Text(x)) => a.push(x),
-            (ColumnArray::Uuid(a), Value::Uuid(x)) => a.push(x),
-            (ColumnArray::Int4(a), Value::Int4(x)) => a.push(x),
-            (ColumnArray::Int8(a), Value::Int8(x)) => a.push(x),
-            (ColumnArray::Float4(a), Value::Float4(x)) => a.push(x),
-            (ColumnArray::Timestamptz(a), Value::Timestamptz(x)) => a.push(x),
-            (ColumnArray::Keypoints(a), Value::Keypoints(x)) => a.push(x.map(keypoints_literal)),
-            (_, v) => unreachable!("a column's values are of its kind, got {v:?}"),
-        }
-    }
-}
-
-/// The array-binding alternative: every column as one array parameter, unnested into rows.
-async fn unnest(conn: &mut PgConnection, table: &Table, batch: &Batch) -> Result<u64, SinkError> {
-    let mut arrays: Vec<ColumnArray> = table.columns.iter().map(|c| ColumnArray::new(c.kind)).collect();
-    for (row, i) in table.rows(&batch.frames) {
-        for (array, col) in arrays.iter_mut().zip(table.columns) {
-            array.push((col.value)(row, i));
-        }
-    }
-    let params = table
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("${}::{}[]", i + 1, if c.kind == Kind::Keypoints { "text" } else { c.kind.sql() }))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let select = table
-        .columns
-        .iter()
-        .map(|c| if c.kind == Kind::Keypoints { format!("u.{}::real[]", c.name) } else { format!("u.{}", c.name) })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("INSERT INTO {t} ({cols}) SELECT {select} FROM UNNEST({params}) AS u({cols})", t = table.name, cols = table.all());
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for array in arrays {
-        query = match array {
-            ColumnArray::Text(a) => query.bind(a),
-            ColumnArray::Uuid(a) => query.bind(a),
-            ColumnArray::Int4(a) => query.bind(a),
-            ColumnArray::Int8(a) => query.bind(a),
-            ColumnArray::Float4(a) => query.bind(a),
-            ColumnArray::Timestamptz(a) => query.bind(a),
-            ColumnArray::Keypoints(a) => query.bind(a),
-        };
-    }
-    Ok(query.execute(&mut *conn).await?.rows_affected())
-}
-
-/// A 2-D real[] literal: `{{x,y,s},{x,y,s}}`.
-fn keypoints_literal(kps: &[[f32; 3]]) -> String {
-    let rows: Vec<String> = kps.iter().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
-    format!("{{{}}}", rows.join(","))
+    Ok((merged, refused))
 }
 
 #[cfg(test)]
@@ -287,14 +351,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keypoint_literals_and_empty_streams() {
-        assert_eq!(keypoints_literal(&[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]), "{{1.5,2,0.25},{3,4.125,1}}");
+    fn empty_streams_for_a_frame_without_people() {
         let mut batch = Batch::default();
-        assert_eq!(copy_streams(&batch), [None, None]);
+        assert_eq!(copy_streams(&batch.frames), [None, None]);
         let msg = wire::FrameMessage {
             schema_version: 2,
             camera_id: "cam".into(),
-            run_id: Uuid::from_u128(9),
+            run_id: uuid::Uuid::from_u128(9),
             frame_seq: 5,
             captured_at: chrono::Utc::now(),
             pts_ms: 500,
@@ -303,16 +366,9 @@ mod tests {
             model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into(), keypoints: 0 },
             detections: vec![],
         };
-        batch.push(msg, 2, 41);
+        batch.push(msg, crate::consume::Consumed { partition: 2, offset: 41, key: None, payload: None });
         // A frame with nobody in it is a frames row and no detections stream at all.
-        let [frames, detections] = copy_streams(&batch);
+        let [frames, detections] = copy_streams(&batch.frames);
         assert!(frames.is_some() && detections.is_none());
-    }
-
-    #[test]
-    fn the_merge_inserts_detections_of_new_frames_only() {
-        let sql = merge_sql();
-        assert!(sql.contains("FROM detections_stage d JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
-        assert!(sql.contains("INSERT INTO frames (camera_id, run_id, frame_seq, captured_at,"), "{sql}");
     }
 }

@@ -83,8 +83,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create()?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    create_topic_with(name, partitions, &[]).await
+}
+
+/// A topic with these topic configs (`max.message.bytes`, ...).
+pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+    create_topic_at(&brokers(), name, partitions, 1, configs).await
+}
+
+/// A topic on the brokers at `bootstrap`, with `replicas` copies of each partition.
+pub async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, replicas: i32, configs: &[(&str, &str)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
     for r in admin.create_topics([&topic], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
     }
@@ -99,9 +112,14 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create(prefix: &str) -> Result<Self> {
+        Self::create_with(prefix, "").await
+    }
+
+    /// With `CREATE DATABASE` options (an encoding, say).
+    pub async fn create_with(prefix: &str, options: &str) -> Result<Self> {
         let name = unique(prefix).to_lowercase();
         let mut admin = PgConnection::connect(&admin_db_url()).await.context("connect to PostgreSQL (is it running?)")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\" {options}"))).execute(&mut admin).await?;
         let base = admin_db_url();
         let url = format!("{}/{name}", base.rsplit_once('/').expect("URL with a database").0);
         Ok(TestDb { name, url })
@@ -127,6 +145,9 @@ impl Drop for TestDb {
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
+    /// The message's timestamp: the producer's, or the broker's append time on a topic with
+    /// `message.timestamp.type=LogAppendTime`.
+    pub timestamp_ms: Option<i64>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
@@ -139,8 +160,13 @@ impl Record {
 
 /// Every message in the topic, read from the start of each partition to its end.
 pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<Record>> {
+    read_topic_at(&brokers(), topic, timeout)
+}
+
+/// As [`read_topic`], from the brokers at `bootstrap`.
+pub fn read_topic_at(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()?;
@@ -166,7 +192,13 @@ pub fn read_topic(topic: &str, timeout: Duration) -> Result<Vec<Record>> {
                 .headers()
                 .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
                 .unwrap_or_default();
-            out.push(Record { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec(), headers });
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
             remaining -= 1;
         }
     }
@@ -233,6 +265,25 @@ pub fn produce<'a>(topic: &str, messages: impl IntoIterator<Item = (&'a str, Vec
     }
     producer.flush(Duration::from_secs(60))?;
     Ok(n)
+}
+
+/// A camera feed in a thread: `total` synthetic frames (3 people each) from `cameras` cameras
+/// (`cam-0`, ...), sent in chunks of `chunk` with `pause` between them; the thread's result is the
+/// frames sent.
+pub fn spawn_producer(topic: &str, cameras: u64, total: u64, chunk: u64, pause: Duration) -> std::thread::JoinHandle<Result<u64>> {
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.min(total - sent);
+            let frames: Vec<wire::FrameMessage> =
+                (sent..sent + n).map(|i| synthetic_frame(&format!("cam-{}", i % cameras), i / cameras, 3)).collect();
+            produce(&topic, frames.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
+            sent += n;
+            std::thread::sleep(pause);
+        }
+        Ok(sent)
+    })
 }
 
 /// Frames in a video as FFmpeg counts them by decoding: an independent count for the detector's.
@@ -370,7 +421,12 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique(prefix));
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// Under `base` (one other users can reach, say).
+    pub fn new_in(base: &Path, prefix: &str) -> Result<Self> {
+        let dir = base.join(unique(prefix));
         std::fs::create_dir_all(&dir)?;
         Ok(TempDir(dir))
     }
@@ -479,9 +535,14 @@ pub struct SinkProcess(Spawned);
 
 impl SinkProcess {
     pub fn start(db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_on(&brokers(), db_url, topic, group, extra)
+    }
+
+    /// A sink on the brokers at `bootstrap`.
+    pub fn start_on(bootstrap: &str, db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Result<Self> {
         let spawned = Spawned::start(
             Command::new(bin("sink"))
-                .args(["run", "--topic", topic, "--group-id", group, "--brokers", &brokers(), "--report-every-s", "2"])
+                .args(["run", "--topic", topic, "--group-id", group, "--brokers", bootstrap, "--report-every-s", "2"])
                 .args(extra)
                 .env("DATABASE_URL", db_url),
         )?;
@@ -499,6 +560,19 @@ impl SinkProcess {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         Some(ticks / 100.0) // USER_HZ is 100 on Linux
+    }
+
+    /// Resident memory now, in MiB, from /proc.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.child.id())).ok()?;
+        let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// Waits for the process to end by itself; its status and log.
+    pub fn wait_exit(self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let (status, _, log) = self.0.finish(timeout)?;
+        Ok((status, log))
     }
 
     /// SIGTERM, then waits for a clean exit; returns the log.

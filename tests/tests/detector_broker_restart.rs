@@ -123,3 +123,49 @@ async fn a_live_camera_drops_its_oldest_frames_while_the_broker_is_away() -> Res
     assert!(seqs.windows(2).any(|w| w[1] - w[0] > 1), "no gap in {seqs:?}");
     Ok(())
 }
+
+/// A live camera with the default producer queue while the broker is away for 60 s: what it
+/// queued expires as stale instead of going out a minute late, so the frames the broker appends
+/// once it is back are at most twice `--max-frame-age-s` (2 s) old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_live_camera_publishes_fresh_frames() -> Result<()> {
+    let _broker = BROKER.lock().await;
+    let dir = TempDir::new("stale")?;
+    let mp4 = dir.join("vtest.mp4");
+    h264_mp4(&sample("vtest.avi"), &mp4, None)?;
+    let port = free_port()?;
+    let _server = start_rtsp_server(&mp4, port)?;
+    let topic = unique("stale");
+    // The broker stamps each message when it appends it.
+    create_topic_with(&topic, 1, &[("message.timestamp.type", "LogAppendTime")]).await?;
+    let det = Spawned::start(
+        Command::new(bin("detector"))
+            .args(["--source", &format!("rtsp://127.0.0.1:{port}/stream"), "--model", model().to_str().unwrap(), "--max-fps", "5"])
+            .args(["--camera-id", "gate", "--topic", &topic, "--brokers", &brokers()]),
+    )?;
+    let before = wait_for_topic_size(&topic, 10, "before the outage")?;
+    services(&["stop", "kafka"], false)?;
+    std::thread::sleep(Duration::from_secs(60));
+    services(&["start", "kafka"], true)?;
+    let back_ms = chrono::Utc::now().timestamp_millis();
+    wait_for_topic_size(&topic, before + 20, "after the outage")?;
+    det.signal("TERM");
+    let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
+    ensure!(status.code() == Some(0), "exit {status}; stderr:\n{stderr}");
+
+    let ages: Vec<f64> = read_topic(&topic, Duration::from_secs(60))?
+        .iter()
+        .filter(|r| r.timestamp_ms.is_some_and(|t| t >= back_ms))
+        .map(|r| {
+            let m = wire::FrameMessage::from_json(&r.payload).expect("a frame message");
+            (r.timestamp_ms.unwrap() - m.captured_at.timestamp_millis()) as f64 / 1000.0
+        })
+        .collect();
+    let oldest = ages.iter().cloned().fold(0.0, f64::max);
+    eprintln!("after the outage: {} frames appended, the oldest {oldest:.2} s after capture (bound 4 s)", ages.len());
+    assert!(ages.len() >= 15, "{stderr}");
+    assert!(oldest < 4.0, "a frame {oldest:.1} s old went out after the outage:\n{stderr}");
+    let dropped = log_field(&stderr, "detector finished", "dropped").unwrap_or(0);
+    assert!(dropped > 100, "the outage's frames were dropped as stale ({dropped}):\n{stderr}");
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! model's batch is dynamic.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -18,9 +18,9 @@ fn write_cameras(dir: &TempDir, toml: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// Runs the detector on a cameras file to its end; returns the messages by camera, in the order
-/// they were written, and stderr.
-fn run_cameras(cameras: &std::path::Path, extra: &[&str]) -> Result<(BTreeMap<String, Vec<FrameMessage>>, String)> {
+/// Runs the detector on a cameras file to its end; returns how it exited, the messages by camera
+/// in the order they were written, and stderr.
+fn run_cameras_to_end(cameras: &std::path::Path, extra: &[&str]) -> Result<(ExitStatus, BTreeMap<String, Vec<FrameMessage>>, String)> {
     // Spawned reads stdout as it comes: a run's messages are more than a pipe holds.
     let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(cameras).args(["--output", "stdout"]).args(extra))?;
     let mut by_camera: BTreeMap<String, Vec<FrameMessage>> = BTreeMap::new();
@@ -29,7 +29,14 @@ fn run_cameras(cameras: &std::path::Path, extra: &[&str]) -> Result<(BTreeMap<St
         by_camera.entry(msg.camera_id.clone()).or_default().push(msg);
     }
     let (status, rest, stderr) = det.finish(Duration::from_secs(60))?;
-    ensure!(status.success() && rest.is_empty(), "exit {status}; stderr:\n{stderr}");
+    ensure!(rest.is_empty(), "stdout after its end; stderr:\n{stderr}");
+    Ok((status, by_camera, stderr))
+}
+
+/// As [`run_cameras_to_end`], for a run that must succeed.
+fn run_cameras(cameras: &std::path::Path, extra: &[&str]) -> Result<(BTreeMap<String, Vec<FrameMessage>>, String)> {
+    let (status, by_camera, stderr) = run_cameras_to_end(cameras, extra)?;
+    ensure!(status.success(), "exit {status}; stderr:\n{stderr}");
     Ok((by_camera, stderr))
 }
 
@@ -165,5 +172,65 @@ fn a_live_camera_and_a_file_in_one_process() -> Result<()> {
     let skipped = |id: &str| finished(id).and_then(|l| log_field(&l, "camera finished", "skipped"));
     ensure!(skipped("street").is_some_and(|n| n > 0), "{stderr}");
     ensure!(skipped("archive") == Some(0), "{stderr}");
+    Ok(())
+}
+
+/// One camera's faults stay its own: beside a good clip, a video file cut short (its container
+/// still announces every frame) and an image too thin to letterbox each fail, with one ERROR line
+/// naming the camera and the fault, while the good clip is read to its end. The exit code says a
+/// camera failed.
+#[test]
+fn a_cameras_fault_stops_that_camera_only() -> Result<()> {
+    let dir = TempDir::new("faults")?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(3))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    // The first half of vtest.avi: its header still says 795 frames.
+    let cut = dir.join("cut.avi");
+    let bytes = std::fs::read(sample("vtest.avi"))?;
+    std::fs::write(&cut, &bytes[..bytes.len() / 2])?;
+    // 4000 x 2: letterboxed to 640 wide it is 0 pixels high.
+    let thin = dir.join("thin.png");
+    let out = run(
+        Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=4000x2", "-frames:v", "1"]).arg(&thin),
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    let cameras = write_cameras(
+        &dir,
+        &format!(
+            "[[camera]]\nid = \"good\"\nsource = \"{}\"\n\n[[camera]]\nid = \"cut\"\nsource = \"{}\"\n\n[[camera]]\nid = \"thin\"\nsource = \"{}\"\n",
+            clip.display(),
+            cut.display(),
+            thin.display()
+        ),
+    )?;
+    let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(&cameras).args([
+        "--output",
+        "stdout",
+        "--model",
+        model().to_str().unwrap(),
+    ]))?;
+    let mut by_camera: BTreeMap<String, Vec<FrameMessage>> = BTreeMap::new();
+    while let Some(line) = det.next_line(Duration::from_secs(120))? {
+        let msg = FrameMessage::from_json(line.as_bytes())?;
+        by_camera.entry(msg.camera_id.clone()).or_default().push(msg);
+    }
+    let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
+    assert_eq!(status.code(), Some(2), "a camera's input was bad:\n{stderr}");
+    assert_eq!(seqs(&by_camera["good"]), (0..frames).collect::<Vec<_>>(), "the good clip, whole:\n{stderr}");
+    let cut_frames = by_camera.get("cut").map_or(0, Vec::len) as u64;
+    assert!(cut_frames > 300 && cut_frames < 795, "what the cut file holds: {cut_frames}");
+    assert!(!by_camera.contains_key("thin"));
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 2, "one line per failed camera:\n{stderr}");
+    assert!(errors.iter().any(|l| l.contains("camera=\"cut\"") || l.contains("camera=cut")), "{stderr}");
+    let cut_line = errors.iter().find(|l| l.contains("cut.avi")).expect("the cut file's error");
+    assert!(cut_line.contains("of the 795 frames its container announces: truncated or corrupt"), "{cut_line}");
+    let thin_line = errors.iter().find(|l| l.contains("thin.png")).expect("the thin image's error");
+    assert!(thin_line.contains("4000x2"), "{thin_line}");
+    assert!(stderr.contains("outcome=\"ended\"") || stderr.contains("outcome=ended"), "{stderr}");
+    assert_eq!(stderr.matches("outcome=\"failed\"").count() + stderr.matches("outcome=failed").count(), 2, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }

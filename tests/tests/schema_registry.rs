@@ -72,10 +72,16 @@ async fn the_detector_will_not_start_without_the_schema_in_the_registry() -> Res
     let image = sample("basketball1.png");
     let detector = |registry: &str| {
         run(
-            std::process::Command::new(bin("detector"))
-                .arg("--source")
-                .arg(&image)
-                .args(["--model", model().to_str().unwrap(), "--topic", &topic, "--brokers", &brokers(), "--schema-registry", registry]),
+            std::process::Command::new(bin("detector")).arg("--source").arg(&image).args([
+                "--model",
+                model().to_str().unwrap(),
+                "--topic",
+                &topic,
+                "--brokers",
+                &brokers(),
+                "--schema-registry",
+                registry,
+            ]),
             Duration::from_secs(120),
         )
     };

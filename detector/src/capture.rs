@@ -1,0 +1,229 @@
+//! One camera's capture thread: read, pace, letterbox, hand on to the inference worker, under the
+//! camera's [`Policy`]:
+//!
+//! - **Lossless** (video files and images): every frame, in decode order; a full channel blocks
+//!   capture, so backpressure reaches back from the broker to the decoder and nothing is lost.
+//! - **Real time** (live sources, and files played with `--realtime`): the channel holds exactly
+//!   the newest frame, and a full one drops its oldest (counted as dropped, behind), so latency
+//!   cannot drift. Frames older than `--max-frame-age-s` are dropped at publishing too.
+//!
+//! `--max-fps` skips frames here, before they cost a letterbox or a place in the channel (they are
+//! still decoded: the codec needs them). A camera's faults stay its own: a frame that cannot be
+//! letterboxed, a read error, even a panic, is reported (one ERROR line, a metric); a live camera is
+//! then reopened, a file camera ends with the error while the other cameras go on.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use opencv::prelude::MatTraitConst;
+
+use crate::error::{Blame, DetectorError};
+use crate::pacing::{sleep_until, MaxFps, Release};
+use crate::preprocess::{letterbox, Letterbox};
+use crate::reconnect::{self, next_live_frame};
+use crate::source::{Source, SourceKind};
+use crate::stats::{CameraStats, Drop};
+
+/// How a camera's frames reach inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Every frame; a full channel blocks capture.
+    Lossless,
+    /// The newest frame; a full channel drops its oldest.
+    RealTime,
+}
+
+impl Policy {
+    /// Live sources are real time; so is a file played with `--realtime`.
+    pub fn of(kind: SourceKind, realtime_flag: bool) -> Self {
+        if kind == SourceKind::Live || realtime_flag {
+            Policy::RealTime
+        } else {
+            Policy::Lossless
+        }
+    }
+
+    /// Room in the camera's channel: exactly the newest frame in real time; for a file, a little
+    /// slack so capture overlaps inference, and enough for a whole batch.
+    pub fn channel_len(self, max_batch: usize) -> usize {
+        match self {
+            Policy::RealTime => 1,
+            Policy::Lossless => max_batch.max(4),
+        }
+    }
+}
+
+/// What capture hands inference: a letterboxed frame and what the message needs to say about it.
+pub struct Prepared {
+    pub meta: FrameMeta,
+    pub lb: Letterbox,
+    pub input: Vec<f32>,
+}
+
+pub struct FrameMeta {
+    /// Index into the run's cameras.
+    pub camera: usize,
+    /// The decoded frame, kept only when snapshots are on.
+    pub image: Option<opencv::core::Mat>,
+    pub seq: u64,
+    pub pts_ms: i64,
+    pub captured_at: DateTime<Utc>,
+}
+
+/// One camera's capture thread.
+pub struct Capture<'a> {
+    pub camera: usize,
+    pub id: &'a str,
+    pub policy: Policy,
+    /// Release each frame at its pts (a file with `--realtime`).
+    pub paced: bool,
+    pub max_fps: f64,
+    /// Carry each decoded frame to the publish stage (for `--snapshot-dir`).
+    pub keep_images: bool,
+    pub input_size: (u32, u32),
+    pub tx: Sender<Prepared>,
+    /// Real time: the channel's other end, to drop its oldest frame when it is full.
+    pub drop_rx: Option<Receiver<Prepared>>,
+    pub spare_rx: Receiver<Vec<f32>>,
+    pub stats: &'a CameraStats,
+}
+
+/// What survives a fault of a live camera: its pacing, and how long to wait before reopening.
+struct State {
+    max_fps: MaxFps,
+    release: Release,
+    backoff: common::backoff::Backoff,
+    started: Instant,
+}
+
+impl Capture<'_> {
+    /// Runs the camera until its source ends or the process stops. A live camera outlives its
+    /// faults; a file camera's first fault is returned.
+    pub fn run(self, mut source: Source, stop: &AtomicBool, abort: &AtomicBool) -> Result<(), DetectorError> {
+        let halted = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
+        let live = source.kind == SourceKind::Live;
+        let mut state = State {
+            max_fps: MaxFps::new(self.max_fps),
+            release: Release::default(),
+            backoff: reconnect::backoff(),
+            started: Instant::now(),
+        };
+        loop {
+            let fault = match panic::catch_unwind(AssertUnwindSafe(|| self.frames(&mut source, &mut state, &halted))) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(panic) => DetectorError::Internal(format!("capture panicked: {}", panic_text(&*panic))),
+            };
+            self.stats.error();
+            if live && !halted() {
+                tracing::error!(camera = self.id, blame = %fault.blame(), "{fault}; reopening the camera");
+                source.close();
+                continue;
+            }
+            tracing::error!(camera = self.id, blame = %fault.blame(), "{fault}; the camera stops, the others go on");
+            return Err(fault);
+        }
+    }
+
+    /// Reads, paces, letterboxes and hands on frames until the source ends, the process stops, or
+    /// a fault.
+    fn frames(&self, source: &mut Source, state: &mut State, halted: &dyn Fn() -> bool) -> Result<(), DetectorError> {
+        let (input_w, input_h) = self.input_size;
+        let tensor_len = 3 * input_w as usize * input_h as usize;
+        let live = source.kind == SourceKind::Live;
+        while !halted() {
+            let next = if live { next_live_frame(source, &mut state.backoff, self.stats, halted)? } else { source.next_frame()? };
+            let Some(mut frame) = next else {
+                if !live && self.stats.count(|c| &c.read) == 0 {
+                    return Err(DetectorError::source(&source.uri, Blame::User, "no decodable frames"));
+                }
+                break;
+            };
+            self.stats.frame_read();
+            self.stats.set_up(true);
+            // A live stream's pts restart when it is reopened; its arrival time does not.
+            let t_ms = if live { state.started.elapsed().as_secs_f64() * 1000.0 } else { frame.pts_ms as f64 };
+            if !state.max_fps.admit(t_ms) {
+                self.stats.frame_skipped();
+                continue;
+            }
+            if self.paced {
+                if !sleep_until(state.release.due(frame.pts_ms, Instant::now()), halted) {
+                    break;
+                }
+                // Like a camera's frame, it is captured when it is released.
+                frame.captured_at = chrono::Utc::now();
+            }
+            let mut input = self.spare_rx.try_recv().unwrap_or_else(|_| vec![0.0; tensor_len]);
+            let blame = if live { Blame::External } else { Blame::User };
+            let lb = letterbox(&frame.image, input_w, input_h, &mut input).map_err(|e| {
+                DetectorError::source(
+                    &source.uri,
+                    blame,
+                    format!("frame {} ({}x{}): {e}", frame.seq, frame.image.cols(), frame.image.rows()),
+                )
+            })?;
+            let image = self.keep_images.then_some(frame.image);
+            let meta = FrameMeta { camera: self.camera, seq: frame.seq, pts_ms: frame.pts_ms, captured_at: frame.captured_at, image };
+            if !self.hand_on(Prepared { meta, lb, input }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Into the channel, under the camera's policy; false once inference has stopped.
+    fn hand_on(&self, mut item: Prepared) -> bool {
+        match &self.drop_rx {
+            // Lossless: block until inference takes it.
+            None => self.tx.send(item).is_ok(),
+            // Real time: never wait; make room by dropping the oldest queued frame.
+            Some(drop_rx) => loop {
+                match self.tx.try_send(item) {
+                    Ok(()) => return true,
+                    Err(TrySendError::Full(back)) => {
+                        if drop_rx.try_recv().is_ok() {
+                            self.stats.frame_dropped(Drop::Behind);
+                        }
+                        item = back;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            },
+        }
+    }
+}
+
+/// A panic's message, as far as it says one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        assert_eq!(Policy::of(SourceKind::Live, false), Policy::RealTime);
+        assert_eq!(Policy::of(SourceKind::File, true), Policy::RealTime);
+        assert_eq!(Policy::of(SourceKind::File, false), Policy::Lossless);
+        assert_eq!(Policy::of(SourceKind::Image, false), Policy::Lossless);
+        assert_eq!((Policy::RealTime.channel_len(8), Policy::Lossless.channel_len(8), Policy::Lossless.channel_len(1)), (1, 8, 4));
+    }
+
+    #[test]
+    fn panic_messages() {
+        let p = panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_text(&*p), "boom 7");
+        let p = panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_text(&*p), "static");
+    }
+}

@@ -1,0 +1,180 @@
+//! The statements a part's transaction runs, every one derived from the table descriptions in
+//! `tables`: binary COPY or INSERT from UNNEST straight into the tables, and the staging merge that
+//! inserts only frames not stored yet, each with its own detections, and reports the stored
+//! frames whose content differs.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::binary;
+use crate::batch::{Batch, FrameKey, Row};
+use crate::error::SinkError;
+use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES};
+
+/// COPY streams of a batch's frames and detections; `None` for a table with no row.
+pub type Streams = [Option<Vec<u8>>; 2];
+
+pub fn copy_streams(frames: &[Row]) -> Streams {
+    [binary::encode(&FRAMES, frames), binary::encode(&DETECTIONS, frames)]
+}
+
+/// What a merge did: frames and detections inserted, and stored frames with other content.
+pub struct Merged {
+    pub frames: u64,
+    pub detections: u64,
+    pub conflicts: Vec<FrameKey>,
+}
+
+/// Every row by COPY straight into the tables: fails whole on a key that is already stored.
+pub async fn copy_direct(conn: &mut PgConnection, streams: &Streams) -> Result<(u64, u64), SinkError> {
+    Ok((copy(conn, FRAMES.name, &FRAMES, &streams[0]).await?, copy(conn, DETECTIONS.name, &DETECTIONS, &streams[1]).await?))
+}
+
+/// Every row by INSERT from UNNEST straight into the tables: fails whole on a stored key.
+pub async fn unnest_direct(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), SinkError> {
+    Ok((unnest(conn, &FRAMES, batch).await?, unnest(conn, &DETECTIONS, batch).await?))
+}
+
+/// Through the staging tables: loads them, then inserts the frames not stored yet with their own
+/// detections, in one statement that also returns the stored frames whose content differs.
+pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged, SinkError> {
+    for (table, data) in [(&FRAMES, &streams[0]), (&DETECTIONS, &streams[1])] {
+        // Per-connection temporary tables, emptied at every commit (and here, for a retry within
+        // one transaction).
+        let create = format!("CREATE TEMP TABLE IF NOT EXISTS {0}_stage (LIKE {0} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", table.name);
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}_stage", table.name))).execute(&mut *conn).await?;
+        copy(conn, &format!("{}_stage", table.name), table, data).await?;
+    }
+    let (frames, detections, cameras, runs, seqs): (i64, i64, Vec<String>, Vec<Uuid>, Vec<i64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(merge_sql())).fetch_one(&mut *conn).await?;
+    let conflicts =
+        cameras.into_iter().zip(runs).zip(seqs).map(|((camera_id, run_id), frame_seq)| FrameKey { camera_id, run_id, frame_seq }).collect();
+    Ok(Merged { frames: frames as u64, detections: detections as u64, conflicts })
+}
+
+/// One statement: the new frames in, their detections in, and the stored frames that conflict.
+fn merge_sql() -> String {
+    let (frames, detections) = (FRAMES.name, DETECTIONS.name);
+    let key = FRAMES.list("", &[Role::Key]);
+    let ordered = |c: &str| format!("ARRAY(SELECT {c} FROM conflicts ORDER BY {key})");
+    format!(
+        "WITH new AS (INSERT INTO {frames} ({fcols}) SELECT {fcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
+              dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
+              conflicts AS ({conflicts})
+         SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM dets), {c}, {r}, {s}",
+        fcols = FRAMES.all(),
+        dcols = DETECTIONS.all(),
+        dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
+        conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
+        c = ordered("camera_id"),
+        r = ordered("run_id"),
+        s = ordered("frame_seq"),
+    )
+}
+
+async fn copy(conn: &mut PgConnection, into: &str, table: &Table, data: &Option<Vec<u8>>) -> Result<u64, SinkError> {
+    let Some(data) = data else { return Ok(0) };
+    let mut copy = conn.copy_in_raw(&format!("COPY {into} ({}) FROM STDIN (FORMAT binary)", table.all())).await?;
+    copy.send(data.as_slice()).await?;
+    Ok(copy.finish().await?)
+}
+
+/// One column's values as one array parameter.
+enum ColumnArray<'a> {
+    Text(Vec<&'a str>),
+    Uuid(Vec<Uuid>),
+    Int4(Vec<i32>),
+    Int8(Vec<i64>),
+    Float4(Vec<f32>),
+    Timestamptz(Vec<chrono::DateTime<chrono::Utc>>),
+    /// As `{{x,y,s},...}` literals: a 2-D array cannot be bound as an element of UNNEST's arrays.
+    Keypoints(Vec<Option<String>>),
+}
+
+impl<'a> ColumnArray<'a> {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Text => ColumnArray::Text(Vec::new()),
+            Kind::Uuid => ColumnArray::Uuid(Vec::new()),
+            Kind::Int4 => ColumnArray::Int4(Vec::new()),
+            Kind::Int8 => ColumnArray::Int8(Vec::new()),
+            Kind::Float4 => ColumnArray::Float4(Vec::new()),
+            Kind::Timestamptz => ColumnArray::Timestamptz(Vec::new()),
+            Kind::Keypoints => ColumnArray::Keypoints(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: Value<'a>) {
+        match (self, v) {
+            (ColumnArray::Text(a), Value::Text(x)) => a.push(x),
+            (ColumnArray::Uuid(a), Value::Uuid(x)) => a.push(x),
+            (ColumnArray::Int4(a), Value::Int4(x)) => a.push(x),
+            (ColumnArray::Int8(a), Value::Int8(x)) => a.push(x),
+            (ColumnArray::Float4(a), Value::Float4(x)) => a.push(x),
+            (ColumnArray::Timestamptz(a), Value::Timestamptz(x)) => a.push(x),
+            (ColumnArray::Keypoints(a), Value::Keypoints(x)) => a.push(x.map(keypoints_literal)),
+            (_, v) => unreachable!("a column's values are of its kind, got {v:?}"),
+        }
+    }
+}
+
+/// The array-binding alternative: every column as one array parameter, unnested into rows.
+async fn unnest(conn: &mut PgConnection, table: &Table, batch: &Batch) -> Result<u64, SinkError> {
+    let mut arrays: Vec<ColumnArray> = table.columns.iter().map(|c| ColumnArray::new(c.kind)).collect();
+    for (row, i) in table.rows(&batch.frames) {
+        for (array, col) in arrays.iter_mut().zip(table.columns) {
+            array.push((col.value)(row, i));
+        }
+    }
+    let params = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}[]", i + 1, if c.kind == Kind::Keypoints { "text" } else { c.kind.sql() }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let select = table
+        .columns
+        .iter()
+        .map(|c| if c.kind == Kind::Keypoints { format!("u.{}::real[]", c.name) } else { format!("u.{}", c.name) })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO {t} ({cols}) SELECT {select} FROM UNNEST({params}) AS u({cols})", t = table.name, cols = table.all());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for array in arrays {
+        query = match array {
+            ColumnArray::Text(a) => query.bind(a),
+            ColumnArray::Uuid(a) => query.bind(a),
+            ColumnArray::Int4(a) => query.bind(a),
+            ColumnArray::Int8(a) => query.bind(a),
+            ColumnArray::Float4(a) => query.bind(a),
+            ColumnArray::Timestamptz(a) => query.bind(a),
+            ColumnArray::Keypoints(a) => query.bind(a),
+        };
+    }
+    Ok(query.execute(&mut *conn).await?.rows_affected())
+}
+
+/// A 2-D real[] literal: `{{x,y,s},{x,y,s}}`.
+fn keypoints_literal(kps: &[[f32; 3]]) -> String {
+    let rows: Vec<String> = kps.iter().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
+    format!("{{{}}}", rows.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keypoint_literals() {
+        assert_eq!(keypoints_literal(&[[1.5, 2.0, 0.25], [3.0, 4.125, 1.0]]), "{{1.5,2,0.25},{3,4.125,1}}");
+    }
+
+    #[test]
+    fn the_merge_inserts_detections_of_new_frames_only() {
+        let sql = merge_sql();
+        assert!(sql.contains("FROM detections_stage d JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
+        assert!(sql.contains("INSERT INTO frames (camera_id, run_id, frame_seq, captured_at,"), "{sql}");
+    }
+}
