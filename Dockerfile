@@ -22,7 +22,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       libssl3 libsasl2-2 zlib1g libzstd1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/sink /usr/local/bin/sink
-USER nobody
+USER 65534:65534
 ENTRYPOINT ["sink"]
 CMD ["run"]
 
@@ -36,5 +36,5 @@ RUN ln -s libonnxruntime.so.1.31.1 /usr/local/lib/libonnxruntime.so.1 && ldconfi
 COPY --from=build /src/target/release/detector /usr/local/bin/detector
 COPY models/ /models/
 ENV DETECTOR_MODEL=/models/yolo11n-pose.onnx
-USER nobody
+USER 65534:65534
 ENTRYPOINT ["detector"]

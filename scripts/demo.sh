@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set everything up, then run the whole pipeline on the sample video
 #   detector (vtest.avi) -> Kafka (framed for the schema registry) -> sink -> PostgreSQL
-# and print what the table says: people per second of video. Stops the servers at the end; the
+# and print what the table says: people per second of video. While it runs, the detector, the sink,
+# the broker and the database are scraped by Prometheus (the repo's rules, with Alertmanager); it
+# says where to look. Stops the servers at the end; the
 # rows stay in PostgreSQL (scripts/services.sh start postgres, then query them). Running it again
 # is a replay of the same run (same file, same model and settings): the table keeps each frame once.
 set -euo pipefail
@@ -18,6 +20,11 @@ cleanup() {
 }
 trap cleanup EXIT
 "$REPO_ROOT/scripts/services.sh" start
+"$REPO_ROOT/scripts/services.sh" start monitoring
+DETECTOR_METRICS="127.0.0.1:${DEMO_DETECTOR_METRICS_PORT:-9188}"
+SINK_METRICS="127.0.0.1:${DEMO_SINK_METRICS_PORT:-9189}"
+echo "[{\"targets\": [\"$DETECTOR_METRICS\"]}]" > "$STATE_DIR/monitoring/targets/detector.json"
+echo "[{\"targets\": [\"$SINK_METRICS\"]}]" > "$STATE_DIR/monitoring/targets/sink.json"
 
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 export KAFKA_TOPIC="detections"
@@ -32,12 +39,15 @@ psql_q() { psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" "$@"; }
 # A group of its own each time: the broker is fresh at every start (a fixture), so offsets an
 # earlier demo stored would point past the new topic's messages.
 GROUP="demo-sink-$(date +%s)"
-./target/release/sink run --group-id "$GROUP" > "$STATE_DIR/demo-sink.log" 2>&1 &
+./target/release/sink run --group-id "$GROUP" --metrics-addr "$SINK_METRICS" > "$STATE_DIR/demo-sink.log" 2>&1 &
 sink_pid=$!
 log "sink running (pid $sink_pid, log $STATE_DIR/demo-sink.log)"
 
+log "metrics while it runs: http://$DETECTOR_METRICS/metrics (detector), http://$SINK_METRICS/metrics (sink),"
+log "  http://127.0.0.1:$KAFKA_JMX_PORT/metrics (Kafka), http://127.0.0.1:$PG_EXPORTER_PORT/metrics (PostgreSQL);"
+log "  Prometheus http://127.0.0.1:$PROM_PORT (targets, alerts), Alertmanager http://127.0.0.1:$ALERTMANAGER_PORT"
 log "detector: samples/vtest.avi -> Kafka topic $KAFKA_TOPIC"
-./target/release/detector --source samples/vtest.avi --camera-id "$CAMERA" 2> >(tee "$STATE_DIR/demo-detector.log" >&2)
+./target/release/detector --source samples/vtest.avi --camera-id "$CAMERA" --metrics-addr "$DETECTOR_METRICS" 2> >(tee "$STATE_DIR/demo-detector.log" >&2)
 # The run this file and these settings make: the same every time.
 RUN=$(sed -n 's/.* run=\([0-9a-f-]\{36\}\).*/\1/p' "$STATE_DIR/demo-detector.log" | head -n 1)
 [ -n "$RUN" ] || die "no run id in $STATE_DIR/demo-detector.log"

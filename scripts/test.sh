@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: provisions what is missing, builds, starts PostgreSQL, Kafka and the schema
-# registry, runs every test (unit and end-to-end), and stops the servers again whatever happens.
+# The test command: provisions what is missing, builds, checks formatting, lints and the configs
+# that cannot run here (scripts/check_configs.sh), starts PostgreSQL, Kafka and the schema registry,
+# runs every test (unit and end-to-end; the monitoring test starts Prometheus and Alertmanager
+# itself), and stops the servers again whatever happens.
 #   scripts/test.sh [extra cargo test args]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -19,6 +21,7 @@ t1=$SECONDS
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 log "fmt and clippy took $((SECONDS - t1)) s"
+"$REPO_ROOT/scripts/check_configs.sh"
 
 trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
 "$REPO_ROOT/scripts/services.sh" start

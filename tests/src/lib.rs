@@ -72,6 +72,11 @@ pub fn services(args: &[&str], keep_kafka_data: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where `scripts/services.sh` keeps the services' state (its STATE_DIR, from the same variable).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("YOLO_PIPELINE_STATE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/yolo-pipeline"))
+}
+
 pub fn admin_db_url() -> String {
     std::env::var("DATABASE_ADMIN_URL").unwrap_or_else(|_| "postgres://pipeline:pipeline@127.0.0.1:5432/postgres".into())
 }
@@ -490,7 +495,25 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP response: {response}"))?;
     ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return dechunk(body);
+    }
     Ok(body.to_string())
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (Prometheus' API sends its answers so).
+fn dechunk(mut rest: &str) -> Result<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or_else(|| anyhow::anyhow!("a chunk without its size line"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(body);
+        }
+        ensure!(after.len() >= size + 2, "a chunk cut short");
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
 }
 
 /// The detector on `source` as camera `camera`, publishing to `topic`, run to its end.
