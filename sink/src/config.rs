@@ -58,6 +58,12 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
 
+    /// Write as soon as the writer is idle (true), so a frame at live rates is stored within
+    /// milliseconds and under load batches grow while the previous one is written; or (false) wait
+    /// for a batch of --batch-rows or --batch-ms.
+    #[arg(long, env = "SINK_WRITE_WHEN_IDLE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub write_when_idle: bool,
+
     /// Write a batch once it holds this many rows (frames + detections).
     #[arg(long, env = "SINK_BATCH_ROWS", default_value_t = 5000)]
     pub batch_rows: usize,
@@ -67,7 +73,8 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_BATCH_MAX_ROWS", default_value_t = 20000)]
     pub batch_max_rows: usize,
 
-    /// Write a batch at the latest this long after its first message, in milliseconds.
+    /// Write a batch at the latest this long after its first message, in milliseconds (with
+    /// --write-when-idle, only a bound: an idle writer takes a batch at once).
     #[arg(long, env = "SINK_BATCH_MS", default_value_t = 200)]
     pub batch_ms: u64,
 

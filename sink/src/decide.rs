@@ -15,9 +15,13 @@ use std::time::Duration;
 /// When a batch is written, and how large it may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Write once the batch holds this many rows...
+    /// Write as soon as the writer is idle, whatever the batch holds: at live rates a frame is
+    /// written alone the moment it comes, and under load the next batch grows while a write is in
+    /// flight, so batches are as large as the load makes them. Without it a batch waits to fill...
+    pub write_when_idle: bool,
+    /// ...up to this many rows...
     pub batch_rows: usize,
-    /// ...or is this old...
+    /// ...or this age: with `write_when_idle` only a bound, since an idle writer takes it at once.
     pub batch_age: Duration,
     /// ...and never let it grow past this many while the writer is busy or the database away:
     /// the bound on what the sink holds in memory.
@@ -60,7 +64,7 @@ pub struct Decision {
 pub fn decide(v: &View, p: &Policy) -> Decision {
     let gathered = v.batch_age.is_some();
     let writing = v.writing.is_some();
-    let due = v.batch_rows >= p.batch_rows || v.batch_age.is_some_and(|a| a >= p.batch_age) || v.stopping;
+    let due = p.write_when_idle || v.batch_rows >= p.batch_rows || v.batch_age.is_some_and(|a| a >= p.batch_age) || v.stopping;
     let write = gathered && !writing && due;
     // The batch cannot go out now and is as large as it may be: hold everything back, briefly
     // by not taking messages, for longer by pausing.
@@ -75,7 +79,10 @@ pub fn decide(v: &View, p: &Policy) -> Decision {
 mod tests {
     use super::*;
 
-    const POLICY: Policy = Policy { batch_rows: 100, batch_age: Duration::from_millis(200), batch_max_rows: 400 };
+    /// Batches that wait to fill (`--write-when-idle false`).
+    const POLICY: Policy = Policy { write_when_idle: false, batch_rows: 100, batch_age: Duration::from_millis(200), batch_max_rows: 400 };
+    /// The default: written as soon as the writer is idle.
+    const IDLE: Policy = Policy { write_when_idle: true, ..POLICY };
 
     fn set(v: &[i32]) -> BTreeSet<i32> {
         v.iter().copied().collect()
@@ -119,6 +126,28 @@ mod tests {
         ];
         for (what, v, write, consume, pause, done) in cases {
             let d = decide(&v, &POLICY);
+            assert_eq!(d, Decision { write, consume, pause, done }, "{what}");
+        }
+    }
+
+    #[test]
+    fn decisions_when_written_as_soon_as_the_writer_is_idle() {
+        let all = set(&[0, 1, 2, 3]);
+        let none = set(&[]);
+        let busy = |n| Some(Duration::from_millis(n));
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("nothing gathered: nothing to write", view(), false, true, none.clone(), false),
+            ("one young frame goes out at once", View { batch_rows: 1, batch_age: ms(0), ..view() }, true, true, none.clone(), false),
+            ("while writing, the next batch grows", View { batch_rows: 150, batch_age: ms(5), writing: busy(10), ..view() }, false, true, none.clone(), false),
+            ("the writer back: what grew goes out", View { batch_rows: 150, batch_age: ms(30), ..view() }, true, true, none.clone(), false),
+            ("at its cap, a quick write is waited for", View { batch_rows: 400, batch_age: ms(5), writing: busy(999), ..view() }, false, false, none.clone(), false),
+            ("at its cap, a slow write: all paused, still polled", View { batch_rows: 400, batch_age: ms(5), writing: busy(1000), ..view() }, false, true, all.clone(), false),
+            ("database away: everything paused", View { batch_rows: 5, batch_age: ms(10), writing: busy(10), database_down: true, ..view() }, false, true, all.clone(), false),
+            ("stopping: done", View { stopping: true, ..view() }, false, true, all.clone(), true),
+        ];
+        for (what, v, write, consume, pause, done) in cases {
+            let d = decide(&v, &IDLE);
             assert_eq!(d, Decision { write, consume, pause, done }, "{what}");
         }
     }

@@ -110,6 +110,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 impl Sink<'_> {
     async fn run(&mut self) -> Result<(), SinkError> {
         let policy = Policy {
+            write_when_idle: self.args.write_when_idle,
             batch_rows: self.args.batch_rows,
             batch_age: Duration::from_millis(self.args.batch_ms),
             batch_max_rows: self.args.batch_max_rows,
