@@ -35,10 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let len = 3 * model.input_w as usize * model.input_h as usize;
     let mut inputs = Vec::new();
     let mut frames = 0usize;
-    while let Some(frame) = source.next_frame()? {
+    while source.next_frame()?.is_some() {
         if inputs.len() < 40 {
             let mut t = vec![0.0f32; len];
-            letterbox(&frame.image, model.input_w, model.input_h, &mut t)?;
+            letterbox(&source.image()?, model.input_w, model.input_h, &mut t)?;
             inputs.push(t);
         }
         frames += 1;

@@ -7,8 +7,8 @@
 //!   the newest frame, and a full one drops its oldest (counted as dropped, behind), so latency
 //!   cannot drift. Frames older than `--max-frame-age-s` are dropped at publishing too.
 //!
-//! `--max-fps` skips frames here, before they cost a letterbox or a place in the channel (they are
-//! still decoded: the codec needs them). A camera's faults stay its own: a frame that cannot be
+//! `--max-fps` skips frames here, before they cost a BGR conversion, a letterbox or a place in the
+//! channel (they are still decoded: the codec needs every frame). A camera's faults stay its own: a frame that cannot be
 //! letterboxed, a read error, even a panic, is reported (one ERROR line, a metric); a live camera is
 //! then reopened, a file camera ends with the error while the other cameras go on.
 
@@ -157,16 +157,13 @@ impl Capture<'_> {
                 // Like a camera's frame, it is captured when it is released.
                 frame.captured_at = chrono::Utc::now();
             }
+            let image = source.image()?;
             let mut input = self.spare_rx.try_recv().unwrap_or_else(|_| vec![0.0; tensor_len]);
             let blame = if live { Blame::External } else { Blame::User };
-            let lb = letterbox(&frame.image, input_w, input_h, &mut input).map_err(|e| {
-                DetectorError::source(
-                    &source.uri,
-                    blame,
-                    format!("frame {} ({}x{}): {e}", frame.seq, frame.image.cols(), frame.image.rows()),
-                )
+            let lb = letterbox(&image, input_w, input_h, &mut input).map_err(|e| {
+                DetectorError::source(&source.uri, blame, format!("frame {} ({}x{}): {e}", frame.seq, image.cols(), image.rows()))
             })?;
-            let image = self.keep_images.then_some(frame.image);
+            let image = self.keep_images.then_some(image);
             let meta = FrameMeta { camera: self.camera, seq: frame.seq, pts_ms: frame.pts_ms, captured_at: frame.captured_at, image };
             if !self.hand_on(Prepared { meta, lb, input }) {
                 break;

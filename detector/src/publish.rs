@@ -138,14 +138,16 @@ pub struct KafkaOutput {
 
 pub enum Output {
     Kafka(KafkaOutput),
-    Stdout(std::io::BufWriter<std::io::Stdout>),
+    /// Line by line: a reader of a live camera's lines gets each frame when it is published, not
+    /// when a buffer fills.
+    Stdout(std::io::LineWriter<std::io::Stdout>),
 }
 
 impl Output {
     /// `client_id` names the producers to the brokers; `policies` are the cameras' policies.
     pub fn open(cfg: &Config, client_id: &str, policies: &[Policy], stats: Arc<Vec<CameraStats>>) -> Result<Self, DetectorError> {
         match cfg.output {
-            OutputKind::Stdout => Ok(Output::Stdout(std::io::BufWriter::new(std::io::stdout()))),
+            OutputKind::Stdout => Ok(Output::Stdout(std::io::LineWriter::new(std::io::stdout()))),
             OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stats).map(Output::Kafka),
         }
     }

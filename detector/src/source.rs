@@ -36,13 +36,13 @@ impl SourceKind {
     }
 }
 
-/// One decoded frame, BGR.
+/// One frame taken from the source: decoded by the codec (which must see every frame), but not
+/// yet converted to a BGR image; [`Source::image`] does that, only for the frames that are kept.
 pub struct Frame {
     /// 0-based decode order; it keeps counting across a reopened live source and a looped file.
     pub seq: u64,
     pub pts_ms: i64,
     pub captured_at: DateTime<Utc>,
-    pub image: Mat,
 }
 
 /// How to open and read a source, beyond its URI.
@@ -76,6 +76,8 @@ pub struct Source {
     /// A video file: the frames its container announces, and those read in this pass.
     announced: Option<u64>,
     pass_frames: u64,
+    /// An image source's one frame, taken by `read` and handed out by `image`.
+    grabbed_image: Option<Mat>,
 }
 
 /// Frames a file may come short of what its container announces before that counts as truncated
@@ -104,6 +106,7 @@ impl Source {
             frame_ms: 0,
             announced: None,
             pass_frames: 0,
+            grabbed_image: None,
         };
         match source.connect() {
             Ok(()) => {}
@@ -194,7 +197,7 @@ impl Source {
                 return Err(DetectorError::source(&self.uri, Blame::User, why));
             }
         }
-        let (image, pts_ms) = match read {
+        let pts_ms = match read {
             Some(read) => read,
             None if self.opts.looped && self.kind == SourceKind::File && self.next_seq > 0 => {
                 self.connect()?;
@@ -210,27 +213,48 @@ impl Source {
         self.next_seq += 1;
         self.pass_frames += 1;
         self.last_pts_ms = pts_ms;
-        Ok(Some(Frame { seq, pts_ms, captured_at: Utc::now(), image }))
+        Ok(Some(Frame { seq, pts_ms, captured_at: Utc::now() }))
     }
 
-    /// One image and its pts (with the loop offset) from the open reader.
-    fn read(&mut self) -> Result<Option<(Mat, i64)>, DetectorError> {
+    /// The BGR image of the frame `next_frame` returned last. Skipped frames never come here, so
+    /// they cost the codec's decoding but not the conversion.
+    pub fn image(&mut self) -> Result<Mat, DetectorError> {
+        let blame = if self.kind == SourceKind::Live { Blame::External } else { Blame::User };
+        let mat = match &mut self.reader {
+            Some(Reader::Video(cap)) => {
+                let mut mat = Mat::default();
+                let ok = cap.retrieve(&mut mat, 0).map_err(|e| DetectorError::source(&self.uri, blame, e))?;
+                ok.then_some(mat).filter(|m| !m.empty())
+            }
+            Some(Reader::Image(_)) => self.grabbed_image.take(),
+            None => None,
+        };
+        mat.ok_or_else(|| {
+            DetectorError::source(&self.uri, blame, format!("frame {} could not be decoded", self.next_seq.saturating_sub(1)))
+        })
+    }
+
+    /// Takes the next frame from the open reader (decoded, not converted): its pts, with the loop
+    /// offset.
+    fn read(&mut self) -> Result<Option<i64>, DetectorError> {
         let live = self.kind == SourceKind::Live;
         match &mut self.reader {
             None => Ok(None),
-            Some(Reader::Image(img)) => Ok(img.take().map(|img| (img, 0))),
+            Some(Reader::Image(img)) => {
+                self.grabbed_image = img.take();
+                Ok(self.grabbed_image.is_some().then_some(0))
+            }
             Some(Reader::Video(cap)) => {
-                let mut mat = Mat::default();
                 let blame = if live { Blame::External } else { Blame::User };
-                let ok = cap.read(&mut mat).map_err(|e| DetectorError::source(&self.uri, blame, e))?;
-                if !ok || mat.empty() {
+                let ok = cap.grab().map_err(|e| DetectorError::source(&self.uri, blame, e))?;
+                if !ok {
                     if live {
                         self.reader = None;
                     }
                     return Ok(None);
                 }
                 let pts = cap.get(videoio::CAP_PROP_POS_MSEC).unwrap_or(0.0);
-                Ok(Some((mat, self.pts_offset_ms + pts.round() as i64)))
+                Ok(Some(self.pts_offset_ms + pts.round() as i64))
             }
         }
     }
