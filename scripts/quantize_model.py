@@ -7,7 +7,9 @@ Run by scripts/quantize_model.sh (which makes the virtualenv). Defaults are the 
 
 Calibration frames are letterboxed exactly as the detector does it (Ultralytics LetterBox: pad 114,
 RGB, /255, NCHW float32) from samples/vtest.avi, decoded by the ffmpeg CLI (bgr24).
-The evaluation compares the int8 model with the fp32 one over every frame of the video: detections at
+Calibration uses only the first --calib-split of the video (half by default), the evaluation only the
+rest, so the model is never judged on the frames it was calibrated on.
+The evaluation compares the int8 model with the fp32 one over those frames: detections at
 conf >= 0.25 after class-agnostic NMS at IoU 0.7 (max 300, Ultralytics predict defaults), matched
 one-to-one (greedy, highest IoU first) at IoU >= 0.5; precision = matched / int8 detections,
 recall = matched / fp32 detections. It also times bare inference (median of --bench-runs runs after
@@ -15,7 +17,7 @@ warm-up, intra_op_num_threads=2, ORT_ENABLE_ALL) for both models.
 
 The recipe (defaults): quant_pre_process, then quantize_static QDQ, int8 per-channel symmetric
 weights, uint8 asymmetric activations, MinMax calibration with CalibMovingAverage on 100 frames spread
-evenly over vtest.avi; kept float: the model.10 attention MatMul/Softmax/Mul (see ATTENTION) and the
+evenly over the first half of vtest.avi; kept float: the model.10 attention MatMul/Softmax/Mul (see ATTENTION) and the
 head's decode tail plus the last conv of each head branch (--exclude final). Then the float DFL
 softmax is moved to the innermost axis (dfl_last_axis: same output values, ~3 ms less). The
 exporter's metadata_props (names, kpt_shape, stride, ...) are copied into the output.
@@ -163,6 +165,11 @@ def dfl_last_axis(m):
     return m
 
 
+def calibration_end(args, frames):
+    """Frames [0, this) calibrate; the rest are for the evaluation."""
+    return max(1, int(len(frames) * args.calib_split))
+
+
 def quantize(args, frames):
     src = onnx.load(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +178,7 @@ def quantize(args, frames):
         pre_model = onnx.load(pre)
         exclude = nodes_to_exclude(pre_model, args.exclude,
                                    args.exclude_regex + ([ATTENTION] if args.float_attention else []))
-        n = len(frames)
+        n = calibration_end(args, frames)
         idx = np.unique(np.round(np.linspace(0, n - 1, args.calib_frames)).astype(int)) \
             if args.calib_frames < n else np.arange(n)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -291,7 +298,9 @@ def match(ref, got):
 
 
 def evaluate(args, frames, path):
-    ref_cache = os.path.join(args.work, "fp32_dets.npz")
+    first = calibration_end(args, frames)
+    frames = frames[first:]
+    ref_cache = os.path.join(args.work, f"fp32_dets_from_{first}.npz")
     ref = None
     if os.path.exists(ref_cache) and os.path.getmtime(ref_cache) >= os.path.getmtime(args.model):
         z = np.load(ref_cache)
@@ -320,7 +329,9 @@ def main():
     ap.add_argument("--video", default=os.path.join(root, "samples/vtest.avi"))
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/yolo-pipeline/quant-work"),
                     help="cache of letterboxed frames and fp32 detections")
-    ap.add_argument("--calib-frames", type=int, default=100, help="evenly spread over the video")
+    ap.add_argument("--calib-frames", type=int, default=100, help="evenly spread over the calibration part")
+    ap.add_argument("--calib-split", type=float, default=0.5,
+                    help="the part of the video that calibrates (from its start); the evaluation uses the rest")
     ap.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
     ap.add_argument("--percentile", type=float, default=99.999)
     ap.add_argument("--exclude", choices=["none", "tail", "score", "final", "head"], default="final")
@@ -349,7 +360,7 @@ def main():
         path = args.eval_only
     else:
         path = args.out
-        rec.update({k: getattr(args, k) for k in ("calib_frames", "method", "exclude", "exclude_regex",
+        rec.update({k: getattr(args, k) for k in ("calib_frames", "calib_split", "method", "exclude", "exclude_regex",
                                                    "act_type", "sym_act", "reduce_range", "per_channel",
                                                    "moving_average", "float_attention", "dfl_last_axis")})
         if args.method == "percentile":

@@ -4,7 +4,7 @@
 # samples/vtest.avi letterboxed as the detector does. Needs PyPI onnxruntime/onnx/sympy/numpy/opencv in
 # a venv in the cache, and the ffmpeg CLI (provision.sh installs it). Runs offline once installed.
 #   scripts/quantize_model.sh                 # quantize with the chosen recipe
-#   scripts/quantize_model.sh --eval R.jsonl  # also compare with fp32 over all 795 frames and time both
+#   scripts/quantize_model.sh --eval R.jsonl  # also compare with fp32 on the frames not calibrated on, and time both
 #                                             # (precision/recall of matched boxes, bare latency)
 # Any other quantize_model.py option passes through (see `--help`), e.g. --out, --method, --exclude.
 set -euo pipefail

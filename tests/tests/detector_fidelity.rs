@@ -206,13 +206,13 @@ fn load_reference(name: &str) -> Result<(Vec<Vec<Det>>, Value)> {
 }
 
 /// The detector's detections per frame_seq, from `--output stdout`.
-fn run_detector(source: &Path) -> Result<Vec<Vec<Det>>> {
+fn run_detector(source: &Path, model: &Path) -> Result<Vec<Vec<Det>>> {
     // Read while it runs: a video's JSON lines would fill a pipe nobody reads.
     let child = Spawned::start(Command::new(bin("detector")).args([
         "--source",
         source.to_str().unwrap(),
         "--model",
-        model().to_str().unwrap(),
+        model.to_str().unwrap(),
         "--output",
         "stdout",
     ]))?;
@@ -244,7 +244,7 @@ fn run_detector(source: &Path) -> Result<Vec<Vec<Det>>> {
 
 fn check_source(name: &str, source: PathBuf) -> Result<()> {
     let (reference, head) = load_reference(name)?;
-    let detected = run_detector(&source)?;
+    let detected = run_detector(&source, &model())?;
     ensure!(
         detected.len() == reference.len(),
         "{name}: the detector published {} frames, the reference has {}",
@@ -295,6 +295,29 @@ fn matches_ultralytics_on_bus_image() -> Result<()> {
 #[test]
 fn matches_ultralytics_on_zidane_image() -> Result<()> {
     check_source("zidane.jpg", reference_dir().join("zidane.jpg"))
+}
+
+/// The shipped int8 model against the fp32 one, both through the detector, on frames of the half
+/// of `vtest.avi` that `scripts/quantize_model.sh` does not calibrate on (it calibrates on the
+/// first half): the same matching, at recall and precision >= 0.95.
+#[test]
+fn int8_model_agrees_with_fp32_on_frames_it_was_not_calibrated_on() -> Result<()> {
+    let dir = TempDir::new("int8")?;
+    let clip = dir.join("second-half.mp4");
+    // vtest.avi is 79.5 s; the calibration frames are all before 39.8 s.
+    h264_clip(&sample("vtest.avi"), &clip, 41, Some(20))?;
+    let fp32 = run_detector(&clip, &model())?;
+    let int8 = run_detector(&clip, &repo_root().join("models/yolo11n-pose-int8.onnx"))?;
+    ensure!(fp32.len() == int8.len() && fp32.len() >= 150, "{} fp32 frames, {} int8", fp32.len(), int8.len());
+    let mut fig = Figures::default();
+    for (r, d) in fp32.iter().zip(&int8) {
+        fig.add(r, d);
+    }
+    eprintln!("{}", fig.report("int8 against fp32"));
+    ensure!(fig.ref_confident > 100, "too few confident fp32 boxes to judge: {}", fig.ref_confident);
+    ensure!(fig.recall() >= 0.95, "int8 recall {:.4} < 0.95", fig.recall());
+    ensure!(fig.precision() >= 0.95, "int8 precision {:.4} < 0.95", fig.precision());
+    Ok(())
 }
 
 #[test]
