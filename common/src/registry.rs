@@ -91,7 +91,7 @@ impl Registry {
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let body = serde_json::json!({ "schemaType": "JSON", "schema": schema });
         let what = format!("register a schema under subject {subject}");
-        self.call(Method::Post, &format!("/subjects/{}/versions", path_segment(subject)), Some(body), &what)
+        self.call(Method::Post, &format!("/subjects/{}/versions", percent_encode(subject)), Some(body), &what)
             .and_then(|text| parse::<Id>(&text, &self.url).map(|r| r.id))
     }
 
@@ -99,7 +99,7 @@ impl Registry {
     pub fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
         let body = serde_json::json!({ "compatibility": level });
         let what = format!("set subject {subject}'s compatibility to {level}");
-        self.call(Method::Put, &format!("/config/{}", path_segment(subject)), Some(body), &what).map(|_| ())
+        self.call(Method::Put, &format!("/config/{}", percent_encode(subject)), Some(body), &what).map(|_| ())
     }
 
     /// The schema registered under `id`.
@@ -163,8 +163,9 @@ fn error_message(body: &str) -> String {
     text.chars().take(300).collect()
 }
 
-/// A subject name inside a URL path.
-fn path_segment(s: &str) -> String {
+/// A string as one URL component (a subject name in a path, a query's value): every byte but the
+/// unreserved ones percent-encoded.
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
@@ -211,8 +212,8 @@ mod tests {
 
     #[test]
     fn redaction_and_paths() {
-        assert_eq!(path_segment("detections-value"), "detections-value");
-        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("detections-value"), "detections-value");
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
         assert_eq!(error_message(r#"{"message":"Schema 9 not found.","error_code":40403}"#), "Schema 9 not found.");
     }
 

@@ -2,9 +2,12 @@
 //!   cargo bench -p pipeline-tests --bench sink [-- MESSAGES]
 //! Pre-fills a 4-partition topic with MESSAGES frame messages (3 people each, 17 keypoints), times
 //! the sink draining it into PostgreSQL in each write mode, and in the same run times a raw
-//! `psql \copy` of the same rows from files. The last line:
+//! `psql \copy` of the same rows from files. Copy mode runs twice, with batches written as soon as
+//! the writer is idle (the default) and with batches that wait to fill (`--write-when-idle
+//! false`, the earlier default). The last lines:
+//!   idle_rows_per_s=<f> waiting_rows_per_s=<f> idle_over_waiting=<f>
 //!   sink_rows_per_s=<f> copy_rows_per_s=<f> ratio=<f>
-//! for the default mode (copy). Rows are frames + detections.
+//! for the default settings. Rows are frames + detections.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -29,27 +32,30 @@ async fn main() -> Result<()> {
     produce(&topic, frames.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
     println!("prefill_s={:.2}", t.elapsed().as_secs_f64());
 
-    let mut copy_mode_rate = 0.0;
-    for mode in ["unnest", "staging", "copy"] {
-        let rate = drain(&topic, messages, mode).await?;
-        println!("mode={mode} sink_rows_per_s={rate:.0} detection_rows_per_s={:.0}", rate * PERSONS as f64 / ROWS_PER_MESSAGE as f64);
-        if mode == "copy" {
-            copy_mode_rate = rate;
-        }
+    let mut rates = Vec::new();
+    for (mode, idle) in [("unnest", "true"), ("staging", "true"), ("copy", "false"), ("copy", "true")] {
+        let rate = drain(&topic, messages, mode, idle).await?;
+        println!(
+            "mode={mode} write_when_idle={idle} sink_rows_per_s={rate:.0} detection_rows_per_s={:.0}",
+            rate * PERSONS as f64 / ROWS_PER_MESSAGE as f64
+        );
+        rates.push(rate);
     }
+    let (waiting, idle) = (rates[2], rates[3]);
     let psql_rate = psql_copy(&frames).await?;
     println!("psql_copy_rows_per_s={psql_rate:.0}");
-    println!("sink_rows_per_s={copy_mode_rate:.0} copy_rows_per_s={psql_rate:.0} ratio={:.2}", copy_mode_rate / psql_rate);
+    println!("idle_rows_per_s={idle:.0} waiting_rows_per_s={waiting:.0} idle_over_waiting={:.2}", idle / waiting);
+    println!("sink_rows_per_s={idle:.0} copy_rows_per_s={psql_rate:.0} ratio={:.2}", idle / psql_rate);
     Ok(())
 }
 
 /// Rows per second of one sink draining the topic into a fresh database, measured from its first
 /// committed batch to its last (group join and start-up left out, and the first batch's rows too).
-async fn drain(topic: &str, messages: u64, mode: &str) -> Result<f64> {
+async fn drain(topic: &str, messages: u64, mode: &str, write_when_idle: &str) -> Result<f64> {
     let db = TestDb::create("bench").await?;
     migrate(&db.url)?;
     let mut conn = db.connect().await?;
-    let sink = SinkProcess::start(&db.url, topic, &unique("bench"), &["--write-mode", mode])?;
+    let sink = SinkProcess::start(&db.url, topic, &unique("bench"), &["--write-mode", mode, "--write-when-idle", write_when_idle])?;
     let stored = || "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets";
     let deadline = Instant::now() + Duration::from_secs(600);
     let (mut t0, mut n0) = (None, 0i64);
@@ -61,7 +67,10 @@ async fn drain(topic: &str, messages: u64, mode: &str) -> Result<f64> {
         }
         if n as u64 == messages {
             let secs = now.duration_since(t0.expect("first batch seen")).as_secs_f64();
-            println!("mode={mode} drain_s={secs:.2} sink_cpu_s={:.2}", sink.cpu_seconds().unwrap_or(f64::NAN));
+            println!(
+                "mode={mode} write_when_idle={write_when_idle} drain_s={secs:.2} sink_cpu_s={:.2}",
+                sink.cpu_seconds().unwrap_or(f64::NAN)
+            );
             sink.stop()?;
             ensure!(secs > 0.0, "the first batch held everything: use more messages");
             return Ok((messages - n0 as u64) as f64 * ROWS_PER_MESSAGE as f64 / secs);
@@ -87,8 +96,9 @@ async fn psql_copy(frames: &[wire::FrameMessage]) -> Result<f64> {
         let at = m.captured_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         writeln!(
             f,
-            "{}\t{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}\t0\t{i}",
+            "{}\t{}\t{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}\t0\t{i}",
             m.camera_id,
+            m.run_id,
             m.frame_seq,
             m.pts_ms,
             m.frame_width,
@@ -101,8 +111,9 @@ async fn psql_copy(frames: &[wire::FrameMessage]) -> Result<f64> {
             let b = det.bbox;
             writeln!(
                 d,
-                "{}\t{}\t{j}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{at}",
+                "{}\t{}\t{}\t{j}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{at}",
                 m.camera_id,
+                m.run_id,
                 m.frame_seq,
                 det.class,
                 det.score,
@@ -121,9 +132,9 @@ async fn psql_copy(frames: &[wire::FrameMessage]) -> Result<f64> {
     let out = Command::new("psql")
         .arg(&db.url)
         .args(["-v", "ON_ERROR_STOP=1", "-qc"])
-        .arg(format!("\\copy frames (camera_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, person_count, model_name, model_sha256, kafka_partition, kafka_offset) FROM '{}'", fp.display()))
+        .arg(format!("\\copy frames (camera_id, run_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, person_count, model_name, model_sha256, kafka_partition, kafka_offset) FROM '{}'", fp.display()))
         .arg("-qc")
-        .arg(format!("\\copy detections (camera_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at) FROM '{}'", dp.display()))
+        .arg(format!("\\copy detections (camera_id, run_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at) FROM '{}'", dp.display()))
         .output()?;
     let secs = t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&dir)?;

@@ -249,23 +249,27 @@ pub fn v1_json(msg: &wire::FrameMessage) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// Hands one record to the producer, waiting while its queue is full.
+pub fn send(producer: &BaseProducer, mut record: BaseRecord<'_, str, Vec<u8>>) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
 /// Produces keyed payloads and waits until the broker has them all.
 pub fn produce<'a>(topic: &str, messages: impl IntoIterator<Item = (&'a str, Vec<u8>)>) -> Result<usize> {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", brokers()).set("enable.idempotence", "true").set("linger.ms", "20").create()?;
     let mut n = 0;
     for (key, payload) in messages {
-        let mut record = BaseRecord::to(topic).key(key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send(&producer, BaseRecord::to(topic).key(key).payload(&payload))?;
         n += 1;
     }
     producer.flush(Duration::from_secs(60))?;

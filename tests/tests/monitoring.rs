@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::registry::percent_encode;
 use pipeline_tests::*;
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
@@ -62,15 +63,6 @@ fn delivered(bodies: &Mutex<Vec<String>>, alert: &str, camera: &str) -> bool {
             alerts.iter().any(|a| a["status"] == "firing" && a["labels"]["alertname"] == alert && a["labels"]["camera"] == camera)
         })
     })
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A PromQL query against the live Prometheus: its result list.

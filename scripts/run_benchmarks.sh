@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the benchmarks against the real services and keeps their output in docs/perf/NAME.txt, each
+# headed by the command that made it and the machine it ran on; scripts/perf_report.sh then writes
+# docs/performance.md's measured section and its plots from those files.
+#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box]...   (none: all four)
+# Starts the services (and stops them at the end); builds the release binaries first.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box)
+cargo build --release --workspace --bins
+trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
+"$REPO_ROOT/scripts/services.sh" start
+export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export DATABASE_ADMIN_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres"
+export PGPASSWORD="$PG_PASSWORD"
+machine="$(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1), $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -sr)"
+for name in "${names[@]}"; do
+  out="docs/perf/$name.txt"
+  log "benchmark $name -> $out"
+  {
+    echo "# command: cargo bench -p pipeline-tests --bench $name"
+    echo "# machine: $machine"
+    echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)"
+    cargo bench -q -p pipeline-tests --bench "$name" 2>/dev/null
+  } > "$out.tmp"
+  mv "$out.tmp" "$out"
+  cat "$out"
+done
