@@ -23,7 +23,7 @@ for name in "${names[@]}"; do
   {
     echo "# command: cargo bench -p pipeline-tests --bench $name"
     echo "# machine: $machine"
-    echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)"
+    echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' || echo ' with uncommitted changes')"
     cargo bench -q -p pipeline-tests --bench "$name" 2>/dev/null
   } > "$out.tmp"
   mv "$out.tmp" "$out"
