@@ -23,8 +23,8 @@ trap cleanup EXIT
 "$REPO_ROOT/scripts/services.sh" start monitoring
 DETECTOR_METRICS="127.0.0.1:${DEMO_DETECTOR_METRICS_PORT:-9188}"
 SINK_METRICS="127.0.0.1:${DEMO_SINK_METRICS_PORT:-9189}"
-echo "[{\"targets\": [\"$DETECTOR_METRICS\"]}]" > "$STATE_DIR/monitoring/targets/detector.json"
-echo "[{\"targets\": [\"$SINK_METRICS\"]}]" > "$STATE_DIR/monitoring/targets/sink.json"
+write_targets detector "$DETECTOR_METRICS"
+write_targets sink "$SINK_METRICS"
 
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 export KAFKA_TOPIC="detections"

@@ -38,6 +38,16 @@ KAFKA_JMX_PORT="${KAFKA_JMX_PORT:-9404}"
 PROM_PORT="${PROM_PORT:-9090}"
 ALERTMANAGER_PORT="${ALERTMANAGER_PORT:-9094}"
 PG_EXPORTER_PORT="${PG_EXPORTER_PORT:-9187}"
+# Prometheus' state and its file-discovered scrape targets (scripts/services.sh start monitoring).
+MON_DIR="$STATE_DIR/monitoring"
+
+write_targets() { # JOB ADDRESS...
+  local job=$1; shift
+  local list="" a
+  for a in "$@"; do list="$list${list:+, }\"$a\""; done
+  echo "[{\"targets\": [$list]}]" > "$MON_DIR/targets/$job.json.tmp"
+  mv "$MON_DIR/targets/$job.json.tmp" "$MON_DIR/targets/$job.json"
+}
 
 # A virtualenv with the config checkers (docker-compose, hadolint) scripts/check_configs.sh runs.
 CHECKERS_VENV="$CACHE_DIR/checkers-venv"

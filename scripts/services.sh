@@ -274,16 +274,6 @@ registry_stop() { stop_pid registry "$REGISTRY_DIR/pid" 30; }
 # as plain processes), PostgreSQL's exporter; the JMX exporter agent rides on each Kafka broker.
 # Prometheus finds its targets in $MON_DIR/targets/*.json: written here for the services, and
 # for the detectors and sinks by whoever runs them (the monitoring test writes its own).
-MON_DIR="$STATE_DIR/monitoring"
-
-write_targets() { # JOB ADDRESS...
-  local job=$1; shift
-  local list="" a
-  for a in "$@"; do list="$list${list:+, }\"$a\""; done
-  echo "[{\"targets\": [$list]}]" > "$MON_DIR/targets/$job.json.tmp"
-  mv "$MON_DIR/targets/$job.json.tmp" "$MON_DIR/targets/$job.json"
-}
-
 monitoring_start() {
   command -v prometheus >/dev/null || die "prometheus missing; run scripts/provision.sh"
   if pid_alive "$MON_DIR/prometheus.pid"; then log "monitoring already running"; return; fi

@@ -21,11 +21,6 @@ use pipeline_tests::*;
 const WARM_UP: Duration = Duration::from_secs(10);
 const MAX_FPS: f64 = 5.0;
 
-fn list(args: &[String], flag: &str, default: &str) -> Result<Vec<u64>> {
-    let v = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |s| s.as_str());
-    v.split(',').map(|x| x.parse().with_context(|| format!("{flag} {v}"))).collect()
-}
-
 /// A Prometheus counter summed over its label sets.
 fn sum_of(body: &str, name: &str) -> f64 {
     body.lines()
@@ -36,8 +31,8 @@ fn sum_of(body: &str, name: &str) -> f64 {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let counts = list(&args, "--cameras", "2,4,6,8")?;
-    let seconds = Duration::from_secs(list(&args, "--seconds", "20")?[0]);
+    let counts = flag_list::<u64>(&args, "--cameras", "2,4,6,8")?;
+    let seconds = Duration::from_secs(flag_list::<u64>(&args, "--seconds", "20")?[0]);
     let dir = TempDir::new("cameras")?;
     let clip = dir.join("720p.mp4");
     let status = Command::new("ffmpeg")

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use hdrhistogram::Histogram;
 use pipeline_tests::*;
 use rdkafka::config::ClientConfig;
@@ -39,26 +39,21 @@ impl Setting {
     }
 }
 
-fn list<T: std::str::FromStr>(args: &[String], flag: &str, default: &str) -> Result<Vec<T>> {
-    let v = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |s| s.as_str());
-    v.split(',').map(|x| x.parse::<T>().ok().with_context(|| format!("{flag} {v}"))).collect()
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let cameras: u64 = list(&args, "--cameras", "50")?[0];
-    let seconds: u64 = list(&args, "--seconds", "20")?[0];
+    let cameras: u64 = flag_list::<u64>(&args, "--cameras", "50")?[0];
+    let seconds: u64 = flag_list::<u64>(&args, "--seconds", "20")?[0];
     let measure = Duration::from_secs(seconds);
     let mut settings = Vec::new();
     // The offered rate swept with one sink on 4 partitions...
-    for fps in list::<f64>(&args, "--fps", "5,80,240,320")? {
+    for fps in flag_list::<f64>(&args, "--fps", "5,80,240,320")? {
         settings.push(Setting { cameras, fps, partitions: 4, sinks: 1 });
     }
     // ...then the sinks at one high rate, on 4 and 8 partitions.
-    let fps = list::<f64>(&args, "--sinks-fps", "240")?[0];
-    for partitions in list::<i32>(&args, "--partitions", "4,8")? {
-        for sinks in list::<usize>(&args, "--sinks", "1,2,4")? {
+    let fps = flag_list::<f64>(&args, "--sinks-fps", "240")?[0];
+    for partitions in flag_list::<i32>(&args, "--partitions", "4,8")? {
+        for sinks in flag_list::<usize>(&args, "--sinks", "1,2,4")? {
             settings.push(Setting { cameras, fps, partitions, sinks });
         }
     }

@@ -81,6 +81,12 @@ pub fn admin_db_url() -> String {
     std::env::var("DATABASE_ADMIN_URL").unwrap_or_else(|_| "postgres://pipeline:pipeline@127.0.0.1:5432/postgres".into())
 }
 
+/// A benchmark's `FLAG a,b,c` argument as a list (`default` when the flag is not given).
+pub fn flag_list<T: std::str::FromStr>(args: &[String], flag: &str, default: &str) -> Result<Vec<T>> {
+    let v = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |s| s.as_str());
+    v.split(',').map(|x| x.parse::<T>().ok().with_context(|| format!("{flag} {v}"))).collect()
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
