@@ -146,8 +146,10 @@ async fn after_an_outage_a_live_camera_publishes_fresh_frames() -> Result<()> {
     let before = wait_for_topic_size(&topic, 10, "before the outage")?;
     services(&["stop", "kafka"], false)?;
     std::thread::sleep(Duration::from_secs(60));
-    services(&["start", "kafka"], true)?;
+    // Taken before the start, not after its readiness wait: the broker appends what comes in as
+    // soon as it listens, and those first frames are the likeliest to be stale.
     let back_ms = chrono::Utc::now().timestamp_millis();
+    services(&["start", "kafka"], true)?;
     wait_for_topic_size(&topic, before + 20, "after the outage")?;
     det.signal("TERM");
     let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
