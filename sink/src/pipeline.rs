@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::backoff::Backoff;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -101,6 +102,18 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
     sink.run().await
 }
 
+/// librdkafka reconnects by itself and reports each failed connection attempt as a consume error:
+/// news about the broker, not an attempt of ours that failed, so polling goes on at once. (Sleeping
+/// after each one left the errors queued during an outage to be drained one sleep at a time after
+/// it: minutes without a row.) A fatal error leaves the consumer unusable and ends the sink.
+fn on_consume_error(e: SinkError) -> Result<(), SinkError> {
+    if matches!(e, SinkError::Kafka(KafkaError::MessageConsumptionFatal(_))) {
+        return Err(e);
+    }
+    tracing::warn!(error = %e, "kafka consume error");
+    Ok(())
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
@@ -118,7 +131,6 @@ impl Sink<'_> {
         let started = Instant::now();
         let report_every = Duration::from_secs(self.args.report_every_s);
         let mut next_report = Instant::now() + report_every;
-        let mut consume_backoff = backoff();
         loop {
             let d = decide(&self.view(), &policy);
             self.apply_pauses(&d.pause)?;
@@ -162,18 +174,13 @@ impl Sink<'_> {
                 // max.poll.interval.ms without a poll the group would throw this sink out.
                 msg = consume::next(&self.consumer), if d.consume => match msg {
                     Ok(msg) => {
-                        consume_backoff.reset();
                         // A rebalance runs inside the poll that returned this message.
                         self.apply_changes();
                         if let Err(e) = self.handle(msg).await {
                             self.fail(e)?;
                         }
                     }
-                    Err(e) => {
-                        let delay = consume_backoff.next_delay();
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka consume error");
-                        tokio::time::sleep(delay).await;
-                    }
+                    Err(e) => on_consume_error(e)?,
                 },
             }
             if Instant::now() >= next_report {

@@ -67,7 +67,7 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()>
     let killed_at: i64 = sqlx::query_scalar("SELECT count(*) FROM frames").fetch_one(&mut conn).await?;
     services(&["kill", &format!("cluster-{leader}")], false)?;
     let t = Instant::now();
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(20));
     services(&["start", &format!("cluster-{leader}")], false)?;
     eprintln!(
         "cluster: node {leader} (leader of partition {partition}) killed at {killed_at} of {frames} frames, back after {:.0} s",
