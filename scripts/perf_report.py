@@ -197,12 +197,52 @@ def cameras_section():
     ])
 
 
+def store_section():
+    got = read("store_size")
+    if not got:
+        return "### Store size\n\nNot measured yet (`scripts/run_benchmarks.sh store_size`).\n"
+    head, rows = got
+    drains = [r for r in rows if "store" in r and "sink_rows_per_s" in r]
+    queries = [r for r in rows if "query" in r and "median_ms" in r]
+    size = next((r for r in rows if "store_detections" in r), {})
+    summary = next((r for r in rows if "large_over_empty" in r), {})
+    disk = next((r.get("store_size", "?") for r in rows if "store_size" in r), "?")
+    store = int(size.get("store_detections", "0"))
+    empty = [f(r, "sink_rows_per_s") for r in drains if r["store"].startswith("empty")]
+    large = [f(r, "sink_rows_per_s") for r in drains if r["store"] == "large"]
+    img = plot("store_size", "Sink rows/s against store size", "detection rows already stored (millions)",
+               "rows/s", [("sink, default settings", [0] * len(empty) + [store / 1e6] * len(large), empty + large)])
+    plans = [line.rstrip("\n")[4:] for line in open(os.path.join(PERF, "store_size.txt")) if line.startswith("  | ")]
+    return "\n".join([
+        "### Store size",
+        "",
+        provenance(head) + f". One sink draining the same topic into an empty store (before and after) and into "
+        f"one holding {store:,} detection rows ({disk} on disk, daily partitions, 50 cameras over 7 days); "
+        "then the two time queries on the large store, 5 runs each under EXPLAIN ANALYZE.",
+        "",
+        table(drains, ["store", "sink_rows_per_s"]),
+        "",
+        f"Large over empty: {summary.get('large_over_empty', '?')}.",
+        "",
+        table(queries, ["query", "median_ms", "runs_ms"]),
+        "",
+        img,
+        "",
+        "The plans (last run of each):",
+        "",
+        "```",
+        *plans,
+        "```",
+        "",
+    ])
+
+
 def main():
     os.makedirs(PERF, exist_ok=True)
     section = "\n".join([BEGIN, "", "## Benchmarks", "",
                          "Regenerate: `scripts/run_benchmarks.sh` (runs them, keeps docs/perf/*.txt), then "
                          "`scripts/perf_report.sh` (this section and the plots).", "",
-                         sink_section(), latency_section(), fleet_section(), cameras_section(), END])
+                         sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), END])
     doc = open(DOC).read()
     if BEGIN in doc and END in doc:
         before, rest = doc.split(BEGIN, 1)

@@ -2,14 +2,14 @@
 # Runs the benchmarks against the real services and keeps their output in docs/perf/NAME.txt, each
 # headed by the command that made it and the machine it ran on; scripts/perf_report.sh then writes
 # docs/performance.md's measured section and its plots from those files.
-#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box]...   (none: all four)
+#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size]...   (none: all five)
 # Starts the services (and stops them at the end); builds the release binaries first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box)
+[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size)
 cargo build --release --workspace --bins
 trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
 "$REPO_ROOT/scripts/services.sh" start

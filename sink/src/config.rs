@@ -102,6 +102,16 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_REVOKE_WAIT", default_value_t = 10)]
     pub revoke_wait_s: u64,
 
+    /// Daily partitions of `frames` and `detections` made this many days ahead of today (UTC),
+    /// at start and every hour; rows beyond them land in the default partition.
+    #[arg(long, env = "SINK_PARTITION_DAYS_AHEAD", default_value_t = 7)]
+    pub partition_days_ahead: u32,
+
+    /// Keep this many whole days of rows before today (UTC); older partitions are dropped (0: keep
+    /// everything).
+    #[arg(long, env = "SINK_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+
     /// Seconds between progress lines in the log.
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
     pub report_every_s: u64,
@@ -147,6 +157,8 @@ impl RunArgs {
         within("--revoke-wait-s", self.revoke_wait_s, 0, 600, "")?;
         within("--statement-timeout-ms", self.statement_timeout_ms, 0, 86_400_000, "")?;
         within("--lock-timeout-ms", self.lock_timeout_ms, 0, 86_400_000, "")?;
+        within("--partition-days-ahead", self.partition_days_ahead.into(), 1, 366, "")?;
+        within("--retention-days", self.retention_days.into(), 0, 36_600, "")?;
         if self.dead_letter_topic() == self.kafka.topic {
             return Err("--dead-letter-topic must differ from --topic".into());
         }

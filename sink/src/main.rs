@@ -6,6 +6,7 @@ mod consume;
 mod decide;
 mod error;
 mod offsets;
+mod partitions;
 mod pipeline;
 mod schema;
 mod tables;
@@ -59,6 +60,8 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
             let pool = connect(&args.db, args.writers as u32 + 1, &timeouts).await?;
             let version = schema::check(&pool).await?;
             tracing::info!(version, database = %args.db.database_url.redacted(), "schema checked");
+            let days = partitions::Settings { days_ahead: args.partition_days_ahead, retention_days: args.retention_days };
+            partitions::keep(pool.clone(), days).await;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;

@@ -1,8 +1,14 @@
-//! The two tables the sink writes, each described once: its columns, their types, which of them
+//! The three tables the sink writes, each described once: its columns, their types, which of them
 //! key a row and which are the frame's content, and how each value comes out of a message. The
 //! binary COPY streams, the staging tables, the UNNEST insert, the SQL that compares a replayed
 //! frame with the stored one, and the same comparison within a batch are all derived from these
 //! lists, so a column is added in one place (and in a migration; a test checks the two agree).
+//!
+//! `frames` and `detections` are partitioned by `captured_at` (see `partitions`), and a
+//! partitioned table's unique keys must include that column. The natural key must hold across
+//! partitions, though: a file processed again is the same run with new capture times. So it is
+//! `frame_keys`' primary key, an unpartitioned table of keys only, into which every frame's key
+//! goes first, in the same transaction.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -90,14 +96,21 @@ use Role::*;
 
 // Validation bounds frame_seq and the frame size to PostgreSQL's bigint and integer, and the
 // detections to MAX_DETECTIONS, so the casts below cannot wrap.
+const CAMERA_ID: Column = col("camera_id", Text, Key, |r, _| Value::Text(&r.msg.camera_id));
+const RUN_ID: Column = col("run_id", Uuid, Key, |r, _| Value::Uuid(r.msg.run_id));
+const FRAME_SEQ: Column = col("frame_seq", Int8, Key, |r, _| Value::Int8(r.msg.frame_seq as i64));
+const CAPTURED_AT: Column = col("captured_at", Timestamptz, Delivery, |r, _| Value::Timestamptz(r.msg.captured_at));
+
+pub static FRAME_KEYS: Table = Table { name: "frame_keys", per: Per::Frame, columns: &[CAMERA_ID, RUN_ID, FRAME_SEQ, CAPTURED_AT] };
+
 pub static FRAMES: Table = Table {
     name: "frames",
     per: Per::Frame,
     columns: &[
-        col("camera_id", Text, Key, |r, _| Value::Text(&r.msg.camera_id)),
-        col("run_id", Uuid, Key, |r, _| Value::Uuid(r.msg.run_id)),
-        col("frame_seq", Int8, Key, |r, _| Value::Int8(r.msg.frame_seq as i64)),
-        col("captured_at", Timestamptz, Delivery, |r, _| Value::Timestamptz(r.msg.captured_at)),
+        CAMERA_ID,
+        RUN_ID,
+        FRAME_SEQ,
+        CAPTURED_AT,
         col("pts_ms", Int8, Content, |r, _| Value::Int8(r.msg.pts_ms)),
         col("frame_width", Int4, Content, |r, _| Value::Int4(r.msg.frame_width as i32)),
         col("frame_height", Int4, Content, |r, _| Value::Int4(r.msg.frame_height as i32)),
@@ -113,9 +126,9 @@ pub static DETECTIONS: Table = Table {
     name: "detections",
     per: Per::Detection,
     columns: &[
-        col("camera_id", Text, Key, |r, _| Value::Text(&r.msg.camera_id)),
-        col("run_id", Uuid, Key, |r, _| Value::Uuid(r.msg.run_id)),
-        col("frame_seq", Int8, Key, |r, _| Value::Int8(r.msg.frame_seq as i64)),
+        CAMERA_ID,
+        RUN_ID,
+        FRAME_SEQ,
         col("det_index", Int4, Key, |_, i| Value::Int4(i as i32)),
         col("class", Text, Content, |r, i| Value::Text(&r.msg.detections[i].class)),
         col("score", Float4, Content, |r, i| Value::Float4(r.msg.detections[i].score)),
@@ -124,7 +137,7 @@ pub static DETECTIONS: Table = Table {
         col("x2", Float4, Content, |r, i| Value::Float4(r.msg.detections[i].bbox.x2)),
         col("y2", Float4, Content, |r, i| Value::Float4(r.msg.detections[i].bbox.y2)),
         col("keypoints", Keypoints, Content, |r, i| Value::Keypoints(r.msg.detections[i].keypoints.as_deref())),
-        col("captured_at", Timestamptz, Delivery, |r, _| Value::Timestamptz(r.msg.captured_at)),
+        CAPTURED_AT,
     ],
 };
 

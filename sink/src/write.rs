@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn empty_streams_for_a_frame_without_people() {
         let mut batch = Batch::default();
-        assert_eq!(copy_streams(&batch.frames), [None, None]);
+        assert_eq!(copy_streams(&batch.frames), Streams { keys: None, frames: None, detections: None });
         let msg = wire::FrameMessage {
             schema_version: 2,
             camera_id: "cam".into(),
@@ -368,7 +368,7 @@ mod tests {
         };
         batch.push(msg, crate::consume::Consumed { partition: 2, offset: 41, key: None, payload: None });
         // A frame with nobody in it is a frames row and no detections stream at all.
-        let [frames, detections] = copy_streams(&batch.frames);
-        assert!(frames.is_some() && detections.is_none());
+        let streams = copy_streams(&batch.frames);
+        assert!(streams.keys.is_some() && streams.frames.is_some() && streams.detections.is_none());
     }
 }

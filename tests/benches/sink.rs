@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use pipeline_tests::*;
@@ -49,35 +49,13 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Rows per second of one sink draining the topic into a fresh database, measured from its first
-/// committed batch to its last (group join and start-up left out, and the first batch's rows too).
+/// Rows per second of one sink draining the topic into a fresh database.
 async fn drain(topic: &str, messages: u64, mode: &str, write_when_idle: &str) -> Result<f64> {
     let db = TestDb::create("bench").await?;
     migrate(&db.url)?;
-    let mut conn = db.connect().await?;
-    let sink = SinkProcess::start(&db.url, topic, &unique("bench"), &["--write-mode", mode, "--write-when-idle", write_when_idle])?;
-    let stored = || "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets";
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (mut t0, mut n0) = (None, 0i64);
-    loop {
-        let n: i64 = sqlx::query_scalar(stored()).fetch_one(&mut conn).await?;
-        let now = Instant::now();
-        if n > 0 && t0.is_none() {
-            (t0, n0) = (Some(now), n);
-        }
-        if n as u64 == messages {
-            let secs = now.duration_since(t0.expect("first batch seen")).as_secs_f64();
-            println!(
-                "mode={mode} write_when_idle={write_when_idle} drain_s={secs:.2} sink_cpu_s={:.2}",
-                sink.cpu_seconds().unwrap_or(f64::NAN)
-            );
-            sink.stop()?;
-            ensure!(secs > 0.0, "the first batch held everything: use more messages");
-            return Ok((messages - n0 as u64) as f64 * ROWS_PER_MESSAGE as f64 / secs);
-        }
-        ensure!(now < deadline, "sink did not drain the topic:\n{}", sink.log());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let label = format!("mode={mode} write_when_idle={write_when_idle}");
+    let rate = drain_rate(&db.url, topic, messages, &label, &["--write-mode", mode, "--write-when-idle", write_when_idle]).await?;
+    Ok(rate * ROWS_PER_MESSAGE as f64)
 }
 
 fn keypoints_literal(kps: &[[f32; 3]]) -> String {

@@ -547,6 +547,19 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
+/// The metrics at `addr` once `name` reads `want`, or as they are after `timeout`: a sink's
+/// counters move just after the commit that the offsets in the database already show.
+pub async fn metrics_once(addr: &str, name: &str, want: f64, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = http_get(addr, "/metrics")?;
+        if metric(&body, name) == Some(want) || Instant::now() > deadline {
+            return Ok(body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A fresh topic with `partitions` partitions and a fresh, migrated database, named from `prefix`.
 pub async fn fresh_topic_and_db(prefix: &str, partitions: i32) -> Result<(String, TestDb)> {
     let topic = unique(prefix);
@@ -644,4 +657,31 @@ pub fn topic_size(topic: &str) -> Result<i64> {
         n += consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?.1;
     }
     Ok(n)
+}
+
+/// Messages per second of one sink (in a group of its own) draining `topic`, which holds
+/// `messages`, into the database at `db_url`: measured from its first committed batch to its last,
+/// so the group join, start-up and the first batch are left out. Prints `LABEL drain_s=..
+/// sink_cpu_s=..`.
+pub async fn drain_rate(db_url: &str, topic: &str, messages: u64, label: &str, extra: &[&str]) -> Result<f64> {
+    let mut conn = PgConnection::connect(db_url).await?;
+    let sink = SinkProcess::start(db_url, topic, &unique("bench"), extra)?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let (mut t0, mut n0) = (None, 0i64);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets").fetch_one(&mut conn).await?;
+        let now = Instant::now();
+        if n > 0 && t0.is_none() {
+            (t0, n0) = (Some(now), n);
+        }
+        if n as u64 == messages {
+            let secs = now.duration_since(t0.expect("first batch seen")).as_secs_f64();
+            println!("{label} drain_s={secs:.2} sink_cpu_s={:.2}", sink.cpu_seconds().unwrap_or(f64::NAN));
+            sink.stop()?;
+            ensure!(secs > 0.0, "the first batch held everything: use more messages");
+            return Ok((messages - n0 as u64) as f64 / secs);
+        }
+        ensure!(now < deadline, "sink did not drain the topic:\n{}", sink.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -1,6 +1,6 @@
-//! Migration 2 on a database that holds data from before it, and a topic an older detector wrote:
-//! old rows keep working (in the nil run), the keys and the view are right, and the sink drains
-//! v1 and v2 messages side by side. Also: a database whose tables do not match the sink's
+//! Migrations 2 and 3 on a database that holds data from before them, and a topic an older
+//! detector wrote: old rows keep working (in the nil run, in the history partition), the keys and
+//! the view are right, and the sink drains v1 and v2 messages side by side. Also: a database whose tables do not match the sink's
 //! description of them is refused at start.
 
 use std::process::Command;
@@ -81,7 +81,7 @@ async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> {
+async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> {
     let db = TestDb::create("mig").await?;
     migrate_to_v1(&db).await?;
     let mut conn = db.connect().await?;
@@ -102,12 +102,23 @@ async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()
         old_detections
     );
     assert_eq!(per_minute(&mut conn).await?, minutes_before, "the view says what it said");
-    let keys: Vec<String> =
-        sqlx::query_scalar("SELECT indexdef FROM pg_indexes WHERE indexname IN ('frames_pkey', 'detections_pkey') ORDER BY indexname")
-            .fetch_all(&mut conn)
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname IN ('frames_pkey', 'detections_pkey', 'frame_keys_pkey') ORDER BY indexname",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    assert!(keys[0].ends_with("(camera_id, run_id, frame_seq, det_index, captured_at)"), "{keys:?}");
+    assert!(keys[1].ends_with("(camera_id, run_id, frame_seq)"), "the natural key: {keys:?}");
+    assert!(keys[2].ends_with("(camera_id, run_id, frame_seq, captured_at)"), "{keys:?}");
+    // Migration 3: the old rows are one partition, attached rather than copied, and their keys are
+    // in frame_keys.
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames_history").await?, 100);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frame_keys").await?, 100);
+    let parent: String =
+        sqlx::query_scalar("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = 'detections_history'::regclass")
+            .fetch_one(&mut conn)
             .await?;
-    assert!(keys[0].ends_with("(camera_id, run_id, frame_seq, det_index)"), "{keys:?}");
-    assert!(keys[1].ends_with("(camera_id, run_id, frame_seq)"), "{keys:?}");
+    assert_eq!(parent, "detections");
     let defaults =
         count(&mut conn, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'run_id' AND column_default IS NOT NULL")
             .await?;
@@ -142,6 +153,7 @@ async fn migration_2_keeps_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()
     let minutes_after = per_minute(&mut conn).await?;
     let frames_in_view: i64 = minutes_after.iter().map(|m| m.2).sum();
     assert_eq!(frames_in_view, 200, "{minutes_after:?}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frame_keys").await?, 200, "every stored frame has its key");
     Ok(())
 }
 

@@ -144,7 +144,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic() -> Result<()> {
     )
     .await?;
     // The Prometheus endpoint counts what the tables and the dead-letter topic hold.
-    let metrics = http_get(&metrics_addr, "/metrics")?;
+    let metrics = metrics_once(&metrics_addr, "sink_frames_written_total", good.len() as f64, Duration::from_secs(30)).await?;
     let log = sink.stop()?;
     for (name, want) in [
         ("sink_frames_written_total", good.len() as i64),

@@ -89,7 +89,7 @@ async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> Re
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--metrics-addr", &metrics_addr])?;
     let done =
         wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 3000, Duration::from_secs(120)).await?;
-    let metrics = http_get(&metrics_addr, "/metrics")?;
+    let metrics = metrics_once(&metrics_addr, "sink_rows_refused_total", bad.len() as f64, Duration::from_secs(30)).await?;
     let log = sink.stop()?;
     assert_eq!(done, 3000, "{log}");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, 3000 - bad.len() as i64, "{log}");

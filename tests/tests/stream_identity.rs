@@ -62,7 +62,7 @@ async fn files_make_runs_and_replays_never_mix_frames() -> Result<()> {
     wait_accounted(&mut conn, &topic).await?;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, n1 + n2);
     assert_eq!(count(&mut conn, "SELECT count(*) FROM detections").await?, detections);
-    let m = http_get(&metrics_addr, "/metrics")?;
+    let m = metrics_once(&metrics_addr, "sink_frames_replayed_total", n1 as f64, Duration::from_secs(30)).await?;
     assert_eq!(metric(&m, "sink_frames_replayed_total"), Some(n1 as f64), "{m}");
 
     // Another --conf: another run, with fewer people in it.
@@ -107,7 +107,7 @@ async fn files_make_runs_and_replays_never_mix_frames() -> Result<()> {
         .await?;
     assert_eq!(after, before, "the stored frames stay as they were");
     assert_eq!(count(&mut conn, MIXED).await?, 0, "every frame's person_count equals its person rows");
-    let m = http_get(&metrics_addr, "/metrics")?;
+    let m = metrics_once(&metrics_addr, "sink_frames_conflicting_total", conflicting.len() as f64, Duration::from_secs(30)).await?;
     let log = sink.stop()?;
     assert_eq!(metric(&m, "sink_frames_conflicting_total"), Some(conflicting.len() as f64), "{m}\n{log}");
     let key = format!("(\"door\", {run1}, {})", fewer.frame_seq);

@@ -1,7 +1,8 @@
 //! The statements a part's transaction runs, every one derived from the table descriptions in
 //! `tables`: binary COPY or INSERT from UNNEST straight into the tables, and the staging merge that
 //! inserts only frames not stored yet, each with its own detections, and reports the stored
-//! frames whose content differs.
+//! frames whose content differs. Either way a frame's key goes into `frame_keys` first: that is
+//! where a stored key makes the direct path fail and the merge skip the frame.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -9,13 +10,22 @@ use uuid::Uuid;
 use super::binary;
 use crate::batch::{Batch, FrameKey, Row};
 use crate::error::SinkError;
-use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES};
+use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES, FRAME_KEYS};
 
-/// COPY streams of a batch's frames and detections; `None` for a table with no row.
-pub type Streams = [Option<Vec<u8>>; 2];
+/// COPY streams of a batch's rows, one per table; `None` for a table with no row.
+#[derive(Debug, PartialEq)]
+pub struct Streams {
+    pub keys: Option<Vec<u8>>,
+    pub frames: Option<Vec<u8>>,
+    pub detections: Option<Vec<u8>>,
+}
 
 pub fn copy_streams(frames: &[Row]) -> Streams {
-    [binary::encode(&FRAMES, frames), binary::encode(&DETECTIONS, frames)]
+    Streams {
+        keys: binary::encode(&FRAME_KEYS, frames),
+        frames: binary::encode(&FRAMES, frames),
+        detections: binary::encode(&DETECTIONS, frames),
+    }
 }
 
 /// What a merge did: frames and detections inserted, and stored frames with other content.
@@ -27,18 +37,20 @@ pub struct Merged {
 
 /// Every row by COPY straight into the tables: fails whole on a key that is already stored.
 pub async fn copy_direct(conn: &mut PgConnection, streams: &Streams) -> Result<(u64, u64), SinkError> {
-    Ok((copy(conn, FRAMES.name, &FRAMES, &streams[0]).await?, copy(conn, DETECTIONS.name, &DETECTIONS, &streams[1]).await?))
+    copy(conn, FRAME_KEYS.name, &FRAME_KEYS, &streams.keys).await?;
+    Ok((copy(conn, FRAMES.name, &FRAMES, &streams.frames).await?, copy(conn, DETECTIONS.name, &DETECTIONS, &streams.detections).await?))
 }
 
 /// Every row by INSERT from UNNEST straight into the tables: fails whole on a stored key.
 pub async fn unnest_direct(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), SinkError> {
+    unnest(conn, &FRAME_KEYS, batch).await?;
     Ok((unnest(conn, &FRAMES, batch).await?, unnest(conn, &DETECTIONS, batch).await?))
 }
 
 /// Through the staging tables: loads them, then inserts the frames not stored yet with their own
 /// detections, in one statement that also returns the stored frames whose content differs.
 pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged, SinkError> {
-    for (table, data) in [(&FRAMES, &streams[0]), (&DETECTIONS, &streams[1])] {
+    for (table, data) in [(&FRAMES, &streams.frames), (&DETECTIONS, &streams.detections)] {
         // Per-connection temporary tables, emptied at every commit (and here, for a retry within
         // one transaction).
         let create = format!("CREATE TEMP TABLE IF NOT EXISTS {0}_stage (LIKE {0} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", table.name);
@@ -53,17 +65,21 @@ pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged,
     Ok(Merged { frames: frames as u64, detections: detections as u64, conflicts })
 }
 
-/// One statement: the new frames in, their detections in, and the stored frames that conflict.
+/// One statement: the keys not stored yet in, their frames and detections in, and the stored
+/// frames that conflict.
 fn merge_sql() -> String {
-    let (frames, detections) = (FRAMES.name, DETECTIONS.name);
+    let (keys, frames, detections) = (FRAME_KEYS.name, FRAMES.name, DETECTIONS.name);
     let key = FRAMES.list("", &[Role::Key]);
     let ordered = |c: &str| format!("ARRAY(SELECT {c} FROM conflicts ORDER BY {key})");
     format!(
-        "WITH new AS (INSERT INTO {frames} ({fcols}) SELECT {fcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
+        "WITH new AS (INSERT INTO {keys} ({kcols}) SELECT {kcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
+              fr AS (INSERT INTO {frames} ({fcols}) SELECT {fstage} FROM {frames}_stage f JOIN new USING ({key}) RETURNING 1),
               dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
               conflicts AS ({conflicts})
-         SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM dets), {c}, {r}, {s}",
+         SELECT (SELECT count(*) FROM fr), (SELECT count(*) FROM dets), {c}, {r}, {s}",
+        kcols = FRAME_KEYS.all(),
         fcols = FRAMES.all(),
+        fstage = FRAMES.list("f.", &[Role::Key, Role::Content, Role::Delivery]),
         dcols = DETECTIONS.all(),
         dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
         conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
@@ -175,6 +191,7 @@ mod tests {
     fn the_merge_inserts_detections_of_new_frames_only() {
         let sql = merge_sql();
         assert!(sql.contains("FROM detections_stage d JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
-        assert!(sql.contains("INSERT INTO frames (camera_id, run_id, frame_seq, captured_at,"), "{sql}");
+        assert!(sql.contains("INSERT INTO frame_keys (camera_id, run_id, frame_seq, captured_at) SELECT"), "{sql}");
+        assert!(sql.contains("FROM frames_stage f JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
     }
 }
