@@ -3,7 +3,7 @@
 //!   cargo bench -p pipeline-tests --bench store_size [-- DETECTIONS [MESSAGES]]
 //! The sink's rows/s into an empty store and into one already holding DETECTIONS detection rows
 //! (default 20 million, a third as many frames, 50 cameras over the last 7 days in daily
-//! partitions), draining the same topic of MESSAGES frame messages (default 50,000; 3 people each)
+//! partitions), draining the same topic of MESSAGES frame messages (default 100,000; 3 people each)
 //! each time; the empty store is measured before and after the large one, side by side. Then the
 //! README's two time queries on the large store, each run 5 times with EXPLAIN ANALYZE: the median
 //! execution time and the last plan. The last line:
@@ -24,7 +24,7 @@ const DAYS: u64 = 7;
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
     let detections: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20_000_000);
-    let messages: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50_000);
+    let messages: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100_000);
 
     let now = Utc::now();
     let frames: Vec<wire::FrameMessage> = (0..messages)
