@@ -61,6 +61,8 @@ def plot(name, title, xlabel, ylabel, series, logy=False):
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -211,7 +213,8 @@ def store_section():
     empty = [f(r, "sink_rows_per_s") for r in drains if r["store"].startswith("empty")]
     large = [f(r, "sink_rows_per_s") for r in drains if r["store"] == "large"]
     img = plot("store_size", "Sink rows/s against store size", "detection rows already stored (millions)",
-               "rows/s", [("sink, default settings", [0] * len(empty) + [store / 1e6] * len(large), empty + large)])
+               "rows/s", [("empty store (before, after)", [0] * len(empty), empty),
+                          (f"{store / 1e6:.0f} million detections stored", [store / 1e6] * len(large), large)])
     plans = [line.rstrip("\n")[4:] for line in open(os.path.join(PERF, "store_size.txt")) if line.startswith("  | ")]
     return "\n".join([
         "### Store size",
