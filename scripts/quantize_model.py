@@ -4,6 +4,8 @@ Run by scripts/quantize_model.sh (which makes the virtualenv). Defaults are the 
     python quantize_model.py --out models/yolo11n-pose-int8.onnx            # quantize
     python quantize_model.py --out X.onnx --eval results.jsonl              # quantize, then evaluate
     python quantize_model.py --eval-only X.onnx --eval results.jsonl        # evaluate an existing file
+    python quantize_model.py --rect --model models/yolo11n-pose-rect.onnx --out models/yolo11n-pose-rect-int8.onnx
+                             # a dynamic-shape model, calibrated on rectangular letterboxes
 
 Calibration frames are letterboxed exactly as the detector does it (Ultralytics LetterBox: pad 114,
 RGB, /255, NCHW float32) from samples/vtest.avi, decoded by the ffmpeg CLI (bgr24).
@@ -45,11 +47,12 @@ CONF, NMS_IOU, MAX_DET, MATCH_IOU = 0.25, 0.7, 300, 0.5
 
 
 # ---------------------------------------------------------------- frames
-def load_frames(video, cache):
-    """All letterboxed frames, [N, 640, 640, 3] uint8, cached as .npy (~1 GB for vtest.avi)."""
+def load_frames(video, cache, stride=None):
+    """All letterboxed frames, [N, 640, 640, 3] uint8 (or rectangular with a stride), cached as
+    .npy (~1 GB for vtest.avi)."""
     if cache and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(video):
         return np.load(cache, mmap_mode="r")
-    frames = np.stack([letterbox(f) for f in ffmpeg_frames(video)])
+    frames = np.stack([letterbox(f, stride=stride) for f in ffmpeg_frames(video)])
     if cache:
         np.save(cache, frames)
     return frames
@@ -174,7 +177,9 @@ def quantize(args, frames):
     src = onnx.load(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(args.model, pre)
+        # ORT's symbolic shape inference cannot follow the dynamic-shape export's Shape/Reshape
+        # arithmetic ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
+        quant_pre_process(args.model, pre, skip_symbolic_shape=args.rect)
         pre_model = onnx.load(pre)
         exclude = nodes_to_exclude(pre_model, args.exclude,
                                    args.exclude_regex + ([ATTENTION] if args.float_attention else []))
@@ -300,7 +305,7 @@ def match(ref, got):
 def evaluate(args, frames, path):
     first = calibration_end(args, frames)
     frames = frames[first:]
-    ref_cache = os.path.join(args.work, f"fp32_dets_from_{first}.npz")
+    ref_cache = os.path.join(args.work, f"fp32_dets_{os.path.basename(args.model)}_from_{first}.npz")
     ref = None
     if os.path.exists(ref_cache) and os.path.getmtime(ref_cache) >= os.path.getmtime(args.model):
         z = np.load(ref_cache)
@@ -351,9 +356,12 @@ def main():
     ap.add_argument("--bench-runs", type=int, default=50)
     ap.add_argument("--bench-fp32", action="store_true")
     ap.add_argument("--label", default="")
+    ap.add_argument("--rect", action="store_true",
+                    help="letterbox to the smallest stride-32 rectangle (for a model with dynamic height and width)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    frames = load_frames(args.video, os.path.join(args.work, "frames.npy"))
+    frames = load_frames(args.video, os.path.join(args.work, "frames-rect.npy" if args.rect else "frames.npy"),
+                         stride=32 if args.rect else None)
     print(f"{len(frames)} frames", file=sys.stderr)
     rec = {"label": args.label}
     if args.eval_only:

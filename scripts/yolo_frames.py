@@ -31,12 +31,16 @@ def ffmpeg_frames(path, w=None, h=None):
         p.wait()
 
 
-def letterbox(img, size=SIZE):
-    """Ultralytics LetterBox(auto=False, scaleup=True, center=True): HWC RGB uint8."""
+def letterbox(img, size=SIZE, stride=None):
+    """Ultralytics LetterBox(scaleup=True, center=True): HWC RGB uint8; square (auto=False) unless
+    a stride is given, then the smallest stride-multiple rectangle (auto=True)."""
     h, w = img.shape[:2]
     r = min(size / h, size / w)
     nw, nh = int(round(w * r)), int(round(h * r))  # Python round: half to even, like Ultralytics
-    dw, dh = (size - nw) / 2, (size - nh) / 2
+    dw, dh = size - nw, size - nh
+    if stride:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
     if (w, h) != (nw, nh):
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))

@@ -32,19 +32,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model = Model::load(&model_path, threads)?;
     let opts = SourceOptions { looped: false, open_timeout: Duration::from_secs(20), read_timeout: Duration::from_secs(10) };
     let mut source = Source::open(video.to_str().ok_or("path")?, opts)?;
-    let len = 3 * model.input_w as usize * model.input_h as usize;
     let mut inputs = Vec::new();
     let mut frames = 0usize;
     while source.next_frame()?.is_some() {
         if inputs.len() < 40 {
-            let mut t = vec![0.0f32; len];
-            letterbox(&source.image()?, model.input_w, model.input_h, &mut t)?;
-            inputs.push(t);
+            let mut t = Vec::new();
+            let lb = letterbox(&source.image()?, model.input, &mut t)?;
+            inputs.push((t, (lb.dst_w, lb.dst_h)));
         }
         frames += 1;
     }
-    for t in inputs.iter().take(5) {
-        model.run(&[t])?;
+    for (t, size) in inputs.iter().take(5) {
+        model.run(&[t], *size)?;
     }
     println!("video={} frames={frames} model={} threads={threads} rounds={rounds}", video.display(), model_path.display());
     let (video_arg, model_arg, threads_arg) = (video.to_string_lossy(), model_path.to_string_lossy(), threads.to_string());
@@ -54,7 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bare = || -> Result<f64, Box<dyn std::error::Error>> {
         let t = Instant::now();
         for i in 0..frames {
-            model.run(&[&inputs[i % inputs.len()]])?;
+            let (t, size) = &inputs[i % inputs.len()];
+            model.run(&[t], *size)?;
         }
         Ok(frames as f64 / t.elapsed().as_secs_f64())
     };

@@ -22,7 +22,7 @@ use opencv::prelude::MatTraitConst;
 
 use crate::error::{Blame, DetectorError};
 use crate::pacing::{sleep_until, MaxFps, Release};
-use crate::preprocess::{letterbox, Letterbox};
+use crate::preprocess::{letterbox, InputShape, Letterbox};
 use crate::reconnect::{self, next_live_frame};
 use crate::source::{Source, SourceKind};
 use crate::stats::{CameraStats, Drop};
@@ -83,7 +83,7 @@ pub struct Capture<'a> {
     pub max_fps: f64,
     /// Carry each decoded frame to the publish stage (for `--snapshot-dir`).
     pub keep_images: bool,
-    pub input_size: (u32, u32),
+    pub input: InputShape,
     pub tx: Sender<Prepared>,
     /// Real time: the channel's other end, to drop its oldest frame when it is full.
     pub drop_rx: Option<Receiver<Prepared>>,
@@ -131,8 +131,6 @@ impl Capture<'_> {
     /// Reads, paces, letterboxes and hands on frames until the source ends, the process stops, or
     /// a fault.
     fn frames(&self, source: &mut Source, state: &mut State, halted: &dyn Fn() -> bool) -> Result<(), DetectorError> {
-        let (input_w, input_h) = self.input_size;
-        let tensor_len = 3 * input_w as usize * input_h as usize;
         let live = source.kind == SourceKind::Live;
         while !halted() {
             let next = if live { next_live_frame(source, &mut state.backoff, self.stats, halted)? } else { source.next_frame()? };
@@ -158,9 +156,10 @@ impl Capture<'_> {
                 frame.captured_at = chrono::Utc::now();
             }
             let image = source.image()?;
-            let mut input = self.spare_rx.try_recv().unwrap_or_else(|_| vec![0.0; tensor_len]);
+            // A used buffer if one has come back; letterbox sizes it to this frame's input.
+            let mut input = self.spare_rx.try_recv().unwrap_or_default();
             let blame = if live { Blame::External } else { Blame::User };
-            let lb = letterbox(&image, input_w, input_h, &mut input).map_err(|e| {
+            let lb = letterbox(&image, self.input, &mut input).map_err(|e| {
                 DetectorError::source(&source.uri, blame, format!("frame {} ({}x{}): {e}", frame.seq, image.cols(), image.rows()))
             })?;
             let image = self.keep_images.then_some(image);

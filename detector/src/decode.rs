@@ -387,7 +387,7 @@ mod tests {
         let raw = RawOutput { shape: vec![1, 8, anchors], data: rows.iter().flatten().copied().collect() };
         let dec = Decoder::new(layout, vec!["person".into()], &["person".into()], 0.25, 0.7).unwrap();
         // Source 768x576 letterboxed to 640x640: gain 5/6, 80 px of padding on top.
-        let lb = Letterbox::new(768, 576, 640, 640);
+        let lb = Letterbox::new(768, 576, crate::preprocess::InputShape::Fixed { w: 640, h: 640 });
         let dets = dec.decode(&raw, &lb).unwrap();
         assert_eq!(dets.len(), 1);
         let d = &dets[0];

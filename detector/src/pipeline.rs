@@ -82,7 +82,7 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
     let max_batch = if model.dynamic_batch { cfg.max_batch } else { 1 };
     tracing::info!(
         cameras = cameras.len(), model = %model.info.name, sha256 = %model.info.sha256,
-        input = %format!("{}x{}", model.input_w, model.input_h), layout = ?model.layout,
+        input = %model.input, layout = ?model.layout,
         dynamic_batch = model.dynamic_batch, max_batch, threads = cfg.intra_threads(), "detector started"
     );
     for (((c, s), run), policy) in cameras.iter().zip(&sources).zip(&run_ids).zip(&policies) {
@@ -90,13 +90,13 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
     }
 
     let (done_tx, done_rx) = bounded::<Inferred>(4 * max_batch);
-    // Input buffers go back to capture for re-use: each is 3 x 640 x 640 floats.
+    // Input buffers go back to capture for re-use: each is 3 x 640 x 640 floats or so.
     let (spare_tx, spare_rx) = bounded::<Vec<f32>>(2 * max_batch + cameras.len());
     let inference_runs = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
     let started = Instant::now();
     let model_info = model.info.clone();
-    let input_size = (model.input_w, model.input_h);
+    let input = model.input;
     let keep_images = cfg.snapshot_dir.is_some();
 
     let (publish_result, capture_results, infer_result) = std::thread::scope(|s| {
@@ -113,7 +113,7 @@ pub fn run(cfg: &Config, cameras: &[Camera], stop: &AtomicBool) -> Result<Summar
                 paced: camera.realtime,
                 max_fps: camera.max_fps,
                 keep_images,
-                input_size,
+                input,
                 tx,
                 drop_rx: (policy == Policy::RealTime).then(|| rx.clone()),
                 spare_rx: spare_rx.clone(),

@@ -9,11 +9,32 @@ use crate::error::DetectorError;
 
 pub const PAD_VALUE: u8 = 114;
 
+/// The size of a frame's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputShape {
+    /// The model's fixed height and width: every frame is padded to it.
+    Fixed { w: u32, h: u32 },
+    /// A model with dynamic height and width: Ultralytics' rectangular letterbox (`auto`, its
+    /// `predict` path for PyTorch and dynamic models). The frame is scaled to fit `w` x `h`, and
+    /// padded only to the next multiple of `stride`: 640x480 for a 4:3 source, 640x384 for 16:9.
+    Rect { w: u32, h: u32, stride: u32 },
+}
+
+impl std::fmt::Display for InputShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputShape::Fixed { w, h } => write!(f, "{w}x{h}"),
+            InputShape::Rect { w, h, stride } => write!(f, "the source's aspect within {w}x{h}, stride {stride}"),
+        }
+    }
+}
+
 /// The geometry of one letterbox: how a source frame maps into the model's input and back.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub src_w: u32,
     pub src_h: u32,
+    /// The input tensor's width and height.
     pub dst_w: u32,
     pub dst_h: u32,
     /// Size of the resized image inside the padding.
@@ -22,10 +43,10 @@ pub struct Letterbox {
     /// Padding on the left and top, where the resized image starts.
     pub left: u32,
     pub top: u32,
-    /// Source-to-input scale.
-    pub gain: f64,
-    /// Offsets the inverse mapping subtracts (Ultralytics' `scale_boxes`, which derives them from
-    /// the gain rather than from the rounded sizes).
+    /// The inverse mapping, as Ultralytics' `scale_boxes` and `scale_coords` compute it: from the
+    /// input's size, the sizes the frame would round to in it, per axis.
+    pub gain_x: f64,
+    pub gain_y: f64,
     pub inv_pad_x: f64,
     pub inv_pad_y: f64,
 }
@@ -36,13 +57,23 @@ fn py_round(v: f64) -> f64 {
 }
 
 impl Letterbox {
-    pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Self {
-        let (sw, sh, dw, dh) = (src_w as f64, src_h as f64, dst_w as f64, dst_h as f64);
-        let gain = (dh / sh).min(dw / sw);
-        let new_w = py_round(sw * gain) as u32;
-        let new_h = py_round(sh * gain) as u32;
-        let pad_w = (dst_w - new_w) as f64 / 2.0;
-        let pad_h = (dst_h - new_h) as f64 / 2.0;
+    /// Ultralytics' `LetterBox(new_shape, auto, stride)` (centred, scale-up allowed) for a
+    /// `src_w` x `src_h` frame, and its `scale_boxes` inverse.
+    pub fn new(src_w: u32, src_h: u32, shape: InputShape) -> Self {
+        let (sw, sh) = (src_w as f64, src_h as f64);
+        let (box_w, box_h) = match shape {
+            InputShape::Fixed { w, h } | InputShape::Rect { w, h, .. } => (w, h),
+        };
+        let r = (box_h as f64 / sh).min(box_w as f64 / sw);
+        let new_w = (py_round(sw * r) as u32).min(box_w);
+        let new_h = (py_round(sh * r) as u32).min(box_h);
+        let (dst_w, dst_h) = match shape {
+            InputShape::Fixed { .. } => (box_w, box_h),
+            InputShape::Rect { stride, .. } => (new_w + (box_w - new_w) % stride, new_h + (box_h - new_h) % stride),
+        };
+        let (dw, dh) = (dst_w as f64, dst_h as f64);
+        let g = (dh / sh).min(dw / sw);
+        let (inv_w, inv_h) = (py_round(sw * g).max(1.0), py_round(sh * g).max(1.0));
         Letterbox {
             src_w,
             src_h,
@@ -50,18 +81,24 @@ impl Letterbox {
             dst_h,
             new_w,
             new_h,
-            left: py_round(pad_w - 0.1) as u32,
-            top: py_round(pad_h - 0.1) as u32,
-            gain,
-            inv_pad_x: py_round((dw - sw * gain) / 2.0 - 0.1),
-            inv_pad_y: py_round((dh - sh * gain) / 2.0 - 0.1),
+            left: py_round((dst_w - new_w) as f64 / 2.0 - 0.1) as u32,
+            top: py_round((dst_h - new_h) as f64 / 2.0 - 0.1) as u32,
+            gain_x: inv_w / sw,
+            gain_y: inv_h / sh,
+            inv_pad_x: py_round((dw - inv_w) / 2.0 - 0.1),
+            inv_pad_y: py_round((dh - inv_h) / 2.0 - 0.1),
         }
+    }
+
+    /// Floats in the input tensor: 3 x height x width.
+    pub fn tensor_len(&self) -> usize {
+        3 * self.dst_w as usize * self.dst_h as usize
     }
 
     /// Maps a point of the model's input back to source pixels, clipped to the frame.
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
-        let sx = ((x as f64 - self.inv_pad_x) / self.gain).clamp(0.0, self.src_w as f64);
-        let sy = ((y as f64 - self.inv_pad_y) / self.gain).clamp(0.0, self.src_h as f64);
+        let sx = ((x as f64 - self.inv_pad_x) / self.gain_x).clamp(0.0, self.src_w as f64);
+        let sy = ((y as f64 - self.inv_pad_y) / self.gain_y).clamp(0.0, self.src_h as f64);
         (sx as f32, sy as f32)
     }
 }
@@ -109,13 +146,21 @@ pub fn fill_tensor(resized: &[u8], stride: usize, lb: &Letterbox, out: &mut [f32
     }
 }
 
-/// Letterboxes a BGR frame into `out` (3 x dst_h x dst_w) and returns the geometry used.
-pub fn letterbox(frame: &Mat, dst_w: u32, dst_h: u32, out: &mut [f32]) -> Result<Letterbox, DetectorError> {
+/// Letterboxes a BGR frame into `out`, sized here to the input tensor, and returns the geometry
+/// used.
+pub fn letterbox(frame: &Mat, shape: InputShape, out: &mut Vec<f32>) -> Result<Letterbox, DetectorError> {
     let internal = |e: opencv::Error| DetectorError::Inference(format!("preprocessing: {e}"));
     if frame.typ() != opencv::core::CV_8UC3 {
         return Err(DetectorError::Inference(format!("preprocessing: expected an 8-bit 3-channel frame, got OpenCV type {}", frame.typ())));
     }
-    let lb = Letterbox::new(frame.cols() as u32, frame.rows() as u32, dst_w, dst_h);
+    let lb = Letterbox::new(frame.cols() as u32, frame.rows() as u32, shape);
+    if lb.new_w == 0 || lb.new_h == 0 {
+        return Err(DetectorError::Inference(format!(
+            "preprocessing: a {}x{} frame scales to nothing in a {shape} input",
+            lb.src_w, lb.src_h
+        )));
+    }
+    out.resize(lb.tensor_len(), 0.0);
     let resized;
     let src = if lb.new_w == lb.src_w && lb.new_h == lb.src_h {
         frame
@@ -145,11 +190,49 @@ pub fn letterbox(frame: &Mat, dst_w: u32, dst_h: u32, out: &mut [f32]) -> Result
 mod tests {
     use super::*;
 
+    fn fixed(w: u32, h: u32) -> InputShape {
+        InputShape::Fixed { w, h }
+    }
+
+    const RECT: InputShape = InputShape::Rect { w: 640, h: 640, stride: 32 };
+
+    #[test]
+    fn rectangular_geometry_as_ultralytics_auto() {
+        // 4:3 (vtest.avi): 640x480 exactly, no padding at all.
+        let lb = Letterbox::new(768, 576, RECT);
+        assert_eq!((lb.dst_w, lb.dst_h, lb.new_w, lb.new_h, lb.left, lb.top), (640, 480, 640, 480, 0, 0));
+        assert_eq!((lb.inv_pad_x, lb.inv_pad_y), (0.0, 0.0));
+        assert!((lb.gain_x - 5.0 / 6.0).abs() < 1e-12 && (lb.gain_y - 5.0 / 6.0).abs() < 1e-12);
+        // 16:9 (zidane.jpg, 1280x720): 640x360 padded to 384, 12 rows above and below.
+        let lb = Letterbox::new(1280, 720, RECT);
+        assert_eq!((lb.dst_w, lb.dst_h, lb.new_h, lb.top), (640, 384, 360, 12));
+        assert_eq!((lb.inv_pad_x, lb.inv_pad_y, lb.gain_x, lb.gain_y), (0.0, 12.0, 0.5, 0.5));
+        // Portrait (bus.jpg, 810x1080): 480x640, and the tensor is as large as the input.
+        let lb = Letterbox::new(810, 1080, RECT);
+        assert_eq!((lb.dst_w, lb.dst_h, lb.left, lb.tensor_len()), (480, 640, 0, 3 * 480 * 640));
+        // An odd width: 1000x333 -> 640 x 213.12 -> 213 high, padded by 11 to 224: 5 above, 6 below.
+        let lb = Letterbox::new(1000, 333, RECT);
+        assert_eq!((lb.new_h, lb.dst_h, lb.top), (213, 224, 5));
+        // The inverse as scale_boxes computes it from the padded size: min(224/333, 0.64) = 0.64,
+        // 213 rows again, so the y gain is 213/333 and the pad round(5.5 - 0.1).
+        assert_eq!((lb.gain_x, lb.gain_y, lb.inv_pad_y), (0.64, 213.0 / 333.0, 5.0));
+    }
+
+    #[test]
+    fn rectangular_inputs_are_never_larger_than_square_ones() {
+        for (w, h) in [(1, 1), (7, 5), (640, 640), (641, 1), (1920, 1080), (1080, 1920), (352, 288), (4000, 3000)] {
+            let (r, f) = (Letterbox::new(w, h, RECT), Letterbox::new(w, h, fixed(640, 640)));
+            assert!(r.dst_w % 32 == 0 && r.dst_h % 32 == 0, "{w}x{h}: {r:?}");
+            assert!(r.dst_w <= 640 && r.dst_h <= 640 && r.dst_w >= r.new_w && r.dst_h >= r.new_h, "{w}x{h}: {r:?}");
+            assert_eq!((r.new_w, r.new_h), (f.new_w, f.new_h), "{w}x{h}: the same resize either way");
+        }
+    }
+
     #[test]
     fn geometry_of_a_landscape_frame() {
         // 768x576 into 640x640: gain 640/768 = 5/6, image 640x480, 80 rows of padding each side.
-        let lb = Letterbox::new(768, 576, 640, 640);
-        assert!((lb.gain - 5.0 / 6.0).abs() < 1e-12);
+        let lb = Letterbox::new(768, 576, fixed(640, 640));
+        assert!((lb.gain_x - 5.0 / 6.0).abs() < 1e-12 && (lb.gain_y - 5.0 / 6.0).abs() < 1e-12);
         assert_eq!((lb.new_w, lb.new_h), (640, 480));
         assert_eq!((lb.left, lb.top), (0, 80));
         assert_eq!((lb.inv_pad_x, lb.inv_pad_y), (0.0, 80.0));
@@ -159,19 +242,20 @@ mod tests {
     fn geometry_with_odd_padding_and_python_rounding() {
         // 100x51 into 64x64: gain 0.64, 64 x 32.64 -> round 33 high; 31 rows of padding, split
         // round(15.5 - 0.1) = 15 above and 16 below.
-        let lb = Letterbox::new(100, 51, 64, 64);
+        let lb = Letterbox::new(100, 51, fixed(64, 64));
         assert_eq!((lb.new_w, lb.new_h), (64, 33));
         assert_eq!((lb.left, lb.top), (0, 15));
-        // Inverse pad from the gain: (64 - 32.64) / 2 - 0.1 = 15.58 -> 16.
-        assert_eq!(lb.inv_pad_y, 16.0);
+        // The inverse from the rounded size, as Ultralytics 8.4 computes it: (64 - 33) / 2 - 0.1
+        // -> 15, and 33 / 51 per source row.
+        assert_eq!((lb.inv_pad_y, lb.gain_y, lb.gain_x), (15.0, 33.0 / 51.0, 0.64));
         // A portrait frame pads left and right instead.
-        let lb = Letterbox::new(480, 640, 320, 320);
+        let lb = Letterbox::new(480, 640, fixed(320, 320));
         assert_eq!((lb.new_w, lb.new_h, lb.left, lb.top), (240, 320, 40, 0));
     }
 
     #[test]
     fn inverse_mapping_round_trips_and_clips() {
-        let lb = Letterbox::new(768, 576, 640, 640);
+        let lb = Letterbox::new(768, 576, fixed(640, 640));
         // Source (384, 288), the centre, lands at (320, 80 + 240) in the input.
         assert_eq!(lb.to_source(320.0, 320.0), (384.0, 288.0));
         // Points in the padding clip to the frame's edge.
@@ -181,7 +265,7 @@ mod tests {
 
     #[test]
     fn tensor_is_rgb_planes_on_grey_padding() {
-        let lb = Letterbox::new(2, 1, 2, 2);
+        let lb = Letterbox::new(2, 1, fixed(2, 2));
         // 2x1 into 2x2: no resize, top pad round(0.5 - 0.1) = 0, so the image is row 0.
         assert_eq!((lb.new_w, lb.new_h, lb.left, lb.top), (2, 1, 0, 0));
         let bgr = [10u8, 20, 30, 40, 50, 60];
@@ -199,7 +283,7 @@ mod tests {
         // Portrait (padding left and right) and landscape (above and below), odd splits, and rows
         // with stride slack.
         for (src_w, src_h, dst) in [(30u32, 50u32, 40u32), (50, 31, 40)] {
-            let lb = Letterbox::new(src_w, src_h, dst, dst);
+            let lb = Letterbox::new(src_w, src_h, fixed(dst, dst));
             let (nw, nh, stride) = (lb.new_w as usize, lb.new_h as usize, lb.new_w as usize * 3 + 5);
             let img: Vec<u8> = (0..stride * nh).map(|i| (i * 7 % 251) as u8).collect();
             let mut out = vec![-1.0; 3 * (dst * dst) as usize];
@@ -225,8 +309,9 @@ mod tests {
     fn letterbox_resizes_a_real_mat() {
         let frame =
             Mat::new_rows_cols_with_default(576, 768, opencv::core::CV_8UC3, opencv::core::Scalar::new(0.0, 0.0, 255.0, 0.0)).unwrap();
-        let mut out = vec![0.0; 3 * 64 * 64];
-        let lb = letterbox(&frame, 64, 64, &mut out).unwrap();
+        let mut out = Vec::new();
+        let lb = letterbox(&frame, fixed(64, 64), &mut out).unwrap();
+        assert_eq!(out.len(), 3 * 64 * 64);
         assert_eq!((lb.new_w, lb.new_h, lb.top), (64, 48, 8));
         // Red in BGR is (0, 0, 255): the R plane is 1.0 inside the image and grey in the padding.
         assert_eq!(out[8 * 64 + 5], 1.0);

@@ -1,7 +1,8 @@
 //! The inference worker: one thread shared by every camera. It takes what the cameras have
 //! queued, one frame per camera per round (each round starting at the next camera, so none is
 //! always first), up to `--max-batch`, and runs it as one ONNX Runtime call when the model's batch
-//! dimension is dynamic. It never waits for a batch to fill: a lone frame runs at once.
+//! dimension is dynamic (one call per input size, for a rectangular model whose cameras differ in
+//! aspect). It never waits for a batch to fill: a lone frame runs at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -47,12 +48,17 @@ pub fn infer_loop(
         if batch.is_empty() {
             continue; // what woke us was a channel closing
         }
-        let inputs: Vec<&[f32]> = batch.iter().map(|p| p.input.as_slice()).collect();
-        let t = Instant::now();
-        let outputs = model.run(&inputs)?;
-        metrics::histogram!(stats::INFERENCE).record(t.elapsed().as_secs_f64());
-        metrics::histogram!(stats::BATCH).record(batch.len() as f64);
-        runs.fetch_add(1, Ordering::Relaxed);
+        let mut outputs: Vec<Option<RawOutput>> = vec![None; batch.len()];
+        for (size, members) in by_size(batch.iter().map(|p| (p.lb.dst_w, p.lb.dst_h))) {
+            let inputs: Vec<&[f32]> = members.iter().map(|&i| batch[i].input.as_slice()).collect();
+            let t = Instant::now();
+            let outs = model.run(&inputs, size)?;
+            metrics::histogram!(stats::INFERENCE).record(t.elapsed().as_secs_f64());
+            metrics::histogram!(stats::BATCH).record(inputs.len() as f64);
+            runs.fetch_add(1, Ordering::Relaxed);
+            members.into_iter().zip(outs).for_each(|(i, o)| outputs[i] = Some(o));
+        }
+        let outputs = outputs.into_iter().map(|o| o.expect("every frame of the batch ran"));
         for (Prepared { meta, lb, input }, output) in batch.drain(..).zip(outputs) {
             let _ = spare_tx.try_send(input);
             if tx.send(Inferred { meta, lb, output }).is_err() {
@@ -61,6 +67,20 @@ pub fn infer_loop(
         }
     }
     Ok(())
+}
+
+/// The batch's frames grouped by input size (width, height), as indices in batch order, the
+/// groups in order of first appearance: one ONNX Runtime call takes one size, and frames of a
+/// rectangular model differ by camera.
+fn by_size(sizes: impl Iterator<Item = (u32, u32)>) -> Vec<((u32, u32), Vec<usize>)> {
+    let mut groups: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+    for (i, size) in sizes.enumerate() {
+        match groups.iter_mut().find(|(s, _)| *s == size) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((size, vec![i])),
+        }
+    }
+    groups
 }
 
 /// Moves up to `max` queued items into `batch`, one per channel per round, starting each round at
@@ -118,6 +138,14 @@ mod tests {
         gather(&mut chans, 0, 5, &mut batch);
         assert!(batch.is_empty());
         assert!(chans.iter().all(Option::is_some), "empty but open channels stay");
+    }
+
+    #[test]
+    fn frames_run_by_size_and_keep_their_order() {
+        let (a, b) = ((640, 480), (640, 384));
+        assert_eq!(by_size([a, b, a, a, b].into_iter()), vec![(a, vec![0, 2, 3]), (b, vec![1, 4])]);
+        assert_eq!(by_size([a].into_iter()), vec![(a, vec![0])]);
+        assert!(by_size(std::iter::empty()).is_empty());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Cameras per box: N live RTSP cameras (720p H.264 at 10 fps, served by `scripts/rtsp_server.py`,
 //! each client its own session) in one detector process asking 5 detected frames/s of each
 //! (`max_fps = 5`), for each model variant:
-//!   cargo bench -p pipeline-tests --bench cameras_per_box [-- --cameras 2,4,6,8 --seconds 20]
+//!   cargo bench -p pipeline-tests --bench cameras_per_box [-- --cameras 2,4,6,8 --seconds 20 --variants fp32,int8]
 //! Variants: the fp32 model one frame a call, the fp32 batch model with `--max-batch N`
-//! (cross-camera batching), and the int8 model. No broker (`--output stdout`): this measures the
+//! (cross-camera batching), the int8 model, and the rectangular int8 model (640x384 inputs for
+//! these 16:9 frames) one frame a call and batched. No broker (`--output stdout`): this measures the
 //! detector. After a 10 s warm-up, every published frame's capture-to-output latency (the moment
 //! its line arrives here minus its `captured_at`) goes into an HdrHistogram; drops are the
 //! detector's own count (`detector_frames_dropped_total`, frames read and kept by `max_fps` that
@@ -33,6 +34,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let counts = flag_list::<u64>(&args, "--cameras", "2,4,6,8")?;
     let seconds = Duration::from_secs(flag_list::<u64>(&args, "--seconds", "20")?[0]);
+    let variants = flag_list::<String>(&args, "--variants", "fp32,fp32-batched,int8,rect-int8,rect-int8-batched")?;
     let dir = TempDir::new("cameras")?;
     let clip = dir.join("720p.mp4");
     let status = Command::new("ffmpeg")
@@ -46,12 +48,16 @@ fn main() -> Result<()> {
     let _server = start_rtsp_server(&clip, port)?;
     let models = repo_root().join("models");
     for n in counts {
-        for variant in ["fp32", "fp32-batched", "int8"] {
-            let (model, batch) = match variant {
-                "fp32" => (models.join("yolo11n-pose.onnx"), 1),
-                "fp32-batched" => (models.join("yolo11n-pose-batch.onnx"), n),
-                _ => (models.join("yolo11n-pose-int8.onnx"), 1),
+        for variant in &variants {
+            let (model, batch) = match variant.as_str() {
+                "fp32" => ("yolo11n-pose.onnx", 1),
+                "fp32-batched" => ("yolo11n-pose-batch.onnx", n),
+                "int8" => ("yolo11n-pose-int8.onnx", 1),
+                "rect-int8" => ("yolo11n-pose-rect-int8.onnx", 1),
+                "rect-int8-batched" => ("yolo11n-pose-rect-int8.onnx", n),
+                other => anyhow::bail!("unknown variant {other}"),
             };
+            let model = models.join(model);
             let cameras = dir.join(&format!("cameras-{n}.toml"));
             let toml: String = (0..n)
                 .map(|i| format!("[[camera]]\nid = \"cam-{i}\"\nsource = \"rtsp://127.0.0.1:{port}/stream\"\nmax_fps = {MAX_FPS}\n\n"))

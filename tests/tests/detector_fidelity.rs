@@ -1,7 +1,9 @@
-//! Fidelity: the detector's detections against Ultralytics' own `predict` on the same ONNX file and
-//! the same frames (the reference in tests/reference/ultralytics/, made by
-//! scripts/reference_outputs.sh). No broker: `--output stdout`, default --conf 0.25 and --iou 0.7,
-//! as the reference was made with.
+//! Fidelity: the detector's detections against Ultralytics' own `predict` on the same frames, made
+//! by scripts/reference_outputs.sh: with the square model, against `predict` on the same ONNX file
+//! (tests/reference/ultralytics/); with the rectangular model (dynamic height and width), against
+//! `predict` on the PyTorch checkpoint both were exported from, whose letterbox is rectangular too
+//! (tests/reference/ultralytics-rect/). No broker: `--output stdout`, default --conf 0.25 and
+//! --iou 0.7, as the references were made with.
 //!
 //! Per frame, boxes are matched one-to-one, best IoU first, at IoU >= 0.5:
 //! - recall: reference detections with score >= 0.35, matched among all the detector's;
@@ -176,13 +178,25 @@ impl Figures {
     }
 }
 
-fn reference_dir() -> PathBuf {
-    repo_root().join("tests/reference/ultralytics")
+/// A reference and the model the detector runs to be compared with it.
+struct Against {
+    dir: &'static str,
+    model: &'static str,
+}
+
+/// `predict` on the square ONNX file.
+const SQUARE: Against = Against { dir: "tests/reference/ultralytics", model: "models/yolo11n-pose.onnx" };
+/// `predict` on the checkpoint (rectangular letterbox), against the dynamic-shape export.
+const RECT: Against = Against { dir: "tests/reference/ultralytics-rect", model: "models/yolo11n-pose-rect.onnx" };
+
+/// The images Ultralytics ships, copied beside the square reference.
+fn asset(name: &str) -> PathBuf {
+    repo_root().join(SQUARE.dir).join(name)
 }
 
 /// The reference: detections per frame index, and the document's header for the report.
-fn load_reference(name: &str) -> Result<(Vec<Vec<Det>>, Value)> {
-    let path = reference_dir().join(format!("{name}.json"));
+fn load_reference(against: &Against, name: &str) -> Result<(Vec<Vec<Det>>, Value)> {
+    let path = repo_root().join(against.dir).join(format!("{name}.json"));
     let doc: Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("{}", path.display()))?)?;
     let num = |v: &Value| v.as_f64().map(|x| x as f32).context("number");
     let mut frames = Vec::new();
@@ -205,8 +219,8 @@ fn load_reference(name: &str) -> Result<(Vec<Vec<Det>>, Value)> {
     Ok((frames, head))
 }
 
-/// The detector's detections per frame_seq, from `--output stdout`.
-fn run_detector(source: &Path, model: &Path) -> Result<Vec<Vec<Det>>> {
+/// The detector's detections per frame_seq, from `--output stdout`, and its log.
+fn run_detector(source: &Path, model: &Path) -> Result<(Vec<Vec<Det>>, String)> {
     // Read while it runs: a video's JSON lines would fill a pipe nobody reads.
     let child = Spawned::start(Command::new(bin("detector")).args([
         "--source",
@@ -239,12 +253,15 @@ fn run_detector(source: &Path, model: &Path) -> Result<Vec<Vec<Det>>> {
     }
     let n = by_seq.len() as u64;
     ensure!(by_seq.keys().copied().eq(0..n), "frame_seq not 0..{n}");
-    Ok(by_seq.into_values().collect())
+    Ok((by_seq.into_values().collect(), stderr))
 }
 
-fn check_source(name: &str, source: PathBuf) -> Result<()> {
-    let (reference, head) = load_reference(name)?;
-    let detected = run_detector(&source, &model())?;
+fn check_source(against: &Against, name: &str, source: PathBuf) -> Result<()> {
+    let (reference, head) = load_reference(against, name)?;
+    let (detected, log) = run_detector(&source, &repo_root().join(against.model))?;
+    if against.dir == RECT.dir {
+        ensure!(log.contains("the source's aspect within 640x640, stride 32"), "the rectangular letterbox is not in use: {log}");
+    }
     ensure!(
         detected.len() == reference.len(),
         "{name}: the detector published {} frames, the reference has {}",
@@ -255,8 +272,8 @@ fn check_source(name: &str, source: PathBuf) -> Result<()> {
     for (r, d) in reference.iter().zip(&detected) {
         fig.add(r, d);
     }
-    eprintln!("{}", fig.report(name));
-    eprintln!("fidelity {name}: reference made with {} frame_check {}", head["versions"], head["frame_check"]);
+    eprintln!("{}", fig.report(&format!("{name} ({})", against.model)));
+    eprintln!("fidelity {name}: reference made with {} on {} frame_check {}", head["versions"], head["model"], head["frame_check"]);
     if detected.len() > 1 {
         // The same comparison with the detector one frame late: shows that frame indices line up.
         let mut shifted = Figures::default();
@@ -279,41 +296,71 @@ fn check_source(name: &str, source: PathBuf) -> Result<()> {
 
 #[test]
 fn matches_ultralytics_on_vtest_video() -> Result<()> {
-    check_source("vtest.avi", sample("vtest.avi"))
+    check_source(&SQUARE, "vtest.avi", sample("vtest.avi"))
 }
 
 #[test]
 fn matches_ultralytics_on_basketball_image() -> Result<()> {
-    check_source("basketball1.png", sample("basketball1.png"))
+    check_source(&SQUARE, "basketball1.png", sample("basketball1.png"))
 }
 
 #[test]
 fn matches_ultralytics_on_bus_image() -> Result<()> {
-    check_source("bus.jpg", reference_dir().join("bus.jpg"))
+    check_source(&SQUARE, "bus.jpg", asset("bus.jpg"))
 }
 
 #[test]
 fn matches_ultralytics_on_zidane_image() -> Result<()> {
-    check_source("zidane.jpg", reference_dir().join("zidane.jpg"))
+    check_source(&SQUARE, "zidane.jpg", asset("zidane.jpg"))
 }
 
-/// The shipped int8 model against the fp32 one, both through the detector, on frames of the half
-/// of `vtest.avi` that `scripts/quantize_model.sh` does not calibrate on (it calibrates on the
-/// first half): the same matching, at recall and precision >= 0.95.
+// 768x576 runs at 640x480, a portrait 810x1080 at 480x640, 1280x720 at 640x384.
+#[test]
+fn rect_model_matches_ultralytics_pytorch_on_vtest_video() -> Result<()> {
+    check_source(&RECT, "vtest.avi", sample("vtest.avi"))
+}
+
+#[test]
+fn rect_model_matches_ultralytics_pytorch_on_basketball_image() -> Result<()> {
+    check_source(&RECT, "basketball1.png", sample("basketball1.png"))
+}
+
+#[test]
+fn rect_model_matches_ultralytics_pytorch_on_bus_image() -> Result<()> {
+    check_source(&RECT, "bus.jpg", asset("bus.jpg"))
+}
+
+#[test]
+fn rect_model_matches_ultralytics_pytorch_on_zidane_image() -> Result<()> {
+    check_source(&RECT, "zidane.jpg", asset("zidane.jpg"))
+}
+
 #[test]
 fn int8_model_agrees_with_fp32_on_frames_it_was_not_calibrated_on() -> Result<()> {
+    int8_against_fp32("models/yolo11n-pose.onnx", "models/yolo11n-pose-int8.onnx")
+}
+
+#[test]
+fn rect_int8_model_agrees_with_rect_fp32_on_frames_it_was_not_calibrated_on() -> Result<()> {
+    int8_against_fp32("models/yolo11n-pose-rect.onnx", "models/yolo11n-pose-rect-int8.onnx")
+}
+
+/// A shipped int8 model against its fp32 one, both through the detector, on frames of the half
+/// of `vtest.avi` that `scripts/quantize_model.sh` does not calibrate on (it calibrates on the
+/// first half): the same matching, at recall and precision >= 0.95.
+fn int8_against_fp32(fp32_model: &str, int8_model: &str) -> Result<()> {
     let dir = TempDir::new("int8")?;
     let clip = dir.join("second-half.mp4");
     // vtest.avi is 79.5 s; the calibration frames are all before 39.8 s.
     h264_clip(&sample("vtest.avi"), &clip, 41, Some(20))?;
-    let fp32 = run_detector(&clip, &model())?;
-    let int8 = run_detector(&clip, &repo_root().join("models/yolo11n-pose-int8.onnx"))?;
+    let (fp32, _) = run_detector(&clip, &repo_root().join(fp32_model))?;
+    let (int8, _) = run_detector(&clip, &repo_root().join(int8_model))?;
     ensure!(fp32.len() == int8.len() && fp32.len() >= 150, "{} fp32 frames, {} int8", fp32.len(), int8.len());
     let mut fig = Figures::default();
     for (r, d) in fp32.iter().zip(&int8) {
         fig.add(r, d);
     }
-    eprintln!("{}", fig.report("int8 against fp32"));
+    eprintln!("{}", fig.report(&format!("{int8_model} against {fp32_model}")));
     ensure!(fig.ref_confident > 100, "too few confident fp32 boxes to judge: {}", fig.ref_confident);
     ensure!(fig.recall() >= 0.95, "int8 recall {:.4} < 0.95", fig.recall());
     ensure!(fig.precision() >= 0.95, "int8 precision {:.4} < 0.95", fig.precision());
