@@ -240,12 +240,36 @@ def store_section():
     ])
 
 
+def speed_section():
+    got = read("vs_ultralytics")
+    if not got:
+        return "### Against Ultralytics\n\nNot measured yet (`scripts/run_benchmarks.sh vs_ultralytics`).\n"
+    head, rows = got
+    runs = [r for r in rows if "tool" in r]
+    ratios = [(k, v) for r in rows for k, v in r.items() if k.endswith("_over_ultralytics")]
+    base = next((r["ultralytics_onnx_fps"] for r in rows if "ultralytics_onnx_fps" in r), "?")
+    return "\n".join([
+        "### Against Ultralytics",
+        "",
+        provenance(head) + ". Frames/s on all of `samples/vtest.avi` (795 frames, 768x576), in this order: "
+        "Ultralytics' `predict` with the square fp32 ONNX file, the detector with each model (`--output stdout`, "
+        "process start to exit), Ultralytics again, then Ultralytics on the PyTorch checkpoint.",
+        "",
+        table(runs, ["tool", "model", "fps"]),
+        "",
+        table([{"model": k[: -len("_over_ultralytics")], "ratio": v} for k, v in ratios], ["model", "ratio"]),
+        "",
+        f"Ratios are the detector's frames/s over the mean of the two Ultralytics ONNX runs ({base} frames/s).",
+        "",
+    ])
+
+
 def main():
     os.makedirs(PERF, exist_ok=True)
     section = "\n".join([BEGIN, "", "## Benchmarks", "",
                          "Regenerate: `scripts/run_benchmarks.sh` (runs them, keeps docs/perf/*.txt), then "
                          "`scripts/perf_report.sh` (this section and the plots).", "",
-                         sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), END])
+                         sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), speed_section(), END])
     doc = open(DOC).read()
     if BEGIN in doc and END in doc:
         before, rest = doc.split(BEGIN, 1)

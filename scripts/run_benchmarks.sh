@@ -2,17 +2,21 @@
 # Runs the benchmarks against the real services and keeps their output in docs/perf/NAME.txt, each
 # headed by the command that made it and the machine it ran on; scripts/perf_report.sh then writes
 # docs/performance.md's measured section and its plots from those files.
-#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size]...   (none: all five)
+#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size|vs_ultralytics]...   (none: all)
+# vs_ultralytics is scripts/speed_vs_ultralytics.sh (the detector against Ultralytics' predict).
 # Starts the services (and stops them at the end); builds the release binaries first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size)
+[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size vs_ultralytics)
 cargo build --release --workspace --bins
-trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
-"$REPO_ROOT/scripts/services.sh" start
+# The services only for the benchmarks that use them (vs_ultralytics runs without, on a quieter box).
+if printf '%s\n' "${names[@]}" | grep -qv '^vs_ultralytics$'; then
+  trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
+  "$REPO_ROOT/scripts/services.sh" start
+fi
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 export DATABASE_ADMIN_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres"
 export PGPASSWORD="$PG_PASSWORD"
@@ -20,11 +24,15 @@ machine="$(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head
 for name in "${names[@]}"; do
   out="docs/perf/$name.txt"
   log "benchmark $name -> $out"
+  case "$name" in
+    vs_ultralytics) cmd=(scripts/speed_vs_ultralytics.sh) ;;
+    *) cmd=(cargo bench -q -p pipeline-tests --bench "$name") ;;
+  esac
   {
-    echo "# command: cargo bench -p pipeline-tests --bench $name"
+    echo "# command: ${cmd[*]}"
     echo "# machine: $machine"
     echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' || echo ' with uncommitted changes')"
-    cargo bench -q -p pipeline-tests --bench "$name" 2>/dev/null
+    "${cmd[@]}" 2>/dev/null
   } > "$out.tmp"
   mv "$out.tmp" "$out"
   cat "$out"

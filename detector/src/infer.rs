@@ -127,7 +127,12 @@ fn input_shape(shape: &[i64], imgsz: Option<&str>, stride: Option<&str>) -> Resu
     let (h, w) = match imgsz {
         None => (640, 640),
         Some(s) => {
-            let dims: Vec<u32> = s.trim_matches(['[', ']', ' ']).split(',').map(|d| d.trim().parse()).collect::<Result<_, _>>().map_err(|_| format!("metadata imgsz {s:?} is not [height, width]"))?;
+            let dims: Vec<u32> = s
+                .trim_matches(['[', ']', ' '])
+                .split(',')
+                .map(|d| d.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| format!("metadata imgsz {s:?} is not [height, width]"))?;
             match dims[..] {
                 [h, w] if h > 0 && w > 0 => (h, w),
                 [s] if s > 0 => (s, s),
@@ -137,7 +142,12 @@ fn input_shape(shape: &[i64], imgsz: Option<&str>, stride: Option<&str>) -> Resu
     };
     let stride = match stride {
         None => 32,
-        Some(s) => s.trim().parse().ok().filter(|&v: &u32| v > 0 && w % v == 0 && h % v == 0).ok_or_else(|| format!("metadata stride {s:?} is not a positive divisor of imgsz {h}x{w}"))?,
+        Some(s) => s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&v: &u32| v > 0 && w % v == 0 && h % v == 0)
+            .ok_or_else(|| format!("metadata stride {s:?} is not a positive divisor of imgsz {h}x{w}"))?,
     };
     Ok((shape[0], InputShape::Rect { w, h, stride }))
 }
