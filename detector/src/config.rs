@@ -80,7 +80,9 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
     pub camera_id: String,
 
-    /// ONNX model file (YOLOv8/11 detect or pose layout).
+    /// ONNX model file (YOLOv8/11 detect or pose layout). A fixed input size is letterboxed to; with
+    /// dynamic height and width (models/yolo11n-pose-rect*.onnx) each frame gets the smallest
+    /// stride-32 rectangle of its own aspect, as Ultralytics' PyTorch predict does.
     #[arg(long, env = "DETECTOR_MODEL", default_value = "models/yolo11n-pose.onnx")]
     pub model: PathBuf,
 

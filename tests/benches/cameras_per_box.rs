@@ -5,7 +5,7 @@
 //! Variants: the fp32 model one frame a call, the fp32 batch model with `--max-batch N`
 //! (cross-camera batching), the int8 model, and the rectangular int8 model (640x384 inputs for
 //! these 16:9 frames) one frame a call and batched. No broker (`--output stdout`): this measures the
-//! detector. After a 10 s warm-up, every published frame's capture-to-output latency (the moment
+//! detector. After a 10 s warm-up from its first message, every published frame's capture-to-output latency (the moment
 //! its line arrives here minus its `captured_at`) goes into an HdrHistogram; drops are the
 //! detector's own count (`detector_frames_dropped_total`, frames read and kept by `max_fps` that
 //! inference could not take in time). Per run one line:
@@ -73,13 +73,19 @@ fn main() -> Result<()> {
                 &metrics,
             ]))?;
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-            let started = Instant::now();
+            // The warm-up starts at the first message: the detector opens its cameras one by one
+            // before it starts (about 3 s each over RTSP here), which must not eat the window.
+            let mut first: Option<Instant> = None;
             let (mut before, mut published) = (None, 0u64);
-            while started.elapsed() < WARM_UP + seconds {
-                let Some(line) = detector.next_line(Duration::from_secs(30))? else { break };
+            loop {
+                let Some(line) = detector.next_line(Duration::from_secs(60))? else { break };
                 let now = chrono::Utc::now();
-                if started.elapsed() < WARM_UP {
+                let since = first.get_or_insert_with(Instant::now).elapsed();
+                if since < WARM_UP {
                     continue;
+                }
+                if since >= WARM_UP + seconds {
+                    break;
                 }
                 // The detector's counts at the end of the warm-up, to take the measured window's.
                 if before.is_none() {
