@@ -176,6 +176,10 @@ def calibration_end(args, frames):
 def quantize(args, frames):
     src = onnx.load(args.model)
     with tempfile.TemporaryDirectory() as tmp:
+        # ORT's pre-processing writes scratch files (sym_shape_infer_temp.onnx, <uuid>.data) into
+        # the working directory: keep them in the temporary one.
+        cwd = os.getcwd()
+        os.chdir(tmp)
         pre = os.path.join(tmp, "pre.onnx")
         # ORT's symbolic shape inference cannot follow the dynamic-shape export's Shape/Reshape
         # arithmetic ("Incomplete symbolic shape inference"); ONNX's own shape inference still runs.
@@ -206,6 +210,7 @@ def quantize(args, frames):
                         reduce_range=args.reduce_range, calibrate_method=method,
                         nodes_to_exclude=exclude, extra_options=extra)
         took = time.time() - t0
+        os.chdir(cwd)
     # quant_pre_process drops the exporter's metadata (names, kpt_shape, stride, ...): copy it back.
     q = onnx.load(args.out)
     kept = {p.key for p in q.metadata_props}
@@ -359,6 +364,8 @@ def main():
     ap.add_argument("--rect", action="store_true",
                     help="letterbox to the smallest stride-32 rectangle (for a model with dynamic height and width)")
     args = ap.parse_args()
+    # Absolute, since quantize() runs in a temporary directory.
+    args.model, args.out, args.video = (os.path.abspath(p) for p in (args.model, args.out, args.video))
     os.makedirs(args.work, exist_ok=True)
     frames = load_frames(args.video, os.path.join(args.work, "frames-rect.npy" if args.rect else "frames.npy"),
                          stride=32 if args.rect else None)
