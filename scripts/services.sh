@@ -8,7 +8,8 @@
 # Schema registry: Apicurio Registry, storing its schemas in PostgreSQL (database "registry"), so
 # they outlive a restart; its Confluent-compatible API is $REGISTRY_URL.
 # cluster: three KRaft nodes on 127.0.0.1:19092, 29092 and 39092 (controllers on N9093), topics
-# replicated 3 times and min.insync.replicas=2; cluster-N is one of them, `kill` SIGKILLs it and
+# replicated 3 times and min.insync.replicas=2, topics made only on request (as in production, no
+# auto.create.topics.enable); cluster-N is one of them, `kill` SIGKILLs it and
 # `start` brings it back on its data. kafka-secure: one node taking clients over SASL_SSL on 9194.
 # Ports: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), REGISTRY_PORT (8081),
 # REGISTRY_MANAGEMENT_PORT (9011, health), KAFKA_JMX_PORT (9404, the broker's metrics).
@@ -149,7 +150,8 @@ cluster_start() { # [NODE]: one node (started again on its data), or all three (
         dir=$(cluster_node_dir "$n")
         kafka_configure "$dir" "$n" "$voters" \
           "PLAINTEXT://127.0.0.1:${n}9092,CONTROLLER://127.0.0.1:${n}9093" "PLAINTEXT://127.0.0.1:${n}9092" \
-          "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" 3
+          "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" 3 \
+          "auto.create.topics.enable=false"
         kafka_format "$dir" "$id"
       done
     fi

@@ -1,10 +1,12 @@
 //! Kafka client plumbing both services share: the Kafka flags (brokers, topic, `-X` librdkafka
-//! properties, with secret values never shown) and librdkafka's log lines.
+//! properties, with secret values never shown), librdkafka's log lines, and what a Kafka error
+//! means (whether waiting can help).
 
 use std::fmt;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
 
 use crate::secret::{is_secret_name, Secret};
 
@@ -89,6 +91,44 @@ pub fn log_client_error(error: KafkaError, reason: &str) {
     tracing::warn!(target: "librdkafka", %error, "{reason}");
 }
 
+/// The context of a client that needs no callbacks of its own: librdkafka's logs and errors only.
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_librdkafka(level, fac, msg);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+/// Whether a Kafka error may pass by itself (a broker away, a leader moving, too few replicas in
+/// sync for now), as opposed to one that fails the same message every time (too large, not
+/// authorized, a bad topic name).
+pub fn may_heal(e: &KafkaError) -> bool {
+    let Some(code) = e.rdkafka_error_code() else { return true };
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::UnsupportedCompressionType
+            | RDKafkaErrorCode::FencedInstanceId
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +144,17 @@ mod tests {
         assert_eq!(format!("{:?}", parse_property("ssl.key.password=x").unwrap()), "ssl.key.password=<redacted>");
         assert_eq!(shown("ssl.key.location=/etc/k.pem"), "ssl.key.location=/etc/k.pem");
         assert_eq!(shown("compression.type=lz4"), "compression.type=lz4");
+    }
+
+    #[test]
+    fn errors_that_waiting_can_mend() {
+        let produce = |c| KafkaError::MessageProduction(c);
+        assert!(!may_heal(&produce(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(!may_heal(&produce(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        assert!(may_heal(&produce(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(may_heal(&produce(RDKafkaErrorCode::NotLeaderForPartition)));
+        assert!(may_heal(&produce(RDKafkaErrorCode::NotEnoughReplicas)));
+        assert!(may_heal(&produce(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(!may_heal(&KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId)));
     }
 }

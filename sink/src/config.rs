@@ -1,15 +1,21 @@
-//! Command-line and environment configuration of the sink.
+//! Command-line and environment configuration of the sink. A leaf: it imports no other module of
+//! the sink.
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::kafka::KafkaArgs;
-use common::registry::Registry;
 use common::secret::SecretUrl;
 
-use crate::error::SinkError;
-
-use crate::write::WriteMode;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteMode {
+    /// COPY into the tables; on a key conflict, redo the part through staging (default).
+    Copy,
+    /// Always COPY into staging tables, then merge.
+    Staging,
+    /// Multi-row INSERT ... SELECT FROM UNNEST(arrays); on a key conflict, redo through staging.
+    Unnest,
+}
 
 /// Consumes detection messages (wire schema v2, and v1) from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches, one transaction per batch, committing offsets only once rows are durable.
@@ -26,6 +32,27 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(DbArgs),
+    /// Show the store's policy (daily partitions made ahead, days kept), or set it; every sink
+    /// follows it from its next hourly pass.
+    Policy(PolicyArgs),
+    /// One pass of the store's upkeep now (what `sink run` does hourly), then exit: for a
+    /// scheduler, when sinks run with `--maintain false`.
+    Maintain(DbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Make the daily partitions this many days ahead of today (UTC), 1 to 366.
+    #[arg(long, value_name = "DAYS")]
+    pub days_ahead: Option<u32>,
+
+    /// Keep this many whole days of rows before today (UTC), 0 to 36600; 0 keeps everything.
+    /// Older days are dropped at the next pass.
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +80,13 @@ pub struct RunArgs {
     /// Consumer group; run more sinks with the same group to share the partitions.
     #[arg(long, env = "SINK_GROUP_ID", default_value = "detections-sink")]
     pub group_id: String,
+
+    /// This sink's static member id in the group (`group.instance.id`), unique within the group
+    /// [default: the host name]. Restarted within the session timeout under the same id, a sink
+    /// gets its partitions back at once, without a rebalance; stopped for longer, its partitions
+    /// go to the others after the session timeout (`-X session.timeout.ms`, 45 s by default).
+    #[arg(long, env = "SINK_INSTANCE_ID", default_value_t = host_name(), hide_default_value = true)]
+    pub instance_id: String,
 
     /// Topic for messages that fail validation (default: `<topic>.dlq`).
     #[arg(long, env = "SINK_DEAD_LETTER_TOPIC")]
@@ -102,15 +136,22 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_REVOKE_WAIT", default_value_t = 10)]
     pub revoke_wait_s: u64,
 
-    /// Daily partitions of `frames` and `detections` made this many days ahead of today (UTC),
-    /// at start and every hour; rows beyond them land in the default partition.
-    #[arg(long, env = "SINK_PARTITION_DAYS_AHEAD", default_value_t = 7)]
-    pub partition_days_ahead: u32,
+    /// Run the store's upkeep in this sink, at start and every hour: daily partitions made ahead,
+    /// days past the retention dropped (`sink policy` sets both). One sink at a time does it; with
+    /// false, run `sink maintain` from a scheduler instead (with a role allowed DDL).
+    #[arg(long, env = "SINK_MAINTAIN", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub maintain: bool,
 
-    /// Keep this many whole days of rows before today (UTC); older partitions are dropped (0: keep
-    /// everything).
-    #[arg(long, env = "SINK_RETENTION_DAYS", default_value_t = 0)]
-    pub retention_days: u32,
+    /// Frames captured more than this many days before the database's clock go to the
+    /// dead-letter topic, as do frames older than the retention keeps: a camera clock that is wrong
+    /// must not fill the default partition or be deleted unseen.
+    #[arg(long, env = "SINK_ADMIT_PAST_DAYS", default_value_t = 7, value_name = "DAYS")]
+    pub admit_past_days: u32,
+
+    /// Frames captured more than this many minutes after the database's clock go to the
+    /// dead-letter topic.
+    #[arg(long, env = "SINK_ADMIT_FUTURE_MINUTES", default_value_t = 60, value_name = "MINUTES")]
+    pub admit_future_minutes: u32,
 
     /// Seconds between progress lines in the log.
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
@@ -125,6 +166,23 @@ pub struct RunArgs {
     /// checked against the wire contract built in. Credentials may be given as URL user info.
     #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL", hide_env_values = true)]
     pub schema_registry: Option<SecretUrl>,
+
+    /// How long a message whose schema id the registry does not know waits (its partition paused,
+    /// the registry asked again) before it goes to the dead-letter topic, in seconds: a schema
+    /// registered a moment ago may not have reached the registry's follower yet.
+    #[arg(long, env = "SINK_UNKNOWN_SCHEMA_WAIT_S", default_value_t = 30, value_name = "SECONDS")]
+    pub unknown_schema_wait_s: u64,
+}
+
+/// The host's name (a container's is its id): a static member id that differs between hosts and
+/// stays the same across a restart on one.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sink".to_string())
 }
 
 impl RunArgs {
@@ -132,9 +190,8 @@ impl RunArgs {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
     }
 
-    /// The schema registry client, if one is set.
-    pub fn registry(&self) -> Result<Option<Registry>, SinkError> {
-        self.schema_registry.as_ref().map(|url| Registry::new(url.expose(), Duration::from_secs(5)).map_err(SinkError::Config)).transpose()
+    pub fn unknown_schema_wait(&self) -> Duration {
+        Duration::from_secs(self.unknown_schema_wait_s)
     }
 
     /// Refuses settings that cannot work, with one line naming the flag.
@@ -157,8 +214,18 @@ impl RunArgs {
         within("--revoke-wait-s", self.revoke_wait_s, 0, 600, "")?;
         within("--statement-timeout-ms", self.statement_timeout_ms, 0, 86_400_000, "")?;
         within("--lock-timeout-ms", self.lock_timeout_ms, 0, 86_400_000, "")?;
-        within("--partition-days-ahead", self.partition_days_ahead.into(), 1, 366, "")?;
-        within("--retention-days", self.retention_days.into(), 0, 36_600, "")?;
+        within("--admit-past-days", self.admit_past_days.into(), 1, 36_600, "")?;
+        within(
+            "--admit-future-minutes",
+            self.admit_future_minutes.into(),
+            0,
+            1_440,
+            " (the daily partitions are made at least one day ahead)",
+        )?;
+        within("--unknown-schema-wait-s", self.unknown_schema_wait_s, 0, 86_400, "")?;
+        if self.instance_id.trim().is_empty() || self.instance_id.len() > 249 {
+            return Err(format!("--instance-id must be 1 to 249 characters, got {:?}", self.instance_id));
+        }
         if self.dead_letter_topic() == self.kafka.topic {
             return Err("--dead-letter-topic must differ from --topic".into());
         }

@@ -1,13 +1,19 @@
-//! Kafka consumption in a consumer group: the first stage of the sink. The rebalance callback
-//! carries out steps 1 and (on revocation) the drain of the offset protocol (`offsets`): each
-//! assigned partition starts at the next offset stored in PostgreSQL with the rows, and a revoked
-//! partition is given up only once the write in flight is durable (bounded).
+//! Kafka consumption in a consumer group: the first stage of the sink, and the Kafka side of the
+//! offset protocol (`offsets`). The rebalance callback carries out step 1 and (on revocation) the
+//! drain: each assigned partition starts at the next offset stored in PostgreSQL with the rows,
+//! and a revoked partition is given up only once the write in flight is durable (bounded).
+//! [`resync`] positions a partition again from the stored offset, [`commit`] tells Kafka what is
+//! durable (step 4).
+//!
+//! Members are static (`group.instance.id`): a sink that restarts within the session timeout gets
+//! its partitions back at once, with no rebalance of the others.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -17,21 +23,9 @@ use sqlx::PgPool;
 
 use crate::config::RunArgs;
 use crate::error::SinkError;
+use crate::message::Consumed;
 use crate::offsets::{self, Fence};
 use crate::telemetry;
-
-/// The context of the sink's producer (dead letters): librdkafka's logs only.
-pub struct KafkaContext;
-
-impl ClientContext for KafkaContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        common::kafka::log_librdkafka(level, fac, msg);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        common::kafka::log_client_error(error, reason);
-    }
-}
 
 /// The consumer's context: positions assigned partitions from the database, notes what a rebalance
 /// changed for the loop (it writes its batch at once after a revocation), and logs lag from librdkafka's statistics.
@@ -171,19 +165,11 @@ pub struct Changes {
 
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
-/// One consumed message, owned, with where it came from.
-#[derive(Debug, Clone)]
-pub struct Consumed {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-}
-
 pub fn connect(args: &RunArgs, pool: &PgPool, writer_busy: tokio::sync::watch::Receiver<bool>) -> Result<GroupConsumer, SinkError> {
     let mut cfg = ClientConfig::new();
     cfg.set("group.id", &args.group_id)
-        .set("client.id", format!("sink-{}", std::process::id()))
+        .set("group.instance.id", &args.instance_id)
+        .set("client.id", format!("sink-{}", args.instance_id))
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Offsets are committed by hand, only after the rows are durable.
         .set("enable.auto.commit", "false")
@@ -219,4 +205,40 @@ pub async fn next(consumer: &GroupConsumer) -> Result<Consumed, SinkError> {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
     })
+}
+
+/// Where a partition must be read from again, and its fence: after a fence failure, or when its
+/// offset could not be read at assignment. Seeks the consumer there.
+pub async fn resync(consumer: &GroupConsumer, pool: &PgPool, group: &str, topic: &str, partition: i32) -> Result<Fence, SinkError> {
+    let stored = offsets::read(pool, group, topic, &[partition]).await?.get(&partition).copied();
+    let position = match stored {
+        Some(next) => Offset::Offset(next),
+        // Never stored: where the group's Kafka offset says, as at a fresh assignment.
+        None => {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(10)))?;
+            match committed.find_partition(topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            }
+        }
+    };
+    tokio::task::block_in_place(|| consumer.seek(topic, partition, position, Duration::from_secs(10)))?;
+    tracing::info!(partition, ?position, "partition re-read from the stored offset");
+    Ok(Fence::from_stored(stored))
+}
+
+/// Step 4 of the offset protocol: the next offsets to Kafka, once they are durable in the
+/// database; only for the partitions still assigned, so that a partition given up does not get
+/// an old offset.
+pub fn commit(consumer: &GroupConsumer, topic: &str, next: &BTreeMap<i32, i64>, mode: CommitMode) -> Result<(), SinkError> {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, next) in next {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    if tpl.count() > 0 {
+        consumer.commit(&tpl, mode)?;
+    }
+    Ok(())
 }

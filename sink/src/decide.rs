@@ -44,9 +44,11 @@ pub struct View {
     /// Shutdown was asked.
     pub stopping: bool,
     pub assigned: BTreeSet<i32>,
-    /// Partitions whose next message waits (for the schema registry, or to be re-read from the
-    /// stored offset).
+    /// Partitions whose next message waits (for the schema registry, for its dead letter, or to
+    /// be re-read from the stored offset).
     pub waiting: BTreeSet<i32>,
+    /// Dead-letter sends on their way.
+    pub dead_letters: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +74,7 @@ pub fn decide(v: &View, p: &Policy) -> Decision {
     let brief = full && !v.database_down && v.writing.is_some_and(|w| w < HOLD);
     let hold_all = v.database_down || (full && !brief) || v.stopping;
     let pause = if hold_all { v.assigned.clone() } else { v.assigned.intersection(&v.waiting).copied().collect() };
-    Decision { write, consume: !brief, pause, done: v.stopping && !gathered && !writing }
+    Decision { write, consume: !brief, pause, done: v.stopping && !gathered && !writing && v.dead_letters == 0 }
 }
 
 #[cfg(test)]
@@ -122,7 +124,9 @@ mod tests {
             ("waiting, but no longer ours", View { waiting: set(&[7]), ..view() }, false, true, none.clone(), false),
             ("stopping: the last batch goes out", View { batch_rows: 3, batch_age: ms(1), stopping: true, ..view() }, true, true, all.clone(), false),
             ("stopping: wait for the write", View { writing: busy(10), stopping: true, ..view() }, false, true, all.clone(), false),
+            ("stopping: wait for the dead letters on their way", View { stopping: true, dead_letters: 1, ..view() }, false, true, all.clone(), false),
             ("stopping: done", View { stopping: true, ..view() }, false, true, all.clone(), true),
+            ("a partition waiting for its dead letter is paused alone", View { waiting: set(&[1]), dead_letters: 1, ..view() }, false, true, set(&[1]), false),
         ];
         for (what, v, write, consume, pause, done) in cases {
             let d = decide(&v, &POLICY);

@@ -1,6 +1,7 @@
 //! The sink's errors: whose problem, and whether a retry can help.
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use common::kafka::may_heal;
+use rdkafka::error::KafkaError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -18,6 +19,12 @@ pub enum SinkError {
     /// A message that could be neither stored nor dead-lettered: someone must fix the topic.
     #[error("dead-letter topic {topic} refuses the message at partition {partition}, offset {offset}: {error}; fix the topic (size limit, ACL) and restart")]
     DeadLetterRefused { topic: String, partition: i32, offset: i64, error: KafkaError },
+    /// The loop broke one of its own rules (a bug): it stops before storing anything past it.
+    #[error("internal error: {0}; nothing past the last stored offset was stored, so a restart is safe")]
+    Invariant(#[from] crate::partition::Refused),
+    /// Work given up because the sink is shutting down; it is done again at the next start.
+    #[error("stopped by the shutdown")]
+    Stopped,
 }
 
 /// What a database error means for the rows that met it.
@@ -68,10 +75,10 @@ impl SinkError {
     /// A connection or server failure may pass; a bad setting or a constraint violation will not.
     pub fn retryable(&self) -> bool {
         match self {
-            SinkError::Config(_) | SinkError::Schema(_) | SinkError::DeadLetterRefused { .. } => false,
+            SinkError::Config(_) | SinkError::Schema(_) | SinkError::DeadLetterRefused { .. } | SinkError::Stopped => false,
             SinkError::Database(_) => self.db_fault() == Some(DbFault::Transient),
-            SinkError::DatabaseAway(_) => true,
-            SinkError::Kafka(e) => kafka_may_heal(e),
+            SinkError::DatabaseAway(_) | SinkError::Invariant(_) => true,
+            SinkError::Kafka(e) => may_heal(e),
         }
     }
 
@@ -79,33 +86,14 @@ impl SinkError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SinkError::Config(_) | SinkError::Schema(_) => 2,
-            SinkError::Database(_) | SinkError::DatabaseAway(_) | SinkError::Kafka(_) | SinkError::DeadLetterRefused { .. } => 3,
+            SinkError::Database(_)
+            | SinkError::DatabaseAway(_)
+            | SinkError::Kafka(_)
+            | SinkError::DeadLetterRefused { .. }
+            | SinkError::Invariant(_)
+            | SinkError::Stopped => 3,
         }
     }
-}
-
-/// Whether a Kafka producer error may pass by itself (a broker away, a leader moving), as opposed
-/// to one that will fail the same message every time (too large, not authorized, a bad topic).
-pub fn kafka_may_heal(e: &KafkaError) -> bool {
-    let code = match e {
-        KafkaError::MessageProduction(c) => *c,
-        _ => return true,
-    };
-    !matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidMessage
-            | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-            | RDKafkaErrorCode::InvalidTopic
-            | RDKafkaErrorCode::UnsupportedVersion
-            | RDKafkaErrorCode::UnsupportedForMessageFormat
-            | RDKafkaErrorCode::InvalidRequiredAcks
-            | RDKafkaErrorCode::UnsupportedCompressionType
-    )
 }
 
 #[cfg(test)]
@@ -149,10 +137,5 @@ mod tests {
         assert_eq!(SinkError::Database(sqlx::Error::PoolTimedOut).db_fault(), Some(DbFault::Transient));
         assert!(SinkError::Database(sqlx::Error::PoolTimedOut).retryable());
         assert_eq!(SinkError::Config("x".into()).db_fault(), None);
-        assert!(!kafka_may_heal(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(!kafka_may_heal(&KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)));
-        assert!(kafka_may_heal(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
-        assert!(kafka_may_heal(&KafkaError::MessageProduction(RDKafkaErrorCode::NotLeaderForPartition)));
-        assert!(kafka_may_heal(&KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure)));
     }
 }

@@ -3,11 +3,15 @@
 mod batch;
 mod config;
 mod consume;
+mod dead_letters;
 mod decide;
 mod error;
+mod message;
 mod offsets;
+mod partition;
 mod partitions;
 mod pipeline;
+mod rollup;
 mod schema;
 mod tables;
 mod telemetry;
@@ -47,21 +51,34 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
             tracing::info!(version, "schema is up to date");
             Ok(())
         }
+        Command::Policy(args) => {
+            let pool = connect(&args.db, 1, &[]).await?;
+            schema::check(&pool).await?;
+            let p = partitions::set_policy(&pool, args.days_ahead, args.retention_days).await?;
+            println!("days_ahead={} retention_days={}", p.days_ahead, p.retention_days);
+            Ok(())
+        }
+        Command::Maintain(db) => {
+            let pool = connect(&db, 1, &[]).await?;
+            schema::check(&pool).await?;
+            let r = partitions::maintain(&pool).await?;
+            println!("{r:?}");
+            Ok(())
+        }
         Command::Run(args) => {
             args.validate().map_err(SinkError::Config)?;
             if let Some(addr) = args.metrics_addr {
-                telemetry::serve(addr)?;
+                telemetry::serve(addr).map_err(SinkError::Config)?;
             }
-            // The writers, plus one for reading stored offsets at a rebalance.
+            // The writers, one for reading stored offsets at a rebalance, one for the upkeep.
             let timeouts = [
                 ("statement_timeout", format!("{}ms", args.statement_timeout_ms)),
                 ("lock_timeout", format!("{}ms", args.lock_timeout_ms)),
             ];
-            let pool = connect(&args.db, args.writers as u32 + 1, &timeouts).await?;
+            let pool = connect(&args.db, args.writers as u32 + 2, &timeouts).await?;
             let version = schema::check(&pool).await?;
             tracing::info!(version, database = %args.db.database_url.redacted(), "schema checked");
-            let days = partitions::Settings { days_ahead: args.partition_days_ahead, retention_days: args.retention_days };
-            partitions::keep(pool.clone(), days).await;
+            let clock = partitions::keep(pool.clone(), args.maintain).await?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -71,7 +88,7 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
                 tracing::warn!("second signal: exiting now; what was not committed is read again at the next start");
                 std::process::exit(130);
             });
-            pipeline::run(&args, &pool, rx).await
+            pipeline::run(&args, &pool, clock, rx).await
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The offset protocol: why every message is stored exactly once, whatever crashes, rebalances or
-//! replays happen.
+//! replays happen. This module holds its types and its SQL; it knows no Kafka client.
 //!
 //! **Invariant.** For each (consumer group, topic, partition), `sink_offsets.next_offset` is the
 //! offset of the first message whose outcome (rows, or a dead letter) is not yet durable. The rows
@@ -11,19 +11,20 @@
 //!    `next_offset` and the consumer is positioned there (`consume::GroupContext::rebalance`).
 //!    That value is the partition's [`Fence`]: what this sink believes is stored. A partition
 //!    whose offset cannot be read (the database is away) is [`Fence::Unknown`]: paused, its
-//!    messages ignored, until [`resync`] reads it and seeks there.
+//!    messages ignored, until `consume::resync` reads it and seeks there.
 //! 2. **Track.** Each batch accounts, per partition, for a contiguous run of messages starting at
-//!    the fence (stored rows, replays and dead letters alike) and ending at its next offset.
+//!    the fence (stored rows, replays and dead letters alike) and ending at its next offset: one
+//!    owner, `partition::Partitions`, refuses to account for any message but the next delivered.
 //! 3. **Fenced store.** Each part of a batch begins its transaction with [`store`]: for every
 //!    partition, `next_offset` moves from the fence to the batch's next offset *only if it still is
 //!    the fence* (a row lock, so two writers of one partition queue up). A partition whose stored
 //!    offset moved (another sink wrote it after a rebalance) is *fenced out*: the transaction rolls
 //!    back, the part is written again without it, and the partition is re-read and sought to the
-//!    stored offset ([`resync`]). Otherwise the rows follow in the same transaction and the fence
-//!    advances when it commits.
+//!    stored offset (`consume::resync`). Otherwise the rows follow in the same transaction and
+//!    the fence advances when it commits.
 //! 4. **Commit to Kafka after.** Once the transaction is durable, the next offsets go to Kafka
-//!    ([`commit`]), for the partitions still assigned. Kafka's committed offsets therefore never
-//!    run ahead of the database; they are only a fallback (and what lag tools read).
+//!    (`consume::commit`), for the partitions still assigned. Kafka's committed offsets therefore
+//!    never run ahead of the database; they are only a fallback (and what lag tools read).
 //!
 //! **Why exactly once.** A message's rows become durable only with the offset move past it (3),
 //! and that move happens once: a second transaction covering the same message would have to start
@@ -37,14 +38,10 @@
 //! that sends a frame twice (a file processed again); those are merged as replays, never stored
 //! twice (`write`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::HashMap;
 
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
 
-use crate::consume::GroupConsumer;
 use crate::error::SinkError;
 
 /// What this sink believes `sink_offsets` holds for one assigned partition.
@@ -54,7 +51,7 @@ pub enum Fence {
     Stored(i64),
     /// No row: nothing of this partition was ever stored by this group.
     Fresh,
-    /// It could not be read; the partition waits for [`resync`].
+    /// It could not be read; the partition waits to be read again (`consume::resync`).
     Unknown,
 }
 
@@ -66,44 +63,6 @@ impl Fence {
     /// Whether messages of this partition can be accounted for.
     pub fn known(self) -> bool {
         self != Fence::Unknown
-    }
-}
-
-/// The fences of the assigned partitions: set at assignment, advanced by each durable write,
-/// forgotten at revocation.
-#[derive(Debug, Default)]
-pub struct Fences(HashMap<i32, Fence>);
-
-impl Fences {
-    pub fn assign(&mut self, partition: i32, fence: Fence) {
-        self.0.insert(partition, fence);
-    }
-
-    pub fn revoke(&mut self, partition: i32) {
-        self.0.remove(&partition);
-    }
-
-    pub fn get(&self, partition: i32) -> Option<Fence> {
-        self.0.get(&partition).copied()
-    }
-
-    /// A write moved these partitions' offsets.
-    pub fn advance(&mut self, stored: &BTreeMap<i32, i64>) {
-        for (p, next) in stored {
-            if let Some(f) = self.0.get_mut(p) {
-                *f = Fence::Stored(*next);
-            }
-        }
-    }
-
-    /// The assigned partitions.
-    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
-        self.0.keys().copied()
-    }
-
-    /// Partitions to read again before their messages count.
-    pub fn unknown(&self) -> impl Iterator<Item = i32> + '_ {
-        self.0.iter().filter(|(_, f)| !f.known()).map(|(p, _)| *p)
     }
 }
 
@@ -168,62 +127,14 @@ pub async fn store(conn: &mut PgConnection, group: &str, topic: &str, claims: &[
     Ok(partitions.into_iter().filter(|p| !moved.contains(p)).collect())
 }
 
-/// Where a partition must be read from again, and its fence: after a fence failure, or when its
-/// offset could not be read at assignment. Seeks the consumer there.
-pub async fn resync(consumer: &GroupConsumer, pool: &PgPool, group: &str, topic: &str, partition: i32) -> Result<Fence, SinkError> {
-    let stored = read(pool, group, topic, &[partition]).await?.get(&partition).copied();
-    let position = match stored {
-        Some(next) => Offset::Offset(next),
-        // Never stored: where the group's Kafka offset says, as at a fresh assignment.
-        None => {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(10)))?;
-            match committed.find_partition(topic, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            }
-        }
-    };
-    tokio::task::block_in_place(|| consumer.seek(topic, partition, position, Duration::from_secs(10)))?;
-    tracing::info!(partition, ?position, "partition re-read from the stored offset");
-    Ok(Fence::from_stored(stored))
-}
-
-/// Step 4: the next offsets to Kafka, once they are durable in the database; only for the
-/// partitions still assigned, so that a partition given up does not get an old offset.
-pub fn commit(
-    consumer: &GroupConsumer,
-    topic: &str,
-    next: &BTreeMap<i32, i64>,
-    fences: &Fences,
-    mode: CommitMode,
-) -> Result<(), SinkError> {
-    let mut tpl = TopicPartitionList::new();
-    for (partition, next) in next.iter().filter(|(p, _)| fences.get(**p).is_some()) {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-    }
-    if tpl.count() > 0 {
-        consumer.commit(&tpl, mode)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn fences_advance_only_for_assigned_partitions() {
-        let mut f = Fences::default();
-        f.assign(0, Fence::Stored(10));
-        f.assign(1, Fence::Fresh);
-        f.assign(2, Fence::Unknown);
-        f.advance(&BTreeMap::from([(0, 15), (1, 3), (7, 99)]));
-        assert_eq!((f.get(0), f.get(1), f.get(7)), (Some(Fence::Stored(15)), Some(Fence::Stored(3)), None));
-        assert_eq!(f.unknown().collect::<Vec<_>>(), [2]);
-        f.revoke(0);
-        assert_eq!(f.get(0), None);
+    fn fences() {
         assert_eq!(Fence::from_stored(None), Fence::Fresh);
+        assert_eq!(Fence::from_stored(Some(7)), Fence::Stored(7));
+        assert!(!Fence::Unknown.known() && Fence::Fresh.known());
     }
 }

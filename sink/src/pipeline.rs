@@ -3,25 +3,30 @@
 //! [`decide`](crate::decide::decide)'s, the offset protocol is [`offsets`]'s, and the write stage
 //! is [`write`]'s own task, with one batch in flight while the next is gathered.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::backoff::Backoff;
+use common::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::batch::Batch;
 use crate::config::RunArgs;
-use crate::consume::{self, Consumed, GroupConsumer};
+use crate::consume::{self, GroupConsumer};
+use crate::dead_letters::{DeadLetters, Sent};
 use crate::decide::{decide, Policy, View, HOLD};
 use crate::error::SinkError;
-use crate::offsets::{self, Fence, Fences};
+use crate::message::{Consumed, Row};
+use crate::partition::{Check, Delivered, Partitions, Wait};
+use crate::partitions::StoreClock;
 use crate::telemetry;
-use crate::validate::{DeadLetters, Validator, Verdict};
+use crate::validate::{Admission, Validator, Verdict};
 use crate::write::{self, Done, Encoded, Writer};
 
 fn backoff() -> Backoff {
@@ -47,19 +52,26 @@ struct Sink<'a> {
     pool: &'a PgPool,
     consumer: GroupConsumer,
     validator: Validator,
+    admission: Admission,
+    /// The database's clock and the retention's cutoff, for the admission window.
+    clock: watch::Receiver<StoreClock>,
     dead_letters: Arc<DeadLetters>,
+    /// Dead-letter sends end here (`dead_letters::DeadLetters::spawn`).
+    dead_lettered: mpsc::Receiver<Sent>,
+    dead_lettered_tx: mpsc::Sender<Sent>,
     writer: Writer,
     batch: Batch,
-    /// What this sink believes is stored for each assigned partition (the offset protocol).
-    fences: Fences,
-    /// Messages held while the schema registry cannot be asked, in order per partition.
-    held: BTreeMap<i32, VecDeque<Consumed>>,
-    /// When to try again what waits (held messages, partitions to read again), and how long after.
+    /// Every assigned partition's state: fence, offsets accounted for, messages waiting.
+    parts: Partitions,
+    /// When to try again what waits (messages held for the registry, partitions to read again),
+    /// and how long after.
     retry: Option<(Instant, Backoff)>,
     /// When the batch in flight went to the writer.
     writing: Option<Instant>,
     database_down: bool,
     stopping: bool,
+    /// Set once the loop stops taking messages, for whatever reason: dead-letter sends give up.
+    stop: watch::Sender<bool>,
     /// Why the sink must stop once what it holds is written (a message it can neither store nor
     /// dead-letter).
     failed: Option<SinkError>,
@@ -69,8 +81,19 @@ struct Sink<'a> {
     shutdown: watch::Receiver<bool>,
 }
 
-pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
-    let dead_letters = Arc::new(DeadLetters::connect(args)?);
+pub async fn run(
+    args: &RunArgs,
+    pool: &PgPool,
+    clock: watch::Receiver<StoreClock>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SinkError> {
+    let dead_letters = Arc::new(DeadLetters::connect(&args.kafka, args.dead_letter_topic())?);
+    dead_letters.check_topic(Duration::from_secs(10)).await?;
+    let registry = args
+        .schema_registry
+        .as_ref()
+        .map(|url| Registry::new(url.expose(), Duration::from_secs(5)).map_err(SinkError::Config))
+        .transpose()?;
     let target = write::Target {
         pool: pool.clone(),
         mode: args.write_mode,
@@ -79,26 +102,34 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
         dead_letters: Arc::clone(&dead_letters),
     };
     let writer = write::spawn(target, shutdown.clone());
+    let (dead_lettered_tx, dead_lettered) = mpsc::channel(64);
     let mut sink = Sink {
         args,
         pool,
         consumer: consume::connect(args, pool, writer.busy.clone())?,
-        validator: Validator::new(args.registry()?),
+        validator: Validator::new(registry, args.unknown_schema_wait()),
+        admission: Admission {
+            past: chrono::Duration::days(args.admit_past_days.into()),
+            future: chrono::Duration::minutes(args.admit_future_minutes.into()),
+        },
+        clock,
         dead_letters,
+        dead_lettered,
+        dead_lettered_tx,
         writer,
         batch: Batch::default(),
-        fences: Fences::default(),
-        held: BTreeMap::new(),
+        parts: Partitions::default(),
         retry: None,
         writing: None,
         database_down: false,
         stopping: false,
+        stop: watch::channel(false).0,
         failed: None,
         paused: BTreeSet::new(),
         totals: Totals::default(),
         shutdown,
     };
-    tracing::info!(topic = %args.kafka.topic, group = %args.group_id, dlq = %args.dead_letter_topic(), mode = ?args.write_mode, "sink started");
+    tracing::info!(topic = %args.kafka.topic, group = %args.group_id, instance = %args.instance_id, dlq = %sink.dead_letters.topic(), mode = ?args.write_mode, "sink started");
     sink.run().await
 }
 
@@ -106,12 +137,17 @@ pub async fn run(args: &RunArgs, pool: &PgPool, shutdown: watch::Receiver<bool>)
 /// news about the broker, not an attempt of ours that failed, so polling goes on at once. (Sleeping
 /// after each one left the errors queued during an outage to be drained one sleep at a time after
 /// it: minutes without a row.) A fatal error leaves the consumer unusable and ends the sink.
-fn on_consume_error(e: SinkError) -> Result<(), SinkError> {
-    if matches!(e, SinkError::Kafka(KafkaError::MessageConsumptionFatal(_))) {
-        return Err(e);
+fn on_consume_error(e: SinkError, group: &str, instance: &str) -> Result<(), SinkError> {
+    match e {
+        SinkError::Kafka(KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId)) => Err(SinkError::Config(format!(
+            "another sink joined group {group} as instance {instance}: give each sink of a group its own --instance-id"
+        ))),
+        SinkError::Kafka(KafkaError::MessageConsumptionFatal(_)) => Err(e),
+        e => {
+            tracing::warn!(error = %e, "kafka consume error");
+            Ok(())
+        }
     }
-    tracing::warn!(error = %e, "kafka consume error");
-    Ok(())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -138,7 +174,7 @@ impl Sink<'_> {
                 break;
             }
             if d.write {
-                let enc = Encoded::new(std::mem::take(&mut self.batch), self.args.write_mode, self.args.writers, &self.fences);
+                let enc = Encoded::new(std::mem::take(&mut self.batch), self.parts.claim(), self.args.write_mode, self.args.writers);
                 self.writer.batches.send(enc).await.expect("the writer outlives the loop");
                 self.writing = Some(Instant::now());
                 continue;
@@ -146,12 +182,12 @@ impl Sink<'_> {
             let deadline = self.batch.deadline(policy.batch_age).filter(|_| self.writing.is_none());
             // Waiting for a quick write without taking messages: look again once it is no longer quick.
             let hold_until = self.writing.filter(|_| !d.consume).map(|t| t + HOLD);
-            let retry_at = self.retry.as_ref().map(|(at, _)| *at);
+            let retry_at = self.retry.as_ref().map(|(at, _)| *at).filter(|_| !self.stopping);
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed(), if !self.stopping => {
                     tracing::info!("shutting down: writing the last batches");
-                    self.stopping = true;
+                    self.stop_taking();
                 }
                 done = self.writer.done.recv() => self.on_done(done.expect("the writer outlives the loop")?)?,
                 Ok(()) = self.writer.down.changed() => {
@@ -163,24 +199,19 @@ impl Sink<'_> {
                     }
                     telemetry::set_database_up(!self.database_down);
                 }
+                Some(sent) = self.dead_lettered.recv() => self.on_dead_lettered(sent).await?,
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {}
                 _ = sleep_until_opt(hold_until), if hold_until.is_some() => {}
-                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
-                    if let Err(e) = self.retry_waiting().await {
-                        self.fail(e)?;
-                    }
-                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_waiting().await?,
                 // Polled, paused or not, but for the brief wait for a quick write: past
                 // max.poll.interval.ms without a poll the group would throw this sink out.
                 msg = consume::next(&self.consumer), if d.consume => match msg {
                     Ok(msg) => {
                         // A rebalance runs inside the poll that returned this message.
                         self.apply_changes();
-                        if let Err(e) = self.handle(msg).await {
-                            self.fail(e)?;
-                        }
+                        self.on_message(msg).await?;
                     }
-                    Err(e) => on_consume_error(e)?,
+                    Err(e) => on_consume_error(e, &self.args.group_id, &self.args.instance_id)?,
                 },
             }
             if Instant::now() >= next_report {
@@ -193,14 +224,22 @@ impl Sink<'_> {
         self.failed.take().map_or(Ok(()), Err)
     }
 
-    /// A message that cannot be dealt with ends the sink, after what it holds before that message
-    /// is written (the message's offset is not accounted for: it is read again at the next start).
-    /// Any other error ends it at once.
+    /// From now on no message is taken: what is held is written, dead-letter sends give up (their
+    /// messages are read again at the next start), and the loop ends.
+    fn stop_taking(&mut self) {
+        self.stopping = true;
+        self.stop.send_replace(true);
+    }
+
+    /// A message that can be neither stored nor dead-lettered ends the sink, after what it holds
+    /// before that message is written (the message is not accounted for: it is read again at the
+    /// next start, and nothing after it in its partition is accounted for either). Any other
+    /// error ends it at once.
     fn fail(&mut self, e: SinkError) -> Result<(), SinkError> {
         match e {
             SinkError::DeadLetterRefused { .. } => {
-                tracing::warn!("stopping: writing what is held, then exiting");
-                self.stopping = true;
+                tracing::warn!(error = %e, "stopping: writing what is held, then exiting");
+                self.stop_taking();
                 self.failed = Some(e);
                 Ok(())
             }
@@ -210,16 +249,15 @@ impl Sink<'_> {
 
     /// What [`decide`] sees.
     fn view(&self) -> View {
-        let assigned: BTreeSet<i32> = self.fences.partitions().collect();
-        let waiting = self.held.keys().copied().chain(self.fences.unknown()).collect();
         View {
             batch_rows: self.batch.rows(),
             batch_age: self.batch.age(),
             writing: self.writing.map(|t| t.elapsed()),
             database_down: self.database_down,
             stopping: self.stopping,
-            assigned,
-            waiting,
+            assigned: self.parts.assigned(),
+            waiting: self.parts.waiting(),
+            dead_letters: self.parts.dead_letters_in_flight(),
         }
     }
 
@@ -250,76 +288,111 @@ impl Sink<'_> {
         let changes = self.consumer.context().take_changes();
         let gone: BTreeSet<i32> = changes.revoked.iter().copied().collect();
         for p in &gone {
-            self.fences.revoke(*p);
-            self.held.remove(p);
+            self.parts.revoke(*p);
+            self.paused.remove(p);
         }
         self.batch.remove_partitions(&gone);
         for (p, fence) in changes.assigned {
-            self.fences.assign(p, fence);
+            self.parts.assign(p, fence);
             // Assigned again, a partition comes back unpaused.
             self.paused.remove(&p);
             if !fence.known() {
                 self.retry_now();
             }
         }
-        for p in &gone {
-            self.paused.remove(p);
+    }
+
+    /// A message from the consumer: checked now, or queued behind its partition's message in hand.
+    async fn on_message(&mut self, msg: Consumed) -> Result<(), SinkError> {
+        // No longer wanted: not accounted for, so it is read again at the next start.
+        if self.stopping {
+            return Ok(());
+        }
+        match self.parts.deliver(msg) {
+            Delivered::Check(c) => self.work(Some(c)).await,
+            Delivered::Queued | Delivered::Ignored => Ok(()),
         }
     }
 
-    /// Validates one message into the batch, or sends it to the dead-letter topic, or holds it
-    /// while the schema registry cannot be asked.
-    async fn handle(&mut self, msg: Consumed) -> Result<(), SinkError> {
-        // Not ours (any more), or waiting to be read again from the stored offset, or no longer
-        // wanted: its offset is not accounted for, so it will be read again.
-        if self.stopping || !self.fences.get(msg.partition).is_some_and(Fence::known) {
-            return Ok(());
+    /// Checks `next` and then its partition's queued messages, until one has to wait.
+    async fn work(&mut self, mut next: Option<Check>) -> Result<(), SinkError> {
+        while let Some(Check { msg, gap }) = next {
+            let p = msg.partition;
+            if let Some(gap) = gap {
+                self.on_gap(p, gap);
+            }
+            self.check(msg).await?;
+            next = self.parts.next(p);
         }
-        if let Some(waiting) = self.held.get_mut(&msg.partition) {
-            // Behind a held message of its partition: order is kept.
-            waiting.push_back(msg);
-            return Ok(());
-        }
-        match self.validator.check(msg.payload.as_deref()).await {
-            Verdict::RegistryAway(why) => {
-                tracing::warn!(partition = msg.partition, offset = msg.offset, error = %why, "schema registry unavailable: partition paused, message held");
-                self.held.entry(msg.partition).or_default().push_back(msg);
+        Ok(())
+    }
+
+    /// Validates one message: a frame into the batch, a refusal to the dead-letter topic (a task:
+    /// the partition waits for it), or held while the schema registry cannot tell. Returns why it
+    /// was held for the registry, if it was.
+    async fn check(&mut self, msg: Consumed) -> Result<Option<String>, SinkError> {
+        let clock = *self.clock.borrow();
+        let verdict = match self.validator.check(msg.payload.as_deref()).await {
+            Verdict::Frame(frame) => match self.admission.check(frame.captured_at, clock.now(), clock.cutoff) {
+                Ok(()) => Verdict::Frame(frame),
+                Err(why) => {
+                    metrics::counter!(telemetry::NOT_ADMITTED).increment(1);
+                    Verdict::Invalid(format!("camera {:?}, frame {}: {why}", frame.camera_id, frame.frame_seq))
+                }
+            },
+            other => other,
+        };
+        match verdict {
+            Verdict::Frame(frame) => {
+                self.parts.account(msg.partition, msg.offset)?;
+                self.batch.push(Row::new(frame, msg));
+                Ok(None)
+            }
+            Verdict::Invalid(reason) => {
+                tracing::warn!(partition = msg.partition, offset = msg.offset, %reason, "invalid message to dead-letter topic");
+                let send = self.parts.hold_for_dead_letter(msg.clone())?;
+                self.dead_letters.spawn(msg, reason, send, self.dead_lettered_tx.clone(), self.stop.subscribe());
+                Ok(None)
+            }
+            Verdict::Wait(why) => {
+                tracing::warn!(partition = msg.partition, offset = msg.offset, error = %why, "message waits for the schema registry: partition paused");
+                self.parts.hold(msg, Wait::Registry)?;
                 self.retry.get_or_insert_with(|| {
                     let mut b = backoff();
                     (Instant::now() + b.next_delay(), b)
                 });
-                Ok(())
+                Ok(Some(why))
             }
-            verdict => self.apply(msg, verdict).await,
         }
     }
 
-    /// A frame into the batch, or a refusal to the dead-letter topic.
-    async fn apply(&mut self, msg: Consumed, verdict: Verdict) -> Result<(), SinkError> {
-        match verdict {
-            Verdict::Frame(frame) => self.batch.push(frame, msg),
-            Verdict::Invalid(reason) => {
-                tracing::warn!(partition = msg.partition, offset = msg.offset, %reason, "invalid message to dead-letter topic");
-                let mut b = backoff();
-                loop {
-                    let payload = msg.payload.as_deref().unwrap_or_default();
-                    match self.dead_letters.send(msg.partition, msg.offset, msg.key.as_deref(), payload, &reason).await {
-                        Ok(()) => break,
-                        Err(e) if e.retryable() && !*self.shutdown.borrow() => {
-                            let delay = b.next_delay();
-                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed; retrying");
-                            tokio::time::sleep(delay).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+    fn on_gap(&mut self, partition: i32, gap: Range<i64>) {
+        tracing::warn!(
+            partition,
+            from = gap.start,
+            to = gap.end,
+            "offsets passed over by the consumer (transaction markers, or messages deleted by the topic's retention before they were read)"
+        );
+        metrics::counter!(telemetry::OFFSET_GAPS).increment((gap.end - gap.start) as u64);
+    }
+
+    /// A dead-letter send ended: its message is accounted for and its partition goes on, or the
+    /// sink stops.
+    async fn on_dead_lettered(&mut self, sent: Sent) -> Result<(), SinkError> {
+        if !self.parts.dead_letter_done(sent.partition, sent.send, sent.result.is_ok()) {
+            return Ok(()); // for a partition given up, or read again, since
+        }
+        match sent.result {
+            Ok(()) => {
                 self.totals.dead_letters += 1;
                 metrics::counter!(telemetry::DEAD_LETTERS).increment(1);
-                self.batch.account(msg.partition, msg.offset);
+                self.batch.open();
+                let next = self.parts.next(sent.partition);
+                self.work(next).await
             }
-            Verdict::RegistryAway(_) => unreachable!("held by the caller"),
+            Err(SinkError::Stopped) => Ok(()),
+            Err(e) => self.fail(e),
         }
-        Ok(())
     }
 
     fn retry_now(&mut self) {
@@ -327,37 +400,32 @@ impl Sink<'_> {
     }
 
     /// Tries again what waits: partitions whose stored offset must be read (and sought to), then
-    /// the messages held for the registry, in order per partition.
+    /// the messages held for the registry, each followed by its partition's queue.
     async fn retry_waiting(&mut self) -> Result<(), SinkError> {
         let mut still = None;
-        for p in self.fences.unknown().collect::<Vec<_>>() {
-            match offsets::resync(&self.consumer, self.pool, &self.args.group_id, &self.args.kafka.topic, p).await {
-                Ok(fence) => self.fences.assign(p, fence),
+        for p in self.parts.unknown() {
+            match consume::resync(&self.consumer, self.pool, &self.args.group_id, &self.args.kafka.topic, p).await {
+                Ok(fence) => self.parts.resynced(p, fence),
                 Err(e) => still = Some(format!("partition {p}'s stored offset: {e}")),
             }
         }
-        'partitions: for p in self.held.keys().copied().collect::<Vec<_>>() {
-            while let Some(msg) = self.held.get_mut(&p).and_then(VecDeque::pop_front) {
-                match self.validator.check(msg.payload.as_deref()).await {
-                    Verdict::RegistryAway(why) => {
-                        self.held.get_mut(&p).expect("still held").push_front(msg);
-                        still = Some(why);
-                        break 'partitions;
-                    }
-                    verdict => self.apply(msg, verdict).await?,
-                }
+        for p in self.parts.waiting_for_registry() {
+            let msg = self.parts.retake(p).expect("it waits for the registry");
+            if let Some(why) = self.check(msg).await? {
+                still = Some(why);
+                break;
             }
-            self.held.remove(&p);
             tracing::info!(partition = p, "schema registry back: partition resumed");
+            let next = self.parts.next(p);
+            self.work(next).await?;
         }
-        match still {
-            Some(why) => {
-                let (at, b) = self.retry.get_or_insert_with(|| (Instant::now(), backoff()));
-                let delay = b.next_delay();
-                *at = Instant::now() + delay;
-                tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "still waiting");
-            }
-            None => self.retry = None,
+        if self.parts.unknown().is_empty() && self.parts.waiting_for_registry().is_empty() {
+            self.retry = None;
+        } else {
+            let (at, b) = self.retry.get_or_insert_with(|| (Instant::now(), backoff()));
+            let delay = b.next_delay();
+            *at = Instant::now() + delay;
+            tracing::warn!(error = %still.unwrap_or_default(), retry_in_ms = delay.as_millis() as u64, "still waiting");
         }
         Ok(())
     }
@@ -366,21 +434,20 @@ impl Sink<'_> {
     /// commit only leaves Kafka's offsets behind the database's, which is what positions the sink.
     fn on_done(&mut self, done: Done) -> Result<(), SinkError> {
         self.writing = None;
-        self.fences.advance(&done.stored);
+        self.parts.durable(&done.stored);
         let mode = if self.stopping { CommitMode::Sync } else { CommitMode::Async };
-        if let Err(e) = offsets::commit(&self.consumer, &self.args.kafka.topic, &done.stored, &self.fences, mode) {
+        let ours: BTreeMap<i32, i64> = done.stored.iter().filter(|(p, _)| self.parts.is_assigned(**p)).map(|(p, n)| (*p, *n)).collect();
+        if let Err(e) = consume::commit(&self.consumer, &self.args.kafka.topic, &ours, mode) {
             tracing::warn!(error = %e, "kafka offset commit failed; the rows are stored");
         }
         // Partitions another sink wrote: read them again, from the offset it stored.
         for p in &done.fenced {
-            if self.fences.get(*p).is_some() {
-                self.fences.assign(*p, Fence::Unknown);
-                self.held.remove(p);
+            if self.parts.is_assigned(*p) {
+                self.parts.forget(*p);
                 self.retry_now();
             }
         }
         self.batch.remove_partitions(&done.fenced);
-
         let w = &done.written;
         let t = &mut self.totals;
         t.last_commit_ms = done.took.as_secs_f64() * 1e3;

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::batch::Row;
+use crate::message::Row;
 
 /// A column's PostgreSQL type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ pub static FRAMES: Table = Table {
         col("pts_ms", Int8, Content, |r, _| Value::Int8(r.msg.pts_ms)),
         col("frame_width", Int4, Content, |r, _| Value::Int4(r.msg.frame_width as i32)),
         col("frame_height", Int4, Content, |r, _| Value::Int4(r.msg.frame_height as i32)),
-        col("person_count", Int4, Content, |r, _| Value::Int4(r.msg.detections.iter().filter(|d| d.class == "person").count() as i32)),
+        col("person_count", Int4, Content, |r, _| Value::Int4(r.people() as i32)),
         col("model_name", Text, Delivery, |r, _| Value::Text(&r.msg.model.name)),
         col("model_sha256", Text, Content, |r, _| Value::Text(&r.msg.model.sha256)),
         col("kafka_partition", Int4, Delivery, |r, _| Value::Int4(r.partition)),
@@ -174,29 +174,30 @@ pub fn same_content(a: &Row, b: &Row) -> bool {
 }
 
 /// The frames of `stage` whose stored twin in `frames` has other content. Run in the statement
-/// that inserts the new frames, it sees the table as it was before them: only frames that were
-/// already stored join.
+/// that inserts the new keys, it sees `frame_keys` as it was before them: only frames that were
+/// already stored join, and each is looked up at its stored capture time, so that a lookup reads
+/// one daily partition of `frames` and of `detections`, however many there are. (The `LIMIT`
+/// keeps the planner from turning the lookups into one join that reads every partition.)
 pub fn conflicts_sql(stage_frames: &str, stage_detections: &str) -> String {
     let key = FRAMES.list("", &[Key]);
     let content = |t: &Table, p: &str| t.list(&format!("{p}."), &[Content]);
-    let detections_of = |table: &str, frame: &str| {
-        let join = FRAMES
-            .columns
-            .iter()
-            .filter(|c| c.role == Key)
-            .map(|c| format!("d.{0} = {frame}.{0}", c.name))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        format!("ARRAY(SELECT ROW({}) FROM {table} d WHERE {join} ORDER BY d.det_index)", content(&DETECTIONS, "d"))
+    let same_key = |a: &str, b: &str| {
+        FRAMES.columns.iter().filter(|c| c.role == Key).map(|c| format!("{a}.{0} = {b}.{0}", c.name)).collect::<Vec<_>>().join(" AND ")
+    };
+    let detections_of = |table: &str, frame: &str, at: &str| {
+        format!("ARRAY(SELECT ROW({}) FROM {table} d WHERE {}{at} ORDER BY d.det_index)", content(&DETECTIONS, "d"), same_key("d", frame))
     };
     format!(
-        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {stage_frames} s JOIN {frames} f USING ({key})
+        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {stage_frames} s JOIN {keys} k USING ({key}),
+             LATERAL (SELECT * FROM {frames} f WHERE {f_is_s} AND f.captured_at = k.captured_at LIMIT 1) f
          WHERE ROW({fc}) IS DISTINCT FROM ROW({sc}) OR {stored} IS DISTINCT FROM {staged}",
+        keys = FRAME_KEYS.name,
         frames = FRAMES.name,
+        f_is_s = same_key("f", "s"),
         fc = content(&FRAMES, "f"),
         sc = content(&FRAMES, "s"),
-        stored = detections_of(DETECTIONS.name, "f"),
-        staged = detections_of(stage_detections, "s"),
+        stored = detections_of(DETECTIONS.name, "f", " AND d.captured_at = f.captured_at"),
+        staged = detections_of(stage_detections, "s", ""),
     )
 }
 
@@ -206,7 +207,7 @@ mod tests {
 
     fn row(persons: usize, score: f32) -> Row {
         let d = wire::Detection {
-            class: "person".into(),
+            class: wire::PERSON_CLASS.into(),
             score,
             bbox: wire::BBox { x1: 0.0, y1: 0.0, x2: 1.0, y2: 1.0 },
             keypoints: Some(vec![[1.0, 2.0, 0.5]; 17]),
@@ -254,10 +255,13 @@ mod tests {
     }
 
     #[test]
-    fn the_conflict_query_compares_content_only() {
+    fn the_conflict_query_compares_content_only_and_reads_one_day() {
         let sql = conflicts_sql("frames_stage", "detections_stage");
         assert!(sql.contains("ROW(f.pts_ms, f.frame_width, f.frame_height, f.person_count, f.model_sha256)"), "{sql}");
         assert!(sql.contains("ROW(d.class, d.score, d.x1, d.y1, d.x2, d.y2, d.keypoints)"), "{sql}");
-        assert!(!sql.contains("captured_at") && !sql.contains("kafka_offset"), "{sql}");
+        assert!(!sql.contains("kafka_offset"), "{sql}");
+        // Stored rows are found at the key's capture time: one partition each.
+        assert!(sql.contains("JOIN frame_keys k USING (camera_id, run_id, frame_seq)"), "{sql}");
+        assert!(sql.contains("f.captured_at = k.captured_at") && sql.contains("d.captured_at = f.captured_at"), "{sql}");
     }
 }

@@ -10,10 +10,11 @@
 //! 2. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
 //!    frame delivered again) redoes the part through the staging merge, which inserts only frames
 //!    not stored yet, with their own detections. Rows the database refuses for what they hold (a
-//!    CHECK a DBA added, a character the database encoding lacks) are found by bisecting the part
-//!    with savepoints, sent to the dead-letter topic with the database's error, and the rest is
-//!    stored: one bad row never stops its partition;
-//! 3. commits.
+//!    CHECK a DBA added, a character the database encoding lacks, a key conflict the merge meets)
+//!    are found by bisecting the part with savepoints, sent to the dead-letter topic with the
+//!    database's error, and the rest is stored: one bad row never stops its partition;
+//! 3. adds the frames it stored new to the per-minute rollup (`rollup`);
+//! 4. commits.
 //!
 //! An error that may pass (classified in `error`) retries the part with backoff while the loop
 //! pauses consumption; an error that cannot pass ends the sink, with nothing of the part stored.
@@ -22,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use common::backoff::Backoff;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, watch};
@@ -30,21 +30,15 @@ use tokio::sync::{mpsc, watch};
 mod binary;
 mod statements;
 
-use crate::batch::{Batch, FrameKey};
+use crate::batch::Batch;
+use crate::config::WriteMode;
+use crate::dead_letters::DeadLetters;
 use crate::error::{DbFault, SinkError};
-use crate::offsets::{self, Claim, Fences};
-use crate::validate::DeadLetters;
+use crate::message::FrameKey;
+use crate::offsets::{self, Claim};
+use crate::rollup;
+use crate::telemetry;
 use statements::{copy_streams, Streams};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum WriteMode {
-    /// COPY into the tables; on a key conflict, redo the part through staging (default).
-    Copy,
-    /// Always COPY into staging tables, then merge.
-    Staging,
-    /// Multi-row INSERT ... SELECT FROM UNNEST(arrays); on a key conflict, redo through staging.
-    Unnest,
-}
 
 /// What a write did. Rows that were already present are not counted as written.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -86,20 +80,12 @@ pub struct Part {
 }
 
 impl Encoded {
-    pub fn new(batch: Batch, mode: WriteMode, writers: usize, fences: &Fences) -> Self {
+    /// `claims`: the offsets the batch stores (`partition::Partitions::claim`).
+    pub fn new(batch: Batch, claims: BTreeMap<i32, Claim>, mode: WriteMode, writers: usize) -> Self {
         let parts = batch
-            .split(writers)
+            .split(writers, claims)
             .into_iter()
-            .map(|batch| {
-                let claims = batch
-                    .next_offsets
-                    .iter()
-                    .map(|(&partition, &next)| Claim {
-                        partition,
-                        fence: fences.get(partition).expect("a batch holds assigned partitions"),
-                        next,
-                    })
-                    .collect();
+            .map(|(batch, claims)| {
                 let streams = (mode != WriteMode::Unnest).then(|| copy_streams(&batch.frames));
                 Part { batch, claims, streams }
             })
@@ -114,7 +100,7 @@ impl Part {
         self.streams.get_or_insert_with(|| copy_streams(frames))
     }
 
-    /// Leaves these partitions out: their rows, offsets and claims.
+    /// Leaves these partitions out: their rows and claims.
     fn drop_partitions(&mut self, gone: &BTreeSet<i32>) {
         self.batch.remove_partitions(gone);
         self.claims.retain(|c| !gone.contains(&c.partition));
@@ -173,10 +159,12 @@ pub fn spawn(target: Target, shutdown: watch::Receiver<bool>) -> Writer {
                 Ok(Done { stored: BTreeMap::new(), fenced: BTreeSet::new(), rows: 0, written: Written::default(), took: Duration::ZERO });
             while let Some(joined) = writes.join_next().await {
                 match (&mut done, joined.expect("a part's write does not panic")) {
-                    (Ok(d), Ok((batch, written, fenced))) => {
-                        crate::telemetry::committed(&batch.frames, written.frames == batch.frames.len() as u64, &mut newest);
-                        d.stored.extend(batch.next_offsets.iter().map(|(p, o)| (*p, *o)));
-                        d.rows += batch.rows();
+                    (Ok(d), Ok((part, written, fenced))) => {
+                        let frames = &part.batch.frames;
+                        let all_new = written.frames == frames.len() as u64;
+                        telemetry::committed(frames.iter().map(|r| (r.msg.camera_id.as_str(), r.msg.captured_at)), all_new, &mut newest);
+                        d.stored.extend(part.claims.iter().map(|c| (c.partition, c.next)));
+                        d.rows += part.batch.rows();
                         d.written += written;
                         d.fenced.extend(fenced);
                     }
@@ -202,15 +190,15 @@ async fn write_part(
     mut part: Part,
     mut shutdown: watch::Receiver<bool>,
     down: Arc<watch::Sender<bool>>,
-) -> Result<(Batch, Written, BTreeSet<i32>), SinkError> {
+) -> Result<(Part, Written, BTreeSet<i32>), SinkError> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut fenced = BTreeSet::new();
     loop {
         if part.claims.is_empty() {
-            return Ok((part.batch, Written::default(), fenced));
+            return Ok((part, Written::default(), fenced));
         }
         match attempt(&target, &mut part).await {
-            Ok(Attempt::Written(w)) => return Ok((part.batch, w, fenced)),
+            Ok(Attempt::Written(w)) => return Ok((part, w, fenced)),
             Ok(Attempt::Fenced(gone)) => {
                 tracing::warn!(partitions = ?gone, "another sink stored these partitions' offsets since this one read them: their rows are left out and the partitions read again");
                 part.drop_partitions(&gone);
@@ -251,7 +239,9 @@ async fn attempt(target: &Target, part: &mut Part) -> Result<Attempt, SinkError>
         let outcome = in_transaction(target, part, path).await;
         path = match (&outcome, path) {
             (Err(e), Path::Direct) if is_unique_violation(e) => Path::Merge,
-            (Err(e), Path::Direct | Path::Merge) if e.db_fault() == Some(DbFault::Rows) && !is_unique_violation(e) => Path::Bisect,
+            // A key conflict the merge itself meets (a unique index a DBA added, rows written
+            // around the keys) is the rows' fault like any other: bisected, refused alone.
+            (Err(e), Path::Direct | Path::Merge) if e.db_fault() == Some(DbFault::Rows) => Path::Bisect,
             _ => {
                 return outcome.map(|a| match a {
                     Attempt::Written(w) if path != first => Attempt::Written(Written { redone: w.redone + 1, ..w }),
@@ -282,18 +272,21 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
         ..Written::default()
     };
     let frames = part.batch.frames.len() as u64;
-    match path {
+    // The keys of the frames this transaction stores new, where not all are.
+    let new: Option<BTreeSet<FrameKey>> = match path {
         Path::Direct => {
             (w.frames, w.detections) = match target.mode {
                 WriteMode::Unnest => statements::unnest_direct(&mut tx, &part.batch).await?,
                 _ => statements::copy_direct(&mut tx, part.streams()).await?,
             };
+            None
         }
         Path::Merge => {
             let m = statements::merge(&mut tx, part.streams()).await?;
             w.replayed += frames - m.frames - m.conflicts.len() as u64;
             (w.frames, w.detections) = (m.frames, m.detections);
             w.conflicts.extend(m.conflicts);
+            Some(m.new.into_iter().collect())
         }
         Path::Bisect => {
             let (m, refused) = bisect(&mut tx, &part.batch).await?;
@@ -308,8 +301,11 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
                 tracing::warn!(partition = row.partition, offset = row.offset, frame = %row.key(), %reason, "the database refused a frame's rows: to the dead-letter topic");
                 target.dead_letters.send(row.partition, row.offset, row.key.as_deref(), &row.payload, reason).await?;
             }
+            Some(m.new.into_iter().collect())
         }
-    }
+    };
+    let stored = part.batch.frames.iter().filter(|r| new.as_ref().is_none_or(|keys| keys.contains(&r.key())));
+    rollup::add(&mut tx, &rollup::minutes(stored)).await?;
     tx.commit().await?;
     Ok(Attempt::Written(w))
 }
@@ -318,7 +314,7 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
 /// keeping what succeeds and splitting what fails, down to single frames. Returns what was
 /// merged and the refused frames' indexes with the database's error.
 async fn bisect(conn: &mut PgConnection, batch: &Batch) -> Result<(statements::Merged, BTreeMap<usize, String>), SinkError> {
-    let mut merged = statements::Merged { frames: 0, detections: 0, conflicts: Vec::new() };
+    let mut merged = statements::Merged { frames: 0, detections: 0, new: Vec::new(), conflicts: Vec::new() };
     let mut refused = BTreeMap::new();
     let mut todo = vec![(0, batch.frames.len())];
     while let Some((lo, hi)) = todo.pop() {
@@ -328,6 +324,7 @@ async fn bisect(conn: &mut PgConnection, batch: &Batch) -> Result<(statements::M
                 sqlx::query("RELEASE SAVEPOINT bisect").execute(&mut *conn).await?;
                 merged.frames += m.frames;
                 merged.detections += m.detections;
+                merged.new.extend(m.new);
                 merged.conflicts.extend(m.conflicts);
             }
             Err(e) if e.db_fault() == Some(DbFault::Rows) => {
@@ -366,7 +363,7 @@ mod tests {
             model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into(), keypoints: 0 },
             detections: vec![],
         };
-        batch.push(msg, crate::consume::Consumed { partition: 2, offset: 41, key: None, payload: None });
+        batch.push(crate::message::Row::new(msg, crate::message::Consumed { partition: 2, offset: 41, key: None, payload: None }));
         // A frame with nobody in it is a frames row and no detections stream at all.
         let streams = copy_streams(&batch.frames);
         assert!(streams.keys.is_some() && streams.frames.is_some() && streams.detections.is_none());

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+pub use rdkafka::admin::TopicReplication;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -104,8 +105,19 @@ pub async fn create_topic_with(name: &str, partitions: i32, configs: &[(&str, &s
 
 /// A topic on the brokers at `bootstrap`, with `replicas` copies of each partition.
 pub async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, replicas: i32, configs: &[(&str, &str)]) -> Result<()> {
+    create_topic_on(bootstrap, name, partitions, TopicReplication::Fixed(replicas), configs).await
+}
+
+/// A topic whose partitions' copies are where `replication` says (`Variable`: on these brokers).
+pub async fn create_topic_on(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    replication: TopicReplication<'_>,
+    configs: &[(&str, &str)],
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
+    let mut topic = NewTopic::new(name, partitions, replication);
     for (k, v) in configs {
         topic = topic.set(k, v);
     }
@@ -219,6 +231,17 @@ pub fn read_topic_at(bootstrap: &str, topic: &str, timeout: Duration) -> Result<
 /// The run of [`synthetic_frame`]'s messages.
 pub const SYNTHETIC_RUN: uuid::Uuid = uuid::Uuid::from_u128(0x0193_5a00_0000_7000_8000_0000_0000_0001);
 
+/// When frame 0 of [`synthetic_frame`] was captured: half an hour before this process started, to
+/// the minute, so that frames are fresh for the sink's admission window (a week back, an hour
+/// ahead) and the same frame is the same message throughout a test.
+pub fn synthetic_base_ms() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let ms = chrono::Utc::now().timestamp_millis() - 30 * 60_000;
+        ms - ms.rem_euclid(60_000)
+    })
+}
+
 /// A realistic frame message of [`SYNTHETIC_RUN`]: `persons` people with boxes and 17 keypoints each.
 pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMessage {
     let detections = (0..persons)
@@ -237,7 +260,7 @@ pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMes
         camera_id: camera.to_string(),
         run_id: SYNTHETIC_RUN,
         frame_seq: seq,
-        captured_at: chrono::DateTime::from_timestamp_millis(1_790_000_000_000 + seq as i64 * 100).unwrap(),
+        captured_at: chrono::DateTime::from_timestamp_millis(synthetic_base_ms() + seq as i64 * 100).unwrap(),
         pts_ms: seq as i64 * 100,
         frame_width: 768,
         frame_height: 576,
@@ -280,6 +303,17 @@ pub fn produce<'a>(topic: &str, messages: impl IntoIterator<Item = (&'a str, Vec
     }
     producer.flush(Duration::from_secs(60))?;
     Ok(n)
+}
+
+/// Produces payloads into one partition, in order, and waits until the brokers at `bootstrap` have
+/// them all.
+pub fn produce_to(bootstrap: &str, topic: &str, partition: i32, payloads: &[Vec<u8>]) -> Result<()> {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "true").create()?;
+    for payload in payloads {
+        send(&producer, BaseRecord::to(topic).partition(partition).payload(payload))?;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
 }
 
 /// A camera feed in a thread: `total` synthetic frames (3 people each) from `cameras` cameras
@@ -548,15 +582,17 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 }
 
 /// The metrics at `addr` once `name` reads `want`, or as they are after `timeout`: a sink's
-/// counters move just after the commit that the offsets in the database already show.
+/// counters move just after the commit that the offsets in the database already show, and its
+/// endpoint opens a moment after it starts.
 pub async fn metrics_once(addr: &str, name: &str, want: f64, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let body = http_get(addr, "/metrics")?;
-        if metric(&body, name) == Some(want) || Instant::now() > deadline {
-            return Ok(body);
+        // Refused while the service starts and has not opened the endpoint yet.
+        match http_get(addr, "/metrics") {
+            Ok(body) if metric(&body, name) == Some(want) || Instant::now() > deadline => return Ok(body),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -584,12 +620,20 @@ impl SinkProcess {
         Self::start_on(&brokers(), db_url, topic, group, extra)
     }
 
-    /// A sink on the brokers at `bootstrap`.
+    /// A sink on the brokers at `bootstrap`, a static member of its own (a new instance id: on
+    /// one host they would all default to its name).
     pub fn start_on(bootstrap: &str, db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_as(bootstrap, db_url, topic, group, &unique("sink"), extra)
+    }
+
+    /// A sink that is the group's static member `instance` (as a sink restarted on its host is),
+    /// given in the environment (SINK_INSTANCE_ID).
+    pub fn start_as(bootstrap: &str, db_url: &str, topic: &str, group: &str, instance: &str, extra: &[&str]) -> Result<Self> {
         let spawned = Spawned::start(
             Command::new(bin("sink"))
                 .args(["run", "--topic", topic, "--group-id", group, "--brokers", bootstrap, "--report-every-s", "2"])
                 .args(extra)
+                .env("SINK_INSTANCE_ID", instance)
                 .env("DATABASE_URL", db_url),
         )?;
         Ok(SinkProcess(spawned))

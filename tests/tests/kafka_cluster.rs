@@ -2,7 +2,9 @@
 //! copies of each partition, two of which must take a write (`min.insync.replicas=2`): the broker
 //! leading the camera's partition is killed with SIGKILL while a detector publishes and two sinks
 //! consume, then started again. Every frame is stored once and nothing is dead-lettered. Alone in
-//! its file: it runs a cluster beside the shared broker.
+//! its file: it runs a cluster beside the shared broker. The cluster makes no topic on use, as
+//! production brokers often do not: a sink whose dead-letter topic is missing stops at start. And a
+//! dead letter that waits for its topic's replicas holds back only its own partition.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,6 +18,9 @@ const CLUSTER: &str = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092";
 
 /// Stops the cluster when dropped, however the test ends.
 struct Cluster;
+
+/// One test at a time runs the cluster.
+static CLUSTER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -33,6 +38,7 @@ fn leader_of(topic: &str, partition: i32) -> Result<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
+    let _one = CLUSTER_LOCK.lock().await;
     services(&["start", "cluster"], false)?;
     let _cluster = Cluster;
     let topic = unique("cluster");
@@ -43,6 +49,14 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()>
     let clip = dir.join("clip.mp4");
     h264_mp4(&sample("vtest.avi"), &clip, Some(25))?;
     let frames = ffprobe_frame_count(&clip)? as i64;
+
+    // These brokers make no topic on use: a sink whose dead-letter topic is missing says so and
+    // stops at once, rather than find out at its first invalid message.
+    let (status, log) = SinkProcess::start_on(CLUSTER, &db.url, &topic, &unique("group"), &[])?.wait_exit(Duration::from_secs(60))?;
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(errors.len() == 1 && errors[0].contains(&format!("dead-letter topic {topic}.dlq does not exist")), "{log}");
+    create_topic_at(CLUSTER, &format!("{topic}.dlq"), 1, 3, &[]).await?;
 
     let group = unique("group");
     let a = SinkProcess::start_on(CLUSTER, &db.url, &topic, &group, &[])?;
@@ -89,5 +103,61 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()>
     for log in [&log_a, &log_b] {
         assert_eq!(log_field(log, "progress", "dead_letters"), Some(0), "{both}");
     }
+    Ok(())
+}
+
+/// A dead letter that cannot be delivered for a while (its partition has one replica in sync of
+/// the two it needs: node 2 is down): only its own partition waits. The other partition's frames
+/// keep being stored, the consumer keeps being polled past `max.poll.interval.ms` (no revoke), and
+/// once node 2 is back the dead letter goes out and its partition's frames follow, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_must_wait_holds_back_only_its_partition() -> Result<()> {
+    let _one = CLUSTER_LOCK.lock().await;
+    services(&["start", "cluster"], false)?;
+    let _cluster = Cluster;
+    let topic = unique("dlqwaits");
+    let dlq = format!("{topic}.dlq");
+    // The source on nodes 1 and 3, the dead letters on 1 and 2.
+    create_topic_on(CLUSTER, &topic, 2, TopicReplication::Variable(&[&[1, 3], &[3, 1]]), &[]).await?;
+    create_topic_on(CLUSTER, &dlq, 1, TopicReplication::Variable(&[&[1, 2]]), &[("min.insync.replicas", "2")]).await?;
+    let db = TestDb::create("dlqwaits").await?;
+    migrate(&db.url)?;
+    services(&["kill", "cluster-2"], false)?;
+
+    let interval = ["-X", "max.poll.interval.ms=8000", "-X", "session.timeout.ms=6000"];
+    let sink = SinkProcess::start_on(CLUSTER, &db.url, &topic, &unique("group"), &interval)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.log().contains("partitions assigned partitions=[0, 1]") {
+        ensure!(Instant::now() < deadline, "no assignment:\n{}", sink.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let frames = |camera: &str, from: u64| -> Vec<Vec<u8>> { (from..from + 20).map(|s| synthetic_frame(camera, s, 1).to_json()).collect() };
+    produce_to(CLUSTER, &topic, 0, &[b"{\"schema_version\": 2}".to_vec()])?;
+    produce_to(CLUSTER, &topic, 0, &frames("behind", 0))?;
+    let mut conn = db.connect().await?;
+    // Past the poll interval, twice over, while partition 1 gets frames.
+    for round in 0..3 {
+        produce_to(CLUSTER, &topic, 1, &frames("beside", round * 20))?;
+        let want = 20 * (round as i64 + 1);
+        let stored =
+            wait_for_count(&mut conn, "SELECT count(*) FROM frames WHERE camera_id = 'beside'", want, Duration::from_secs(30)).await?;
+        assert_eq!(stored, want, "{}", sink.log());
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    let behind: i64 = sqlx::query_scalar("SELECT count(*) FROM frames WHERE camera_id = 'behind'").fetch_one(&mut conn).await?;
+    assert_eq!(behind, 0, "{}", sink.log());
+
+    services(&["start", "cluster-2"], false)?;
+    let behind = wait_for_count(&mut conn, "SELECT count(*) FROM frames WHERE camera_id = 'behind'", 20, Duration::from_secs(120)).await?;
+    let next =
+        wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 21 + 60, Duration::from_secs(30))
+            .await?;
+    let log = sink.stop()?;
+    assert_eq!((behind, next), (20, 81), "{log}");
+    assert_eq!(read_topic_at(CLUSTER, &dlq, Duration::from_secs(30))?.len(), 1, "{log}");
+    let before_stop = &log[..log.find("shutting down").unwrap_or(log.len())];
+    assert!(!before_stop.contains("partitions revoked") && !log.contains("MAXPOLL"), "the group kept the sink:\n{log}");
+    assert_eq!(log.matches("partitions assigned").count(), 1, "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Migrations 2 and 3 on a database that holds data from before them, and a topic an older
+//! Migrations 2, 3 and 4 on a database that holds data from before them, and a topic an older
 //! detector wrote: old rows keep working (in the nil run, in the history partition), the keys and
 //! the view are right, and the sink drains v1 and v2 messages side by side. Also: a database whose tables do not match the sink's
 //! description of them is refused at start.
@@ -10,19 +10,125 @@ use anyhow::{ensure, Context, Result};
 use pipeline_tests::*;
 use sqlx::{Connection, PgConnection};
 
-/// Applies only the first migration, as a database set up by the previous release is.
-async fn migrate_to_v1(db: &TestDb) -> Result<()> {
-    let dir = TempDir::new("mig1")?;
-    let first = std::fs::read_dir(repo_root().join("migrations"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<Vec<_>>>()?
-        .into_iter()
-        .min()
-        .context("no migrations")?;
-    let dir_path = dir.join("");
-    std::fs::copy(&first, dir.join(&first.file_name().unwrap().to_string_lossy()))?;
-    let migrator = sqlx::migrate::Migrator::new(dir_path.as_path()).await?;
+/// Applies only the first `n` migrations, as a database set up by an older release is.
+async fn migrate_to(db: &TestDb, n: usize) -> Result<()> {
+    let dir = TempDir::new("mig")?;
+    let mut all = std::fs::read_dir(repo_root().join("migrations"))?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<Vec<_>>>()?;
+    all.sort();
+    ensure!(all.len() >= n, "only {} migrations", all.len());
+    for m in &all[..n] {
+        std::fs::copy(m, dir.join(&m.file_name().context("a file")?.to_string_lossy()))?;
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.join("").as_path()).await?;
     migrator.run(&mut db.connect().await?).await?;
+    Ok(())
+}
+
+/// A frame's row as SQL would write it around the sink (a backfill), with the columns of
+/// migration 2 on: no key in frame_keys, no detections.
+async fn insert_frame_row(conn: &mut PgConnection, m: &wire::FrameMessage) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO frames (camera_id, run_id, frame_seq, captured_at, pts_ms, frame_width, frame_height, person_count,
+                             model_name, model_sha256, kafka_partition, kafka_offset)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0)",
+    )
+    .bind(&m.camera_id)
+    .bind(m.run_id)
+    .bind(m.frame_seq as i64)
+    .bind(m.captured_at)
+    .bind(m.pts_ms)
+    .bind(m.frame_width as i32)
+    .bind(m.frame_height as i32)
+    .bind(m.detections.len() as i32)
+    .bind(&m.model.name)
+    .bind(&m.model.sha256)
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
+}
+
+/// `sink migrate`, its exit code and stderr.
+fn sink_migrate(db: &TestDb) -> Result<(Option<i32>, String)> {
+    let out = run(Command::new(bin("sink")).arg("migrate").env("DATABASE_URL", &db.url), Duration::from_secs(120))?;
+    Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+/// Migration 4 on a store with rows written around frame_keys after migration 3: a frame without
+/// its key gets it; a second row under one key (another capture time) stops the migration with
+/// how to find it; once that row is gone the migration runs, and from then on the database itself
+/// refuses a frame row without its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_4_keys_every_frame_and_refuses_a_frame_stored_twice() -> Result<()> {
+    let db = TestDb::create("mig4keys").await?;
+    migrate_to(&db, 3).await?;
+    let mut conn = db.connect().await?;
+    let keyed = synthetic_frame("gate", 1, 1);
+    sqlx::query("INSERT INTO frame_keys VALUES ($1, $2, $3, $4)")
+        .bind(&keyed.camera_id)
+        .bind(keyed.run_id)
+        .bind(keyed.frame_seq as i64)
+        .bind(keyed.captured_at)
+        .execute(&mut conn)
+        .await?;
+    insert_frame_row(&mut conn, &keyed).await?;
+    let keyless = synthetic_frame("gate", 2, 1);
+    insert_frame_row(&mut conn, &keyless).await?;
+    let mut twice = keyed.clone();
+    twice.captured_at += chrono::Duration::hours(1);
+    insert_frame_row(&mut conn, &twice).await?;
+
+    let (code, stderr) = sink_migrate(&db)?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("1 frames rows repeat a stored frame's key") && stderr.contains("See them with"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains(" ERROR ")).count(), 1, "{stderr}");
+    sqlx::query("DELETE FROM frames WHERE frame_seq = 1 AND captured_at = $1").bind(twice.captured_at).execute(&mut conn).await?;
+    let (code, stderr) = sink_migrate(&db)?;
+    assert_eq!(code, Some(0), "{stderr}");
+    let keys: Vec<i64> = sqlx::query_scalar("SELECT frame_seq FROM frame_keys ORDER BY 1").fetch_all(&mut conn).await?;
+    assert_eq!(keys, [1, 2], "the keyless frame has its key");
+    let refused = insert_frame_row(&mut conn, &synthetic_frame("gate", 3, 1)).await.unwrap_err();
+    assert_eq!(refused.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"), "{refused}");
+    let again = insert_frame_row(&mut conn, &twice).await.unwrap_err();
+    assert_eq!(again.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"), "a second row under one key: {again}");
+    // The rollup was filled from the frames stored.
+    assert_eq!(count(&mut conn, "SELECT sum(frames)::bigint FROM people_minutes").await?, 2);
+    Ok(())
+}
+
+/// A store migrated from version 2 holding a frame from a camera whose clock was ten years ahead:
+/// migration 3 stretches the history partition to that day, migration 4 ends it at today's end
+/// again (the row goes to the default partition), so the daily partitions are made from tomorrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_from_the_future_does_not_stretch_history_over_the_coming_days() -> Result<()> {
+    let (topic, db) = (unique("mig4future"), TestDb::create("mig4future").await?);
+    create_topic(&topic, 1).await?;
+    migrate_to(&db, 2).await?;
+    let mut conn = db.connect().await?;
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut conn).await?;
+    let mut frames = vec![synthetic_frame("gate", 0, 1), synthetic_frame("gate", 1, 1)];
+    frames[0].captured_at = now - chrono::Duration::days(3);
+    frames[1].captured_at = now + chrono::Duration::days(3653);
+    for m in &frames {
+        insert_frame_row(&mut conn, m).await?;
+    }
+    migrate(&db.url)?;
+    let bound: String = sqlx::query_scalar("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'frames_history'")
+        .fetch_one(&mut conn)
+        .await?;
+    let tomorrow = (now + chrono::Duration::days(1)).date_naive();
+    assert!(bound.contains("MINVALUE") && bound.contains(&tomorrow.to_string()), "{bound}");
+    let places: Vec<(i64, String)> =
+        sqlx::query_as("SELECT frame_seq, tableoid::regclass::text FROM frames ORDER BY 1").fetch_all(&mut conn).await?;
+    assert_eq!(places, [(0, "frames_history".to_string()), (1, "frames_default".to_string())]);
+    // The sink makes today's and the coming days' partitions, and says the default one holds a row.
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--metrics-addr", &metrics_addr])?;
+    let body = metrics_once(&metrics_addr, "sink_store_default_partition_rows{table=\"frames\"}", 1.0, Duration::from_secs(60)).await?;
+    let log = sink.stop()?;
+    assert_eq!(metric(&body, "sink_store_default_partition_rows{table=\"frames\"}"), Some(1.0), "{body}\n{log}");
+    let made = count(&mut conn, "SELECT count(*) FROM pg_class WHERE relname LIKE 'frames_p%'").await?;
+    assert!(made >= 7, "daily partitions made after history: {made}\n{log}");
+    assert!(log.contains("rows in the default partitions"), "{log}");
     Ok(())
 }
 
@@ -83,7 +189,7 @@ async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> {
     let db = TestDb::create("mig").await?;
-    migrate_to_v1(&db).await?;
+    migrate_to(&db, 1).await?;
     let mut conn = db.connect().await?;
     // 100 frames of an older detector, already stored, 1 to 3 people each, over two minutes.
     let old: Vec<wire::FrameMessage> = (0..100).map(|s| synthetic_frame("door", s, 1 + (s % 3) as usize)).collect();

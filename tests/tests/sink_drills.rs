@@ -69,8 +69,10 @@ async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
     let group = unique("group");
     let mut conn = db.connect().await?;
 
-    // Small batches, so the kill lands between many commits.
-    let sink = SinkProcess::start(&db.url, &topic, &group, &["--batch-rows", "500"])?;
+    // Small batches, so the kill lands between many commits. The same static member id for the
+    // restart, as a supervisor restarting it on its host would give it.
+    let id = unique("sink");
+    let sink = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id, &["--batch-rows", "500"])?;
     let mut at_kill = 0;
     for _ in 0..3000 {
         at_kill = count(&mut conn, "SELECT count(*) FROM frames").await?;
@@ -83,7 +85,7 @@ async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
     let at_kill = at_kill.max(count(&mut conn, "SELECT count(*) FROM frames").await?);
     assert!(at_kill > 0 && at_kill < data.len() as i64, "killed at {at_kill} of {} frames", data.len());
 
-    let sink = SinkProcess::start(&db.url, &topic, &group, &[])?;
+    let sink = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id, &[])?;
     let stored = wait_for_count(&mut conn, "SELECT count(*) FROM frames", data.len() as i64, Duration::from_secs(180)).await?;
     let log = sink.stop()?;
     assert_eq!(stored, data.len() as i64, "{log}");
@@ -91,6 +93,76 @@ async fn killed_sink_resumes_exactly_where_the_database_ends() -> Result<()> {
     // Started at the stored offsets: no message was consumed twice across the crash.
     assert_eq!(log_field(&log, "progress", "replayed"), Some(0), "{log}");
     assert_eq!(log_field(&log, "progress", "frames"), Some(data.len() as u64 - at_kill as u64), "{log}");
+    Ok(())
+}
+
+/// The partitions a sink holds by its log: what the (incremental) assignments gave it, less what
+/// revocations took.
+fn held(log: &str) -> std::collections::BTreeSet<i32> {
+    let list = |l: &str, what: &str| -> Vec<i32> {
+        l.split(what)
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .map(|r| r.trim_start_matches('['))
+            .unwrap_or("")
+            .split(", ")
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let mut held = std::collections::BTreeSet::new();
+    for l in log.lines() {
+        held.extend(list(l, "partitions assigned partitions="));
+        for p in list(l, "partitions revoked partitions=") {
+            held.remove(&p);
+        }
+    }
+    held
+}
+
+/// Static membership: of two sinks in a group, one is killed and started again under the same
+/// `--instance-id`. It gets the same partitions back without a rebalance: the other sink's log
+/// shows no assignment or revocation after the kill, and nothing is stored twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_restarted_under_its_instance_id_gets_its_partitions_back_without_a_rebalance() -> Result<()> {
+    let (topic, db) = fresh_topic_and_db("static", 4).await?;
+    let group = unique("group");
+    let (id_a, id_b) = (unique("a"), unique("b"));
+    let a = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id_a, &[])?;
+    let b = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id_b, &[])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held(&a.log()).is_empty() || held(&b.log()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "group did not settle:\n{}\n{}", a.log(), b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a_had = held(&a.log());
+    let first = frames(8, 300);
+    publish(&topic, &first)?;
+    let mut conn = db.connect().await?;
+    wait_for_count(&mut conn, "SELECT count(*) FROM frames", first.len() as i64, Duration::from_secs(60)).await?;
+
+    let b_before = b.log().len();
+    a.kill9()?;
+    let killed = std::time::Instant::now();
+    let a = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id_a, &[])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while held(&a.log()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the restarted sink got nothing:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("static_membership restart_to_assignment_s={:.2}", killed.elapsed().as_secs_f64());
+    let second = frames(8, 600);
+    let rest: Vec<(String, wire::FrameMessage)> = second.iter().filter(|(_, m)| m.frame_seq >= 300).cloned().collect();
+    publish(&topic, &rest)?;
+    let stored = wait_for_count(&mut conn, "SELECT count(*) FROM frames", second.len() as i64, Duration::from_secs(120)).await?;
+    let (log_a, log_b) = (a.stop()?, b.stop()?);
+    let both = format!("--- a (restarted):\n{log_a}\n--- b:\n{log_b}");
+    assert_eq!(stored, second.len() as i64, "{both}");
+    let a_back = held(&log_a[..log_a.find("shutting down").unwrap_or(log_a.len())]);
+    assert_eq!(a_back, a_had, "the same partitions back:\n{both}");
+    let after_kill = &log_b[b_before..log_b.find("shutting down").unwrap_or(log_b.len())];
+    assert!(!after_kill.contains("partitions assigned") && !after_kill.contains("partitions revoked"), "b saw a rebalance:\n{both}");
+    assert_eq!(log_field(&log_a, "progress", "replayed"), Some(0), "{both}");
+    assert_eq!(log_field(&log_b, "progress", "replayed"), Some(0), "{both}");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! `frames` and `detections` partitioned by capture day (migration 3), kept by the sink: days made
-//! ahead, rows outside them in the default partition and moved out when their day is made,
-//! retention that drops whole days and forgets their keys, and the natural key holding across
+//! `frames` and `detections` partitioned by capture day (migrations 3 and 4), kept by the sink: days
+//! made ahead, rows of days not made in the default partition and moved out when their day is
+//! made, frames from clocks far off refused with a reason, retention (the store's policy) that
+//! drops whole days and forgets their keys and rollup minutes, and the natural key holding across
 //! partitions (a replay with other capture times, as a file processed again, adds no row).
 
 use std::time::Duration;
@@ -24,10 +25,18 @@ async fn places(conn: &mut PgConnection) -> Result<Vec<(i64, String, String)>> {
     .await?)
 }
 
+/// `sink policy` or `sink maintain` against a database; its stdout.
+fn sink_cmd(db_url: &str, args: &[&str]) -> Result<String> {
+    let out = run(std::process::Command::new(bin("sink")).args(args).env("DATABASE_URL", db_url), Duration::from_secs(120))?;
+    anyhow::ensure!(out.status.success(), "sink {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -> Result<()> {
     let (topic, db) = fresh_topic_and_db("parts", 2).await?;
     let mut conn = db.connect().await?;
+    assert_eq!(sink_cmd(&db.url, &["policy", "--days-ahead", "3"])?.trim(), "days_ahead=3 retention_days=0");
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut conn).await?;
     let days = |n: i64| now + chrono::Duration::days(n);
     // A day five days back made by hand, as an older sink with a longer retention would have.
@@ -39,8 +48,9 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
         );
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
     }
-    // Frames 0..4: now, yesterday, 40 days ahead, 5 and 10 days back.
-    let at = [days(0), days(-1), days(40), days(-5), days(-10)];
+    // Frames 0..6: now, yesterday, 5 and 6 days back (admitted: within a week), and three from
+    // cameras whose clocks are wrong: 40 days ahead, 10 days back, 10 years ahead.
+    let at = [days(0), days(-1), days(-5), days(-6), days(40), days(-10), days(3653)];
     let frames: Vec<wire::FrameMessage> = at
         .iter()
         .enumerate()
@@ -52,11 +62,13 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
         .collect();
     produce(&topic, frames.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
 
-    let group = unique("group");
-    let sink = SinkProcess::start(&db.url, &topic, &group, &["--partition-days-ahead", "3"])?;
-    let stored = wait_for_count(&mut conn, "SELECT count(*) FROM detections", 5, Duration::from_secs(60)).await?;
+    // The same static member each time, as a sink restarted on its host.
+    let (group, id) = (unique("group"), unique("sink"));
+    let sink = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id, &[])?;
+    let next =
+        wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 7, Duration::from_secs(60)).await?;
     let log = sink.stop()?;
-    assert_eq!(stored, 5, "{log}");
+    assert_eq!(next, 7, "{log}");
     let made: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'frames'::regclass ORDER BY 1",
     )
@@ -72,39 +84,50 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
         [
             place(0, day("frames", days(0)), day("detections", days(0))),
             place(1, day("frames", days(-1)), day("detections", days(-1))),
-            place(2, "frames_default".into(), "detections_default".into()),
-            place(3, day("frames", days(-5)), day("detections", days(-5))),
-            place(4, "frames_default".into(), "detections_default".into()),
-        ]
+            place(2, day("frames", days(-5)), day("detections", days(-5))),
+            place(3, "frames_default".into(), "detections_default".into()),
+        ],
+        "{log}"
     );
+    // The wrong clocks' frames are in the dead-letter topic, each with why.
+    let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
+    let mut refused: Vec<u64> = dead.iter().map(|d| wire::FrameMessage::from_json(&d.payload).unwrap().frame_seq).collect();
+    refused.sort();
+    assert_eq!(refused, [4, 5, 6], "{log}");
+    assert!(dead.iter().all(|d| d.header("dlq.error").unwrap().contains("outside the admission window")), "{log}");
 
-    // Again with the day 40 ahead within reach and two days kept before today.
-    let sink = SinkProcess::start(&db.url, &topic, &group, &["--partition-days-ahead", "45", "--retention-days", "2"])?;
-    let left = wait_for_count(&mut conn, "SELECT count(*) FROM frames", 3, Duration::from_secs(60)).await?;
-    // Frame 0 again as it was (a replay), with another capture time, and in tomorrow's partition
+    // A pass makes the day the default partition holds a row of, and moves the row there.
+    let report = sink_cmd(&db.url, &["maintain"])?;
+    assert!(report.contains(&day("frames", days(-6))) && report.contains("moved_from_default: 2"), "{report}");
+    assert_eq!(places(&mut conn).await?[3], place(3, day("frames", days(-6)), day("detections", days(-6))));
+
+    // Two days kept before today, from the next pass on (the sink's start).
+    assert_eq!(sink_cmd(&db.url, &["policy", "--retention-days", "2"])?.trim(), "days_ahead=3 retention_days=2");
+    let sink = SinkProcess::start_as(&brokers(), &db.url, &topic, &group, &id, &[])?;
+    let left = wait_for_count(&mut conn, "SELECT count(*) FROM frames", 2, Duration::from_secs(60)).await?;
+    // Frame 0 again as it was (a replay), with another capture time, and in yesterday's partition
     // (a file processed again): the key is stored, so none adds a row.
     let mut again = [frames[0].clone(), frames[0].clone(), frames[0].clone()];
     again[1].captured_at += chrono::Duration::seconds(30);
-    again[2].captured_at = days(1);
+    again[2].captured_at = days(-1);
     produce(&topic, again.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
-    let next: i64 = wait_for_count(&mut conn, "SELECT sum(next_offset)::bigint FROM sink_offsets", 8, Duration::from_secs(60)).await?;
+    let next: i64 = wait_for_count(&mut conn, "SELECT sum(next_offset)::bigint FROM sink_offsets", 10, Duration::from_secs(60)).await?;
     let log = sink.stop()?;
-    assert_eq!((left, next), (3, 8), "{log}");
+    assert_eq!((left, next), (2, 10), "{log}");
     assert_eq!(
         places(&mut conn).await?,
-        [
-            place(0, day("frames", days(0)), day("detections", days(0))),
-            place(1, day("frames", days(-1)), day("detections", days(-1))),
-            place(2, day("frames", days(40)), day("detections", days(40))),
-        ],
-        "frame 2 moved out of the default partition into its day, frames 3 and 4 are past retention:\n{log}"
+        [place(0, day("frames", days(0)), day("detections", days(0))), place(1, day("frames", days(-1)), day("detections", days(-1)))],
+        "frames 2 and 3 are past retention:\n{log}"
     );
-    let gone: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT to_regclass('{}')::text", day("frames", days(-5)))))
-        .fetch_one(&mut conn)
-        .await?;
-    assert_eq!(gone, None, "the day five days back is dropped whole");
+    for gone in [day("frames", days(-5)), day("frames", days(-6))] {
+        let found: Option<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT to_regclass('{gone}')::text"))).fetch_one(&mut conn).await?;
+        assert_eq!(found, None, "{gone} is dropped whole");
+    }
     let keys: Vec<i64> = sqlx::query_scalar("SELECT frame_seq FROM frame_keys ORDER BY 1").fetch_all(&mut conn).await?;
-    assert_eq!(keys, [0, 1, 2], "the keys of the frames retention dropped are forgotten, the others kept");
+    assert_eq!(keys, [0, 1], "the keys of the frames retention dropped are forgotten, the others kept");
+    let minutes: Vec<i64> = sqlx::query_scalar("SELECT frames::bigint FROM people_minutes ORDER BY minute").fetch_all(&mut conn).await?;
+    assert_eq!(minutes, [1, 1], "the rollup keeps the days kept, each frame counted once:\n{log}");
     assert_eq!(log_field(&log, "progress", "replayed"), Some(3), "{log}");
     assert_eq!(log_field(&log, "progress", "conflicts"), Some(0), "{log}");
     Ok(())

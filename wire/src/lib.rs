@@ -22,6 +22,10 @@ pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v2.schema.json");
 /// The run of every v1 message and of the rows stored before runs existed: v1 carries no run id.
 pub const V1_RUN_ID: Uuid = Uuid::nil();
 
+/// The class whose detections are people: COCO's name for it, which the pose models and every
+/// COCO-trained detection model use. The sink's `person_count` counts the detections of this class.
+pub const PERSON_CLASS: &str = "person";
+
 /// Longest `camera_id`, `model.name` and class name, in characters (JSON Schema's `maxLength`).
 pub const MAX_LABEL_CHARS: usize = 128;
 /// Most detections in one message: Ultralytics' `max_det`, and what the detector keeps.

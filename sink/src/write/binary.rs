@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::batch::Row;
+use crate::message::Row;
 use crate::tables::{Table, Value};
 
 /// OID of `real` (float4), the element type of the keypoints array.

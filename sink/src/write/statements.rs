@@ -8,8 +8,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::binary;
-use crate::batch::{Batch, FrameKey, Row};
+use crate::batch::Batch;
 use crate::error::SinkError;
+use crate::message::{FrameKey, Row};
 use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES, FRAME_KEYS};
 
 /// COPY streams of a batch's rows, one per table; `None` for a table with no row.
@@ -28,10 +29,12 @@ pub fn copy_streams(frames: &[Row]) -> Streams {
     }
 }
 
-/// What a merge did: frames and detections inserted, and stored frames with other content.
+/// What a merge did: frames and detections inserted, the keys of the frames inserted, and stored
+/// frames with other content.
 pub struct Merged {
     pub frames: u64,
     pub detections: u64,
+    pub new: Vec<FrameKey>,
     pub conflicts: Vec<FrameKey>,
 }
 
@@ -58,11 +61,13 @@ pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged,
         sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}_stage", table.name))).execute(&mut *conn).await?;
         copy(conn, &format!("{}_stage", table.name), table, data).await?;
     }
-    let (frames, detections, cameras, runs, seqs): (i64, i64, Vec<String>, Vec<Uuid>, Vec<i64>) =
+    type Keys = (Vec<String>, Vec<Uuid>, Vec<i64>);
+    let (frames, detections, c1, c2, c3, n1, n2, n3): (i64, i64, _, _, _, _, _, _) =
         sqlx::query_as(sqlx::AssertSqlSafe(merge_sql())).fetch_one(&mut *conn).await?;
-    let conflicts =
-        cameras.into_iter().zip(runs).zip(seqs).map(|((camera_id, run_id), frame_seq)| FrameKey { camera_id, run_id, frame_seq }).collect();
-    Ok(Merged { frames: frames as u64, detections: detections as u64, conflicts })
+    let keys = |(cameras, runs, seqs): Keys| -> Vec<FrameKey> {
+        cameras.into_iter().zip(runs).zip(seqs).map(|((camera_id, run_id), frame_seq)| FrameKey { camera_id, run_id, frame_seq }).collect()
+    };
+    Ok(Merged { frames: frames as u64, detections: detections as u64, new: keys((n1, n2, n3)), conflicts: keys((c1, c2, c3)) })
 }
 
 /// One statement: the keys not stored yet in, their frames and detections in, and the stored
@@ -70,22 +75,25 @@ pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged,
 fn merge_sql() -> String {
     let (keys, frames, detections) = (FRAME_KEYS.name, FRAMES.name, DETECTIONS.name);
     let key = FRAMES.list("", &[Role::Key]);
-    let ordered = |c: &str| format!("ARRAY(SELECT {c} FROM conflicts ORDER BY {key})");
+    let ordered = |c: &str, from: &str| format!("ARRAY(SELECT {c} FROM {from} ORDER BY {key})");
     format!(
         "WITH new AS (INSERT INTO {keys} ({kcols}) SELECT {kcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
               fr AS (INSERT INTO {frames} ({fcols}) SELECT {fstage} FROM {frames}_stage f JOIN new USING ({key}) RETURNING 1),
               dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
               conflicts AS ({conflicts})
-         SELECT (SELECT count(*) FROM fr), (SELECT count(*) FROM dets), {c}, {r}, {s}",
+         SELECT (SELECT count(*) FROM fr), (SELECT count(*) FROM dets), {c}, {r}, {s}, {nc}, {nr}, {ns}",
         kcols = FRAME_KEYS.all(),
         fcols = FRAMES.all(),
         fstage = FRAMES.list("f.", &[Role::Key, Role::Content, Role::Delivery]),
         dcols = DETECTIONS.all(),
         dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
         conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
-        c = ordered("camera_id"),
-        r = ordered("run_id"),
-        s = ordered("frame_seq"),
+        c = ordered("camera_id", "conflicts"),
+        r = ordered("run_id", "conflicts"),
+        s = ordered("frame_seq", "conflicts"),
+        nc = ordered("camera_id", "new"),
+        nr = ordered("run_id", "new"),
+        ns = ordered("frame_seq", "new"),
     )
 }
 
