@@ -49,9 +49,18 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
         }
         Command::Run(args) => {
             args.validate().map_err(SinkError::Config)?;
+            let heartbeat = common::telemetry::Heartbeat::new("sink loop", Duration::from_secs(60));
             if let Some(addr) = args.metrics_addr {
-                telemetry::serve(addr)?;
+                telemetry::serve(addr, heartbeat.clone())?;
             }
+            // For now the runtime beats it, so /livez says the process runs, as /healthz did;
+            // the sink loop is to beat it itself.
+            tokio::spawn(async move {
+                loop {
+                    heartbeat.beat();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
             // The writers, plus one for reading stored offsets at a rebalance.
             let timeouts = [
                 ("statement_timeout", format!("{}ms", args.statement_timeout_ms)),
