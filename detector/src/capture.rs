@@ -349,6 +349,27 @@ mod tests {
     }
 
     #[test]
+    fn a_files_inference_failure_stays_its_fault_a_live_cameras_once_it_lasts() {
+        let failure = || DetectorError::Inference("Reshape".into());
+        let file = Downstream::default();
+        file.failed(failure());
+        file.ran();
+        assert!(file.fault(false).is_some(), "a file loses no frame silently, even when the next one ran");
+        assert!(file.fault(false).is_none(), "taken once");
+
+        let live = Downstream::default();
+        for n in 1..LIVE_FAILURES_TO_FAULT {
+            assert_eq!(live.failed(failure()), n);
+        }
+        live.ran();
+        live.failed(failure());
+        assert!(live.fault(true).is_none(), "a frame that ran breaks the streak");
+        (1..LIVE_FAILURES_TO_FAULT).for_each(|_| _ = live.failed(failure()));
+        assert!(live.fault(true).is_some());
+        assert!(live.fault(true).is_none(), "the streak starts again");
+    }
+
+    #[test]
     fn panic_messages() {
         let p = panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
         assert_eq!(panic_text(&*p), "boom 7");
