@@ -37,6 +37,42 @@ def model(name, rows, metadata):
     return m
 
 
+def four_thirds_only(rows, metadata):
+    """Dynamic batch, height and width, as models/yolo11n-pose-rect.onnx, with a fixed output of the
+    end-to-end layout; but the graph also reshapes its input to one 640x480 frame, so ONNX Runtime
+    fails on any other input: a frame of another aspect (16:9 is 640x384), or two frames at once.
+    See tests/tests/detector_cameras.rs (a camera's inference errors stay its own)."""
+    out = np.asarray(rows, dtype=np.float32)[None]  # [1, R, C]
+    nodes = [
+        helper.make_node("Reshape", ["images", "one_4_3"], ["one"]),                  # fails unless [1,3,480,640]
+        helper.make_node("ReduceSum", ["one"], ["check"], keepdims=1),                # [1,1,1,1]
+        helper.make_node("ReduceSum", ["images", "axes123"], ["per_frame"], keepdims=1),  # [N,1,1,1]
+        helper.make_node("Add", ["per_frame", "check"], ["both"]),
+        helper.make_node("Reshape", ["both", "shape_n11"], ["both3"]),               # [N,1,1]
+        helper.make_node("Mul", ["both3", "zero"], ["nothing"]),
+        helper.make_node("Add", ["fixed", "nothing"], ["output0"]),                   # [N,R,C]
+    ]
+    inits = [
+        numpy_helper.from_array(out, "fixed"),
+        numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+        numpy_helper.from_array(np.array([1, 3, 480, 640], np.int64), "one_4_3"),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes123"),
+        numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape_n11"),
+    ]
+    graph = helper.make_graph(
+        nodes, "four_thirds_only",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", out.shape[1], out.shape[2]])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="make_test_models.py")
+    m.ir_version = 8
+    for k, v in metadata.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(m)
+    return m
+
+
 def main(out_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +91,10 @@ def main(out_dir):
         [200, 200, 260, 300, 0.8, 1],
     ] + [[0] * 6] * 297
     onnx.save(model("e2e", e2e, {"names": "{0: 'person', 1: 'car'}"}), out / "end2end-layout.onnx")
+    # One person in every 4:3 frame; an ONNX Runtime error on any other input.
+    one_person = [[100, 100, 200, 300, 0.9, 0]] + [[0] * 6] * 299
+    rect_meta = {"names": "{0: 'person', 1: 'car'}", "imgsz": "[640, 640]", "stride": "32"}
+    onnx.save(four_thirds_only(one_person, rect_meta), out / "four-thirds-only.onnx")
     # No YOLO layout: [1, 3, 3].
     onnx.save(model("unknown", [[0] * 3] * 3, {}), out / "unknown-layout.onnx")
 

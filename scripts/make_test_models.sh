@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Writes the tiny synthetic ONNX models in tests/models/ that the layout tests run through ONNX
 # Runtime: each takes `images` [1,3,320,320] and outputs a fixed tensor of one YOLO layout, so the
-# expected detections are known exactly. Needs PyPI `onnx` (a small venv in the cache). The models
+# expected detections are known exactly; and four-thirds-only.onnx (dynamic input) for the
+# inference-fault tests, which ONNX Runtime fails to run on anything but one 640x480 frame. Needs PyPI `onnx` (a small venv in the cache). The models
 # are committed; run this only to change them.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"

@@ -1,6 +1,7 @@
 //! A client of a schema registry's Confluent-compatible REST API: Confluent Schema Registry
-//! itself, or Apicurio Registry's `/apis/ccompat/v7`. It registers a schema under a subject, sets
-//! the subject's compatibility, and fetches schemas by id. Blocking; the sink calls it from
+//! itself, or Apicurio Registry's `/apis/ccompat/v7`. It checks that a URL is such an API
+//! ([`Registry::probe`]), registers a schema under a subject, reads and sets the subject's
+//! compatibility, and fetches schemas by id. Blocking; the sink calls it from
 //! `spawn_blocking`. Credentials may ride in the URL (`https://user:password@host/...`, sent as
 //! HTTP basic auth); they are never shown: errors and logs carry [`Registry::url`], without them.
 //! (`Registry::new` takes the URL exposed, from a `secret::SecretUrl`.)
@@ -20,9 +21,16 @@ pub enum RegistryError {
     /// The registry holds no schema with this id: the message's fault, not the registry's.
     #[error("schema id {0} is unknown to the schema registry")]
     UnknownSchema(u32),
-    /// The registry refused the request (an incompatible schema, a bad URL): someone must fix it.
+    /// The registry refused the request (an incompatible schema, credentials): someone must fix it.
     #[error("schema registry at {url} refused to {what}: HTTP {status}: {message}")]
     Refused { url: String, what: String, status: u16, message: String },
+    /// What answers at the URL is no Confluent-compatible registry API (a path it does not know,
+    /// a page that is not the API's JSON): the URL is wrong, most often missing the API's path.
+    #[error(
+        "schema registry URL {url} is not a Confluent-compatible schema registry API ({reason}): check the URL's path \
+         (Apicurio Registry serves the API at /apis/ccompat/v7)"
+    )]
+    NotARegistry { url: String, reason: String },
 }
 
 impl RegistryError {
@@ -61,6 +69,13 @@ struct Schema {
     schema: String,
 }
 
+/// `GET /config` and `GET /config/{subject}`.
+#[derive(Deserialize)]
+struct Config {
+    #[serde(rename = "compatibilityLevel")]
+    compatibility_level: String,
+}
+
 impl Registry {
     /// `url` is the API's base: `http://host:8081` for Confluent, `http://host:8080/apis/ccompat/v7`
     /// for Apicurio. Each call gives up after `timeout`.
@@ -85,6 +100,41 @@ impl Registry {
     /// The base URL, without credentials: safe to show.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Checks that the URL is a registry's API: `GET /config` must answer with the global
+    /// compatibility level, as Confluent's registry and Apicurio's ccompat API do. Both services
+    /// call it at start, so that a wrong URL (most often the host without the API's path, where
+    /// every path is a 404) is one clear error (`NotARegistry`, the user's to fix) rather than every
+    /// framed message failing later. An outage stays `Unavailable`.
+    pub fn probe(&self) -> Result<(), RegistryError> {
+        let text = self.call(Method::Get, "/config", None, "read its compatibility level")?;
+        serde_json::from_str::<Config>(&text).map(|_| ()).map_err(|_| RegistryError::NotARegistry {
+            url: self.url.clone(),
+            reason: format!("GET /config answered {:?}", text.chars().take(80).collect::<String>()),
+        })
+    }
+
+    /// Whether `subject` holds a schema yet.
+    pub fn subject_exists(&self, subject: &str) -> Result<bool, RegistryError> {
+        let what = format!("list subject {subject}'s versions");
+        match self.call(Method::Get, &format!("/subjects/{}/versions", percent_encode(subject)), None, &what) {
+            Ok(_) => Ok(true),
+            Err(RegistryError::Refused { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The compatibility level set for `subject` itself, if any. (For a subject that holds schemas
+    /// Apicurio answers the global level when the subject has none of its own; Confluent answers
+    /// none.)
+    pub fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+        let what = format!("read subject {subject}'s compatibility");
+        match self.call(Method::Get, &format!("/config/{}", percent_encode(subject)), None, &what) {
+            Ok(text) => parse::<Config>(&text, &self.url).map(|c| Some(c.compatibility_level)),
+            Err(RegistryError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Registers `schema` (a JSON Schema document) under `subject`, or finds it there; its id.
@@ -136,6 +186,11 @@ impl Registry {
         match status {
             200..=299 => Ok(text),
             500..=599 => Err(unavailable(format!("HTTP {status}: {}", error_message(&text)))),
+            // The registry's own 404s (no such subject, schema, version) carry its error code; a
+            // 404 without one is a path the server does not know: not the registry's API.
+            404 if !is_registry_error(&text) => {
+                Err(RegistryError::NotARegistry { url: self.url.clone(), reason: format!("{} {path}: HTTP 404", method.name()) })
+            }
             _ => Err(RegistryError::Refused { url: self.url.clone(), what: what.to_string(), status, message: error_message(&text) }),
         }
     }
@@ -148,9 +203,24 @@ enum Method {
     Put,
 }
 
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        }
+    }
+}
+
 fn parse<'a, T: Deserialize<'a>>(text: &'a str, url: &str) -> Result<T, RegistryError> {
     serde_json::from_str(text)
         .map_err(|e| RegistryError::Unavailable { url: url.to_string(), reason: format!("unexpected response {text:?}: {e}") })
+}
+
+/// Whether a body is the registry API's own error (`{"error_code": 40401, "message": ...}`).
+fn is_registry_error(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.get("error_code").is_some_and(serde_json::Value::is_u64))
 }
 
 /// The registry's own words from an error body (`{"message": ..., "error_code": ...}`), or the body.
@@ -215,6 +285,14 @@ mod tests {
         assert_eq!(percent_encode("detections-value"), "detections-value");
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
         assert_eq!(error_message(r#"{"message":"Schema 9 not found.","error_code":40403}"#), "Schema 9 not found.");
+    }
+
+    #[test]
+    fn a_404_is_the_registrys_only_with_its_error_code() {
+        assert!(is_registry_error(r#"{"message":"Subject 'x' not found.","error_code":40401}"#));
+        // Apicurio's answer for a path outside its ccompat API, and a web server's page.
+        assert!(!is_registry_error(r#"{"detail":"NotFoundException","title":"Could not find resource","status":404}"#));
+        assert!(!is_registry_error("<html><body>Not Found</body></html>"));
     }
 
     #[test]

@@ -1,13 +1,31 @@
 //! What both services share for being watched: the tracing set-up of their logs, and the HTTP
-//! endpoint `--metrics-addr` serves: `/metrics` (Prometheus text format) and `/healthz` (200 while
-//! the service can do its work, 503 with the reason when it cannot).
+//! endpoint `--metrics-addr` serves:
+//!
+//! - `/metrics`: Prometheus text format;
+//! - `/livez`: liveness, 200 while every work loop of the process beats ([`Heartbeat`]), 503 naming
+//!   a loop that has stopped: restarting the process is what helps;
+//! - `/readyz`, and `/healthz` (its older name): readiness, 200 while the service can do its work,
+//!   503 with the reason when it cannot (a camera away, the database down): a restart would not
+//!   help, the service recovers by itself when the outside does.
+//!
+//! A slow or hostile client must not hold a probe: each connection is served on a thread of its
+//! own, at most [`MAX_CONNECTIONS`] at once (more are told 503 at once), and its request must come
+//! whole within [`REQUEST_TIMEOUT`] and [`MAX_REQUEST_BYTES`] (else 408 or 431, and closed).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Connections served at once; Prometheus and a prober or two need a handful.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request line and its headers: a probe's are some hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// From accepting a connection to having its request whole.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logs to standard error, with `RUST_LOG` (default `info`), in colour on a terminal.
 pub fn init_logs() {
@@ -19,8 +37,58 @@ pub fn init_logs() {
         .init();
 }
 
-/// The service's answer to `/healthz`: `Ok(detail)` while it can work, `Err(why)` when not.
-pub type Health = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// The service's answer to `/readyz`: `Ok(detail)` while it can work, `Err(why)` when not.
+pub type Readiness = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// A work loop's sign of life for `/livez`: the loop calls [`Heartbeat::beat`] each time round
+/// (and while it waits, at least every second or so); the process is live while no loop has been
+/// silent longer than its timeout. Clones share the beat.
+#[derive(Clone)]
+pub struct Heartbeat(Arc<Beats>);
+
+struct Beats {
+    name: String,
+    timeout: Duration,
+    origin: Instant,
+    /// Milliseconds from `origin` to the latest beat.
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    /// A heartbeat that has just beaten, for the loop called `name` in `/livez`'s answer.
+    pub fn new(name: &str, timeout: Duration) -> Self {
+        Heartbeat(Arc::new(Beats { name: name.to_string(), timeout, origin: Instant::now(), last_ms: AtomicU64::new(0) }))
+    }
+
+    pub fn beat(&self) {
+        self.0.last_ms.store(self.0.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.0.origin.elapsed().saturating_sub(Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// What the health endpoints answer from.
+pub struct Probes {
+    pub ready: Readiness,
+    /// Every work loop whose stop makes the process dead.
+    pub live: Vec<Heartbeat>,
+}
+
+impl Probes {
+    /// `/livez`: `Ok(detail)` while every loop beats, `Err(why)` naming those that stopped.
+    fn liveness(&self) -> Result<String, String> {
+        let lines: Vec<String> =
+            self.live.iter().map(|h| format!("{}: beat {:.1} s ago", h.0.name, h.silent_for().as_secs_f64())).collect();
+        let stopped: Vec<&str> = self.live.iter().filter(|h| h.silent_for() > h.0.timeout).map(|h| h.0.name.as_str()).collect();
+        if stopped.is_empty() {
+            Ok(lines.join("\n"))
+        } else {
+            Err(format!("stopped: {}\n{}", stopped.join(", "), lines.join("\n")))
+        }
+    }
+}
 
 /// The installed metrics recorder. Install it before any metric is made: a metric made without a
 /// recorder stays a no-op.
@@ -36,49 +104,156 @@ impl Metrics {
         builder.install_recorder().map(Metrics).map_err(|e| format!("metrics recorder: {e}"))
     }
 
-    /// Serves the endpoint at `addr` from a thread of its own.
-    pub fn serve(self, addr: SocketAddr, health: Health) -> Result<(), String> {
+    /// Serves the endpoint at `addr`: a thread of its own accepts, and each connection gets one.
+    pub fn serve(self, addr: SocketAddr, probes: Probes) -> Result<(), String> {
         let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
-        let handle = self.0;
+        let endpoint = Arc::new(Endpoint { handle: self.0, probes });
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    if let Err(e) = respond(stream, &handle, &health) {
-                        tracing::debug!(error = %e, "metrics request");
-                    }
-                }
-            })
+            .spawn(move || accept(&listener, &endpoint))
             .map_err(|e| format!("metrics thread: {e}"))?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics, health at http://{addr}/healthz");
+        tracing::info!(%addr, "metrics at http://{addr}/metrics, liveness at /livez, readiness at /readyz (and /healthz)");
         Ok(())
     }
 }
 
-fn respond(stream: TcpStream, handle: &PrometheusHandle, health: &Health) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The headers: read and ignored.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+struct Endpoint {
+    handle: PrometheusHandle,
+    probes: Probes,
+}
+
+/// Connections being served; one is given back when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("");
+}
+
+fn accept(listener: &TcpListener, endpoint: &Arc<Endpoint>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, say: do not spin on it.
+                tracing::debug!(error = %e, "metrics endpoint: accept");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::Relaxed);
+            // Written into a fresh socket's empty buffer: it does not block this thread.
+            let _ = answer(&stream, "503 Service Unavailable", "text/plain", "busy: too many connections\n");
+            continue;
+        }
+        let (slot, endpoint) = (Slot(Arc::clone(&active)), Arc::clone(endpoint));
+        let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+            let _slot = slot;
+            if let Err(e) = respond(stream, &endpoint) {
+                tracing::debug!(error = %e, "metrics request");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "metrics endpoint: no thread for a connection");
+        }
+    }
+}
+
+fn respond(stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let path = match read_request(&stream, Instant::now() + REQUEST_TIMEOUT) {
+        Ok(path) => path,
+        Err(Request::TimedOut) => return answer(&stream, "408 Request Timeout", "text/plain", "request not sent in time\n"),
+        Err(Request::TooLarge) => return answer(&stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n"),
+        Err(Request::Io(e)) => return Err(e),
+    };
+    let probe = |result: Result<String, String>| match result {
+        Ok(detail) => ("200 OK", "text/plain", format!("ok\n{detail}\n")),
+        Err(why) => ("503 Service Unavailable", "text/plain", format!("unhealthy: {why}\n")),
+    };
     let (status, kind, body) = match path.split('?').next().unwrap_or("") {
         "/metrics" => {
-            handle.run_upkeep();
-            ("200 OK", "text/plain; version=0.0.4", handle.render())
+            endpoint.handle.run_upkeep();
+            ("200 OK", "text/plain; version=0.0.4", endpoint.handle.render())
         }
-        "/healthz" => match health() {
-            Ok(detail) => ("200 OK", "text/plain", format!("ok\n{detail}")),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("unhealthy: {why}\n")),
-        },
-        _ => ("404 Not Found", "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+        "/livez" => probe(endpoint.probes.liveness()),
+        "/readyz" | "/healthz" => probe((endpoint.probes.ready)()),
+        _ => ("404 Not Found", "text/plain", "not found: try /metrics, /livez or /readyz\n".to_string()),
     };
-    let mut out = stream;
-    write!(out, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    out.flush()
+    answer(&stream, status, kind, &body)
+}
+
+fn answer(mut stream: &TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    stream.flush()
+}
+
+/// Why no request was read.
+enum Request {
+    TimedOut,
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads a request's line and headers (the body of a GET is none) by `deadline`, at most
+/// [`MAX_REQUEST_BYTES`] of them; the path it asks for.
+fn read_request(mut stream: &TcpStream, deadline: Instant) -> Result<String, Request> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&head) {
+            let line = String::from_utf8_lossy(&head[..end]);
+            return Ok(line.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string());
+        }
+        if head.len() >= MAX_REQUEST_BYTES {
+            return Err(Request::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Request::TimedOut);
+        }
+        stream.set_read_timeout(Some(left)).map_err(Request::Io)?;
+        let room = chunk.len().min(MAX_REQUEST_BYTES - head.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Err(Request::Io(ErrorKind::UnexpectedEof.into())),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Err(Request::TimedOut),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Request::Io(e)),
+        }
+    }
+}
+
+/// Where the headers end (the blank line; bare newlines taken too), if they have.
+fn head_end(head: &[u8]) -> Option<usize> {
+    let crlf = head.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = head.windows(2).position(|w| w == b"\n\n");
+    crlf.into_iter().chain(lf).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headers_end_at_the_blank_line() {
+        assert_eq!(head_end(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"), Some(28));
+        assert_eq!(head_end(b"GET /livez HTTP/1.0\n\n"), Some(19));
+        assert_eq!(head_end(b"GET /livez HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn liveness_names_the_loops_that_stopped() {
+        let (beating, silent) = (Heartbeat::new("infer", Duration::from_secs(60)), Heartbeat::new("publish", Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(5));
+        beating.beat();
+        let probes = |live| Probes { ready: Arc::new(|| Ok(String::new())), live };
+        assert!(probes(vec![beating.clone()]).liveness().unwrap().starts_with("infer: beat 0.0 s ago"));
+        let why = probes(vec![beating, silent]).liveness().unwrap_err();
+        assert!(why.starts_with("stopped: publish\n"), "{why}");
+        assert!(probes(vec![]).liveness().is_ok(), "no loop to watch: live while it answers");
+    }
 }

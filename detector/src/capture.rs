@@ -8,23 +8,30 @@
 //!   cannot drift. Frames older than `--max-frame-age-s` are dropped at publishing too.
 //!
 //! `--max-fps` skips frames here, before they cost a BGR conversion, a letterbox or a place in the
-//! channel (they are still decoded: the codec needs every frame). A camera's faults stay its own: a frame that cannot be
-//! letterboxed, a read error, even a panic, is reported (one ERROR line, a metric); a live camera is
-//! then reopened, a file camera ends with the error while the other cameras go on.
+//! channel (they are still decoded: the codec needs every frame). A live camera's frames decoded
+//! further behind the stream's own clock than `--max-frame-age-s` ([`Drift`]) are dropped here as
+//! stale, and the stream is reopened when that lasts; the others are stamped with the time the
+//! stream says they were captured, not the later time they were grabbed.
+//!
+//! A camera's faults stay its own: a frame that cannot be letterboxed, a read error, even a panic,
+//! and frames the model cannot run ([`Downstream`]: for a live camera, a few in a row), are
+//! reported (one ERROR line, a metric); a live camera is then reopened, a file camera ends with
+//! the error while the other cameras go on.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use opencv::prelude::MatTraitConst;
 
 use crate::error::{Blame, DetectorError};
-use crate::pacing::{sleep_until, MaxFps, Release};
+use crate::pacing::{sleep_until, Drift, MaxFps, Release};
 use crate::preprocess::{letterbox, InputShape, Letterbox};
 use crate::reconnect::{self, next_live_frame};
-use crate::source::{Source, SourceKind};
+use crate::source::{Frame, Source, SourceKind};
 use crate::stats::{CameraStats, Drop};
 
 /// How a camera's frames reach inference.
@@ -89,19 +96,92 @@ pub struct Capture<'a> {
     pub drop_rx: Option<Receiver<Prepared>>,
     pub spare_rx: Receiver<Vec<f32>>,
     pub stats: &'a CameraStats,
+    /// What inference found wrong with this camera's frames.
+    pub downstream: &'a Downstream,
+    /// Live: frames decoded further behind the stream than this are stale.
+    pub max_frame_age: Duration,
 }
 
-/// What survives a fault of a live camera: its pacing, and how long to wait before reopening.
+/// What survives a fault of a live camera: its pacing, its drift behind the stream, and how long to
+/// wait before reopening.
 struct State {
     max_fps: MaxFps,
     release: Release,
     backoff: common::backoff::Backoff,
     started: Instant,
+    drift: Drift,
+    /// The source's session the drift is reckoned in, and since when it has been too far behind.
+    session: u64,
+    behind_since: Option<Instant>,
+}
+
+/// Frames of a live camera that fail inference in a row before that is a fault of the camera
+/// (reopened); a single one is dropped and counted. A file camera's first is a fault.
+const LIVE_FAILURES_TO_FAULT: u32 = 5;
+
+/// What the inference worker found wrong with one camera's frames, handed back to the camera's
+/// capture thread, which acts on it as on a fault of its own.
+#[derive(Default)]
+pub struct Downstream {
+    state: Mutex<DownstreamState>,
+    /// Signals `drained`.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct DownstreamState {
+    /// Frames that failed in a row.
+    streak: u32,
+    /// The latest failure, until the capture thread takes it.
+    fault: Option<DetectorError>,
+    /// The worker has taken the camera's last frame through inference.
+    drained: bool,
+}
+
+impl Downstream {
+    /// A frame ran.
+    pub fn ran(&self) {
+        self.state.lock().unwrap().streak = 0;
+    }
+
+    /// A frame could not be run; the failures in a row, this one included.
+    pub fn failed(&self, e: DetectorError) -> u32 {
+        let mut s = self.state.lock().unwrap();
+        s.streak += 1;
+        s.fault = Some(e);
+        s.streak
+    }
+
+    /// The camera's channel is closed and its every frame has been through inference.
+    pub fn drained(&self) {
+        self.state.lock().unwrap().drained = true;
+        self.changed.notify_all();
+    }
+
+    /// The failure that is the camera's fault now, if any: a file camera's any (a file loses no
+    /// frame silently), a live camera's once a few have failed in a row.
+    fn fault(&self, live: bool) -> Option<DetectorError> {
+        let mut s = self.state.lock().unwrap();
+        if live && s.streak < LIVE_FAILURES_TO_FAULT {
+            return None;
+        }
+        s.streak = 0;
+        s.fault.take()
+    }
+
+    /// Waits until the worker has been through the camera's last frame (or `halted`).
+    fn wait_drained(&self, halted: &dyn Fn() -> bool) {
+        let mut s = self.state.lock().unwrap();
+        while !s.drained && !halted() {
+            s = self.changed.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
+        }
+    }
 }
 
 impl Capture<'_> {
     /// Runs the camera until its source ends or the process stops. A live camera outlives its
-    /// faults; a file camera's first fault is returned.
+    /// faults; a file camera's first fault is returned, also one inference finds in its last
+    /// frames after the file has ended.
     pub fn run(self, mut source: Source, stop: &AtomicBool, abort: &AtomicBool) -> Result<(), DetectorError> {
         let halted = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
         let live = source.kind == SourceKind::Live;
@@ -110,10 +190,13 @@ impl Capture<'_> {
             release: Release::default(),
             backoff: reconnect::backoff(),
             started: Instant::now(),
+            drift: Drift::default(),
+            session: source.session(),
+            behind_since: None,
         };
-        loop {
+        let ended = loop {
             let fault = match panic::catch_unwind(AssertUnwindSafe(|| self.frames(&mut source, &mut state, &halted))) {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => break Ok(()),
                 Ok(Err(e)) => e,
                 Err(panic) => DetectorError::Internal(format!("capture panicked: {}", panic_text(&*panic))),
             };
@@ -123,9 +206,25 @@ impl Capture<'_> {
                 source.close();
                 continue;
             }
+            break Err(fault);
+        };
+        // Closed, so that the worker can tell when it has had the camera's every frame: a file's
+        // last frames may yet fail there.
+        drop(self.tx);
+        let ended = ended.and_then(|()| {
+            if live {
+                return Ok(());
+            }
+            self.downstream.wait_drained(&halted);
+            self.downstream.fault(false).map_or(Ok(()), |fault| {
+                self.stats.error();
+                Err(fault)
+            })
+        });
+        if let Err(fault) = &ended {
             tracing::error!(camera = self.id, blame = %fault.blame(), "{fault}; the camera stops, the others go on");
-            return Err(fault);
         }
+        ended
     }
 
     /// Reads, paces, letterboxes and hands on frames until the source ends, the process stops, or
@@ -133,6 +232,9 @@ impl Capture<'_> {
     fn frames(&self, source: &mut Source, state: &mut State, halted: &dyn Fn() -> bool) -> Result<(), DetectorError> {
         let live = source.kind == SourceKind::Live;
         while !halted() {
+            if let Some(fault) = self.downstream.fault(live) {
+                return Err(fault);
+            }
             let next = if live { next_live_frame(source, &mut state.backoff, self.stats, halted)? } else { source.next_frame()? };
             let Some(mut frame) = next else {
                 if !live && self.stats.count(|c| &c.read) == 0 {
@@ -144,6 +246,9 @@ impl Capture<'_> {
             self.stats.set_up(true);
             // A live stream's pts restart when it is reopened; its arrival time does not.
             let t_ms = if live { state.started.elapsed().as_secs_f64() * 1000.0 } else { frame.pts_ms as f64 };
+            if live && !self.in_step(source, state, &mut frame, t_ms) {
+                continue;
+            }
             if !state.max_fps.admit(t_ms) {
                 self.stats.frame_skipped();
                 continue;
@@ -169,6 +274,34 @@ impl Capture<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A live frame's drift behind its stream: a frame within `--max-frame-age-s` is stamped with
+    /// the time the stream says it was captured; one further behind is dropped as stale (false),
+    /// and after that has lasted `--max-frame-age-s` the stream is closed, to be reopened without
+    /// the backlog.
+    fn in_step(&self, source: &mut Source, state: &mut State, frame: &mut Frame, t_ms: f64) -> bool {
+        if state.session != source.session() {
+            (state.session, state.drift, state.behind_since) = (source.session(), Drift::default(), None);
+        }
+        let drift_ms = state.drift.observe(t_ms, frame.pts_ms);
+        self.stats.drift(drift_ms / 1000.0);
+        if drift_ms <= self.max_frame_age.as_secs_f64() * 1000.0 {
+            state.behind_since = None;
+            frame.captured_at -= chrono::Duration::milliseconds(drift_ms.round() as i64);
+            return true;
+        }
+        self.stats.frame_dropped(Drop::Stale);
+        let since = *state.behind_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.max_frame_age {
+            tracing::warn!(
+                camera = self.id,
+                drift_s = (drift_ms / 100.0).round() / 10.0,
+                "frames decoded this far behind the stream for --max-frame-age-s: reopening it to skip the backlog"
+            );
+            source.close();
+        }
+        false
     }
 
     /// Into the channel, under the camera's policy; false once inference has stopped.
@@ -213,6 +346,27 @@ mod tests {
         assert_eq!(Policy::of(SourceKind::File, false), Policy::Lossless);
         assert_eq!(Policy::of(SourceKind::Image, false), Policy::Lossless);
         assert_eq!((Policy::RealTime.channel_len(8), Policy::Lossless.channel_len(8), Policy::Lossless.channel_len(1)), (1, 8, 4));
+    }
+
+    #[test]
+    fn a_files_inference_failure_stays_its_fault_a_live_cameras_once_it_lasts() {
+        let failure = || DetectorError::Inference("Reshape".into());
+        let file = Downstream::default();
+        file.failed(failure());
+        file.ran();
+        assert!(file.fault(false).is_some(), "a file loses no frame silently, even when the next one ran");
+        assert!(file.fault(false).is_none(), "taken once");
+
+        let live = Downstream::default();
+        for n in 1..LIVE_FAILURES_TO_FAULT {
+            assert_eq!(live.failed(failure()), n);
+        }
+        live.ran();
+        live.failed(failure());
+        assert!(live.fault(true).is_none(), "a frame that ran breaks the streak");
+        (1..LIVE_FAILURES_TO_FAULT).for_each(|_| _ = live.failed(failure()));
+        assert!(live.fault(true).is_some());
+        assert!(live.fault(true).is_none(), "the streak starts again");
     }
 
     #[test]

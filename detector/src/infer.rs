@@ -1,6 +1,7 @@
 //! The model: an ONNX Runtime session, what its input wants and what its output means.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::decode::{parse_kpt_shape, parse_names, Layout};
 use crate::error::DetectorError;
@@ -19,6 +20,8 @@ pub struct RawOutput {
 
 pub struct Model {
     session: Session,
+    /// The file it was loaded from, for errors.
+    pub path: PathBuf,
     /// The input's size: the model's fixed one, or the source's aspect where it is dynamic.
     pub input: InputShape,
     /// Whether one run can take several frames (the input's first dimension is dynamic).
@@ -39,7 +42,11 @@ impl Model {
     pub fn load(path: &Path, intra_threads: usize) -> Result<Self, DetectorError> {
         let err = |reason: String| DetectorError::model(path, reason);
         let sha256 = file_sha256(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let env = ort::init().with_name("detector").build().map_err(|e| err(format!("cannot start ONNX Runtime: {e}")))?;
+        let env = ort::init()
+            .with_name("detector")
+            .with_logger(Arc::new(ort_log))
+            .build()
+            .map_err(|e| err(format!("cannot start ONNX Runtime: {e}")))?;
         let session = Session::builder(&env)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
             .and_then(|b| Ok(b.with_intra_threads(intra_threads)?))
@@ -71,6 +78,7 @@ impl Model {
         let name = if wire::is_label(&stem, wire::MAX_LABEL_CHARS) { stem } else { "model".to_string() };
         Ok(Model {
             session,
+            path: path.to_path_buf(),
             input,
             dynamic_batch: batch == -1,
             batch_input: Vec::new(),
@@ -101,7 +109,7 @@ impl Model {
         };
         let shape = [n, 3, h as usize, w as usize];
         let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| DetectorError::Inference(format!("input tensor: {e}")))?;
-        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| DetectorError::Inference(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| DetectorError::Inference(one_line(&e)))?;
         let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| DetectorError::Inference(format!("output tensor: {e}")))?;
         if shape.first() != Some(&(n as i64)) || data.len() % n != 0 {
             return Err(DetectorError::Inference(format!("output shape {shape:?} for a batch of {n}")));
@@ -109,6 +117,23 @@ impl Model {
         let frame_shape: Vec<usize> = std::iter::once(1).chain(shape.iter().skip(1).map(|&d| d as usize)).collect();
         Ok(data.chunks_exact(data.len() / n).map(|d| RawOutput { shape: frame_shape.clone(), data: d.to_vec() }).collect())
     }
+}
+
+/// ONNX Runtime's own log, into ours. Each of its errors in a run comes back as the run's error
+/// too, which the detector reports with the camera and frame: on its own it is only a detail.
+fn ort_log(level: ort::logging::LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel;
+    let message = one_line(message);
+    match level {
+        LogLevel::Fatal => tracing::error!(target: "onnxruntime", location, "{message}"),
+        LogLevel::Error | LogLevel::Warning => tracing::debug!(target: "onnxruntime", location, "{message}"),
+        LogLevel::Info | LogLevel::Verbose => tracing::trace!(target: "onnxruntime", location, "{message}"),
+    }
+}
+
+/// ONNX Runtime's messages end in a newline, some hold more: one log line each.
+fn one_line(text: impl std::fmt::Display) -> String {
+    text.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The input's batch dimension and size from its shape `[batch, 3, H, W]`: fixed H and W, or both

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let result = cfg.validate().and_then(|cameras| {
         // Here, while this is the only thread: it sets an environment variable.
         source::select_rtsp_transport(cameras.iter().map(|c| c.source.as_str()), cfg.rtsp_transport);
-        pipeline::run(&cfg, &cameras, &stop)
+        pipeline::prepare(&cfg, &cameras).and_then(|p| p.run(&stop))
     });
     match result {
         Ok(s) => {

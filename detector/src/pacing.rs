@@ -1,5 +1,6 @@
 //! How many frames go to inference, and when: the `--max-fps` cap, the release times of a file
-//! played in real time (`--realtime`), and a sleep that a stop request cuts short.
+//! played in real time (`--realtime`), a live stream's drift behind its own clock, and a sleep
+//! that a stop request cuts short.
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,39 @@ impl Release {
     pub fn due(&mut self, pts_ms: i64, now: Instant) -> Instant {
         let (t0, pts0) = *self.origin.get_or_insert((now, pts_ms));
         t0 + Duration::from_millis(pts_ms.saturating_sub(pts0).max(0) as u64)
+    }
+}
+
+/// How far a live stream's frames are decoded behind the stream's own clock: a frame's arrival
+/// time minus its pts, less the least of that since the stream was opened (the frame that came
+/// soonest). A decoder that keeps up holds it near 0; one that falls behind, its frames piling up
+/// in FFmpeg's and the socket's buffers, makes it grow, while the grab time alone would call
+/// every frame fresh. A stream whose pts stand still (no timestamps) has no drift to tell; pts
+/// that go back (a new session) start the reckoning again.
+#[derive(Debug, Default)]
+pub struct Drift {
+    /// The least (arrival - pts) so far, the last pts, and the drift then.
+    base_ms: f64,
+    last: Option<(i64, f64)>,
+}
+
+impl Drift {
+    /// The drift in ms of a frame that arrived at `t_ms` (a monotonic clock) with pts `pts_ms`.
+    pub fn observe(&mut self, t_ms: f64, pts_ms: i64) -> f64 {
+        let lag = t_ms - pts_ms as f64;
+        let drift = match self.last {
+            Some((last_pts, drift)) if pts_ms == last_pts => return drift,
+            Some((last_pts, _)) if pts_ms > last_pts => {
+                self.base_ms = self.base_ms.min(lag);
+                lag - self.base_ms
+            }
+            _ => {
+                self.base_ms = lag;
+                0.0
+            }
+        };
+        self.last = Some((pts_ms, drift));
+        drift
     }
 }
 
@@ -126,6 +160,23 @@ mod tests {
         assert_eq!(rt.due(1040, t0 + Duration::from_secs(9)), t0 + Duration::from_millis(40));
         assert_eq!(rt.due(3000, t0), t0 + Duration::from_secs(2));
         assert_eq!(rt.due(900, t0), t0, "a pts before the first is due at once");
+    }
+
+    #[test]
+    fn drift_is_how_much_later_than_the_soonest_frame_a_frame_comes() {
+        let mut d = Drift::default();
+        // Opened at 3000 ms; a burst of buffered frames first (later than they will come), then
+        // frames in step with their pts.
+        let steady: Vec<f64> =
+            [(3000.0, 0), (3010.0, 40), (3020.0, 80), (3100.0, 120), (3140.0, 160)].into_iter().map(|(t, pts)| d.observe(t, pts)).collect();
+        assert_eq!(steady, [0.0, 0.0, 0.0, 40.0, 40.0], "3100 - 120 is 40 ms later than 3020 - 80, the soonest");
+        // A decoder that takes 60 ms for each 40 ms frame falls 20 ms further behind each time.
+        assert_eq!([d.observe(3200.0, 200), d.observe(3260.0, 240), d.observe(3320.0, 280)], [60.0, 80.0, 100.0]);
+        assert_eq!(d.observe(3330.0, 280), 100.0, "a pts that stands still tells nothing new");
+        assert_eq!(d.observe(9000.0, 0), 0.0, "pts that go back start again (a reopened stream)");
+        assert_eq!(d.observe(9040.0, 40), 0.0);
+        let mut no_pts = Drift::default();
+        assert_eq!([no_pts.observe(0.0, 0), no_pts.observe(5000.0, 0)], [0.0, 0.0], "no timestamps, no drift");
     }
 
     #[test]

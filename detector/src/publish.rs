@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::registry::Registry;
-use crossbeam_channel::Receiver;
+use common::telemetry::Heartbeat;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -32,7 +33,7 @@ use crate::decode::Decoder;
 use crate::error::DetectorError;
 use crate::snapshot::Snapshots;
 use crate::stats::{self, total, CameraStats, Drop};
-use crate::worker::Inferred;
+use crate::worker::{Inferred, BEAT_EVERY};
 
 /// What a message carries to its delivery report.
 pub struct Sent {
@@ -153,12 +154,20 @@ impl Output {
     }
 }
 
-/// Registers (or finds) the wire schema under `<topic>-value`, with BACKWARD compatibility, so the
-/// registry refuses a later schema that could not read what this one wrote; its id.
+/// Registers (or finds) the wire schema under `<topic>-value`; its id. A new subject gets BACKWARD
+/// compatibility, so the registry refuses a later schema that could not read what this one wrote;
+/// a subject that holds schemas already, or has a level of its own, keeps the level it has: an
+/// operator may have set it.
 fn register_schema(url: &str, topic: &str) -> Result<u32, DetectorError> {
     let registry = Registry::new(url, Duration::from_secs(10)).map_err(DetectorError::Config)?;
+    registry.probe().map_err(DetectorError::registry)?;
     let subject = format!("{topic}-value");
-    registry.set_compatibility(&subject, "BACKWARD").map_err(DetectorError::registry)?;
+    if !registry.subject_exists(&subject).map_err(DetectorError::registry)?
+        && registry.compatibility(&subject).map_err(DetectorError::registry)?.is_none()
+    {
+        registry.set_compatibility(&subject, "BACKWARD").map_err(DetectorError::registry)?;
+        tracing::info!(%subject, compatibility = "BACKWARD", "new subject: its compatibility set");
+    }
     let id = registry.register(&subject, wire::JSON_SCHEMA).map_err(DetectorError::registry)?;
     tracing::info!(registry = %registry.url(), %subject, schema_id = id, "wire schema registered; messages are framed with its id");
     Ok(id)
@@ -220,7 +229,16 @@ impl KafkaOutput {
         self.producers().map(|p| p.in_flight_count()).sum()
     }
 
-    fn send(&mut self, msg: &wire::FrameMessage, camera: usize, policy: Policy, stop: &AtomicBool) -> Result<(), DetectorError> {
+    /// Hands the message to its policy's producer, waiting (and beating `heartbeat`) while the
+    /// producer's queue is full.
+    fn send(
+        &mut self,
+        msg: &wire::FrameMessage,
+        camera: usize,
+        policy: Policy,
+        stop: &AtomicBool,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), DetectorError> {
         if let Some((failing, why)) = self.deliveries.failing_for().filter(|(d, _)| *d >= self.failure_timeout) {
             return Err(DetectorError::Kafka(format!("deliveries have failed for {} s with none succeeding: {why}", failing.as_secs())));
         }
@@ -234,8 +252,7 @@ impl KafkaOutput {
             Policy::RealTime => self.real_time.as_ref(),
         }
         .expect("a producer for every policy in use");
-        let sent =
-            Box::new(Sent { camera, people: msg.detections.iter().filter(|d| d.class == "person").count(), captured_at: msg.captured_at });
+        let sent = Box::new(Sent { camera, people: msg.people(), captured_at: msg.captured_at });
         let mut record = BaseRecord::with_opaque_to(&self.topic, sent).key(msg.camera_id.as_str()).payload(&payload);
         let mut stopping_since = None;
         loop {
@@ -255,6 +272,7 @@ impl KafkaOutput {
                             self.flush_timeout.as_secs()
                         )));
                     }
+                    heartbeat.beat();
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err((e, _)) => return Err(DetectorError::Kafka(format!("send: {e}"))),
@@ -285,77 +303,87 @@ impl KafkaOutput {
     }
 }
 
-/// Decodes and publishes every inferred frame until inference has stopped; the messages
-/// delivered.
-#[allow(clippy::too_many_arguments)]
-pub fn publish_loop(
-    cfg: &Config,
-    cameras: &[Camera],
-    policies: &[Policy],
-    run_ids: &[uuid::Uuid],
-    decoder: &Decoder,
-    model: &wire::ModelInfo,
-    mut output: Output,
-    rx: Receiver<Inferred>,
-    stats: &[CameraStats],
-    stop: &AtomicBool,
-) -> Result<u64, DetectorError> {
-    let mut last_report = Instant::now();
-    let started = Instant::now();
-    let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
-    let mut snapshots: Vec<Option<Snapshots>> =
-        cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
-    for Inferred { meta, lb, output: raw } in rx {
-        let camera = meta.camera;
-        // Too old to be worth sending: a real-time camera drops it.
-        if policies[camera] == Policy::RealTime && chrono::Utc::now() - meta.captured_at > max_age {
-            stats[camera].frame_dropped(Drop::Stale);
-            continue;
-        }
-        let detections = decoder.decode(&raw, &lb)?;
-        let msg = wire::FrameMessage {
-            schema_version: wire::SCHEMA_VERSION,
-            camera_id: cameras[camera].id.clone(),
-            run_id: run_ids[camera],
-            frame_seq: meta.seq,
-            captured_at: meta.captured_at,
-            pts_ms: meta.pts_ms,
-            frame_width: lb.src_w,
-            frame_height: lb.src_h,
-            model: model.clone(),
-            detections,
-        };
-        if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
-            s.offer(image, &msg);
-        }
-        match &mut output {
-            Output::Kafka(k) => k.send(&msg, camera, policies[camera], stop)?,
-            Output::Stdout(out) => {
-                let mut line = msg.to_json();
-                line.push(b'\n');
-                out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
-                let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
-                stats[camera].published(msg.detections.iter().filter(|d| d.class == "person").count(), since);
+/// The last stage: what it needs besides the output and the frames.
+pub struct Publisher<'a> {
+    pub cfg: &'a Config,
+    pub cameras: &'a [Camera],
+    pub policies: &'a [Policy],
+    pub run_ids: &'a [uuid::Uuid],
+    pub decoder: &'a Decoder,
+    pub model: &'a wire::ModelInfo,
+    pub stats: &'a [CameraStats],
+    pub stop: &'a AtomicBool,
+    pub heartbeat: Heartbeat,
+}
+
+impl Publisher<'_> {
+    /// Decodes and publishes every inferred frame until inference has stopped; the messages
+    /// delivered.
+    pub fn run(&self, mut output: Output, rx: Receiver<Inferred>) -> Result<u64, DetectorError> {
+        let (cfg, stats) = (self.cfg, self.stats);
+        let mut last_report = Instant::now();
+        let started = Instant::now();
+        let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
+        let mut snapshots: Vec<Option<Snapshots>> =
+            self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
+        loop {
+            self.heartbeat.beat();
+            let Inferred { meta, lb, output: raw } = match rx.recv_timeout(BEAT_EVERY) {
+                Ok(inferred) => inferred,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let camera = meta.camera;
+            // Too old to be worth sending: a real-time camera drops it.
+            if self.policies[camera] == Policy::RealTime && chrono::Utc::now() - meta.captured_at > max_age {
+                stats[camera].frame_dropped(Drop::Stale);
+                continue;
+            }
+            let detections = self.decoder.decode(&raw, &lb)?;
+            let msg = wire::FrameMessage {
+                schema_version: wire::SCHEMA_VERSION,
+                camera_id: self.cameras[camera].id.clone(),
+                run_id: self.run_ids[camera],
+                frame_seq: meta.seq,
+                captured_at: meta.captured_at,
+                pts_ms: meta.pts_ms,
+                frame_width: lb.src_w,
+                frame_height: lb.src_h,
+                model: self.model.clone(),
+                detections,
+            };
+            if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
+                s.offer(image, &msg);
+            }
+            match &mut output {
+                Output::Kafka(k) => k.send(&msg, camera, self.policies[camera], self.stop, &self.heartbeat)?,
+                Output::Stdout(out) => {
+                    let mut line = msg.to_json();
+                    line.push(b'\n');
+                    out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
+                    let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
+                    stats[camera].published(msg.people(), since);
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                let published = total(stats, |c| &c.published);
+                tracing::info!(
+                    frames = published,
+                    fps = format!("{:.1}", published as f64 / started.elapsed().as_secs_f64()),
+                    skipped = total(stats, |c| &c.skipped),
+                    dropped = total(stats, |c| &c.dropped),
+                    reconnects = total(stats, |c| &c.reconnects),
+                    "progress"
+                );
             }
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            let published = total(stats, |c| &c.published);
-            tracing::info!(
-                frames = published,
-                fps = format!("{:.1}", published as f64 / started.elapsed().as_secs_f64()),
-                skipped = total(stats, |c| &c.skipped),
-                dropped = total(stats, |c| &c.dropped),
-                reconnects = total(stats, |c| &c.reconnects),
-                "progress"
-            );
-        }
-    }
-    match output {
-        Output::Kafka(k) => k.finish(),
-        Output::Stdout(mut out) => {
-            out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
-            Ok(total(stats, |c| &c.published))
+        match output {
+            Output::Kafka(k) => k.finish(),
+            Output::Stdout(mut out) => {
+                out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
+                Ok(total(stats, |c| &c.published))
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ pub fn next_live_frame(
             Err(e) => e.to_string(),
         }
     } else {
-        "not open (not reachable at start, or closed after a fault)".to_string()
+        "not open (not reachable at start, or closed after a fault or for decoding behind the stream)".to_string()
     };
     loop {
         let wait = backoff.next_delay();

@@ -78,6 +78,8 @@ pub struct Source {
     pass_frames: u64,
     /// An image source's one frame, taken by `read` and handed out by `image`.
     grabbed_image: Option<Mat>,
+    /// Times the source has been opened: a live stream's pts start again with each.
+    sessions: u64,
 }
 
 /// Frames a file may come short of what its container announces before that counts as truncated
@@ -107,6 +109,7 @@ impl Source {
             announced: None,
             pass_frames: 0,
             grabbed_image: None,
+            sessions: 0,
         };
         match source.connect() {
             Ok(()) => {}
@@ -172,7 +175,13 @@ impl Source {
             }
         };
         self.reader = Some(reader);
+        self.sessions += 1;
         Ok(())
+    }
+
+    /// Which opening of the source this is (1 for the first): a live stream's pts belong to one.
+    pub fn session(&self) -> u64 {
+        self.sessions
     }
 
     pub fn is_open(&self) -> bool {

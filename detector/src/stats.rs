@@ -21,6 +21,7 @@ pub const QUEUE: &str = "detector_producer_queue_messages";
 pub const DELIVERY_FAILURES: &str = "detector_delivery_failures_total";
 pub const CROWD_PEOPLE: &str = "detector_crowd_people";
 pub const CROWD_SECONDS: &str = "detector_crowd_seconds";
+pub const DRIFT: &str = "detector_stream_drift_seconds";
 
 /// Histogram buckets of the metrics that have them.
 pub const BUCKETS: &[(&str, &[f64])] = &[
@@ -35,8 +36,10 @@ pub enum Drop {
     /// Pushed out of a full real-time channel by a newer frame.
     Behind,
     /// Older than `--max-frame-age-s` by the time it could be published, or waiting for a
-    /// broker longer than that.
+    /// broker longer than that, or decoded that far behind its live stream.
     Stale,
+    /// The model could not run it, even alone.
+    Failed,
 }
 
 /// One camera's counts.
@@ -56,17 +59,21 @@ struct CameraMetrics {
     skipped: Counter,
     behind: Counter,
     stale: Counter,
+    failed: Counter,
     reconnects: Counter,
     published: Counter,
     errors: Counter,
     up: Gauge,
     people: Gauge,
     latency: Histogram,
+    /// Live cameras only.
+    drift: Option<Gauge>,
 }
 
 impl CameraStats {
-    /// A camera's counts; its crowd alert's threshold, if it has one, goes out as two gauges.
-    pub fn new(camera: &str, crowd: Option<crate::config::Crowd>) -> Self {
+    /// A camera's counts; its crowd alert's threshold, if it has one, goes out as two gauges. A
+    /// live camera's also tell how far its frames come behind its stream.
+    pub fn new(camera: &str, crowd: Option<crate::config::Crowd>, live: bool) -> Self {
         let id = || camera.to_string();
         if let Some(c) = crowd {
             metrics::gauge!(CROWD_PEOPLE, "camera" => id()).set(f64::from(c.people));
@@ -86,12 +93,14 @@ impl CameraStats {
                 skipped: metrics::counter!(SKIPPED, "camera" => id()),
                 behind: dropped("behind"),
                 stale: dropped("stale"),
+                failed: dropped("failed"),
                 reconnects: metrics::counter!(RECONNECTS, "camera" => id()),
                 published: metrics::counter!(PUBLISHED, "camera" => id()),
                 errors: metrics::counter!(ERRORS, "camera" => id()),
                 up: metrics::gauge!(UP, "camera" => id()),
                 people: metrics::gauge!(PEOPLE, "camera" => id()),
                 latency: metrics::histogram!(CAPTURE_TO_PUBLISH, "camera" => id()),
+                drift: live.then(|| metrics::gauge!(DRIFT, "camera" => id())),
             },
         }
     }
@@ -111,6 +120,14 @@ impl CameraStats {
         match why {
             Drop::Behind => self.m.behind.increment(1),
             Drop::Stale => self.m.stale.increment(1),
+            Drop::Failed => self.m.failed.increment(1),
+        }
+    }
+
+    /// How far behind its stream's own clock a live camera's newest frame was decoded.
+    pub fn drift(&self, seconds: f64) {
+        if let Some(g) = &self.m.drift {
+            g.set(seconds);
         }
     }
 
@@ -161,10 +178,13 @@ pub fn describe() {
     describe_counter!(SKIPPED, "Frames left out by --max-fps, before any work was spent on them");
     describe_counter!(
         DROPPED,
-        "Frames read but not published: behind (a newer frame took its place) or stale (older than --max-frame-age-s)"
+        "Frames read but not published: behind (a newer frame took its place), stale (older than --max-frame-age-s, or decoded that far behind the stream) or failed (the model could not run it)"
     );
     describe_counter!(RECONNECTS, "Attempts to reopen a live source");
-    describe_counter!(ERRORS, "Faults of a camera's own (a read, a frame that cannot be prepared, a panic); live cameras are reopened");
+    describe_counter!(
+        ERRORS,
+        "Faults of a camera's own (a read, a frame that cannot be prepared or run, a panic); live cameras are reopened"
+    );
     describe_gauge!(UP, "1 while the camera delivers frames, 0 while it is away or being reopened");
     describe_gauge!(PEOPLE, "People in the camera's newest published frame");
     describe_histogram!(CAPTURE_TO_PUBLISH, Unit::Seconds, "From a frame's capture to its message being handed to the producer");
@@ -174,4 +194,9 @@ pub fn describe() {
     describe_counter!(DELIVERY_FAILURES, "Messages Kafka will not take (a deleted topic, a revoked ACL, a message too large)");
     describe_gauge!(CROWD_PEOPLE, "The camera's crowd alert: more than this many people in view...");
     describe_gauge!(CROWD_SECONDS, "...for at least this many seconds");
+    describe_gauge!(
+        DRIFT,
+        Unit::Seconds,
+        "Live cameras: how far behind the stream's own clock the newest frame was decoded (beyond --max-frame-age-s frames are dropped as stale)"
+    );
 }

@@ -3,17 +3,27 @@
 //! always first), up to `--max-batch`, and runs it as one ONNX Runtime call when the model's batch
 //! dimension is dynamic (one call per input size, for a rectangular model whose cameras differ in
 //! aspect). It never waits for a batch to fill: a lone frame runs at once.
+//!
+//! A run that fails is one camera's fault, not the worker's: its frames run again one by one, and
+//! a frame the model cannot run alone is dropped (counted) and handed back to its camera's capture
+//! thread ([`Downstream`]), which stops a file camera and reopens a live one, as for its other
+//! faults; the other cameras' frames go on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use common::telemetry::Heartbeat;
+use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TryRecvError};
 
-use crate::capture::{FrameMeta, Prepared};
+use crate::capture::{Downstream, FrameMeta, Prepared};
+use crate::config::Camera;
 use crate::error::DetectorError;
 use crate::infer::{Model, RawOutput};
 use crate::preprocess::Letterbox;
-use crate::stats;
+use crate::stats::{self, CameraStats, Drop};
+
+/// How often a loop that waits beats its heartbeat.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// What inference hands publishing.
 pub struct Inferred {
@@ -22,51 +32,123 @@ pub struct Inferred {
     pub output: RawOutput,
 }
 
-/// Runs the cameras' frames through the model until every camera's channel has closed.
-pub fn infer_loop(
-    mut model: Model,
-    frame_rxs: Vec<Receiver<Prepared>>,
-    max_batch: usize,
-    tx: Sender<Inferred>,
-    spare_tx: Sender<Vec<f32>>,
-    runs: &AtomicU64,
-) -> Result<(), DetectorError> {
-    let mut open: Vec<Option<Receiver<Prepared>>> = frame_rxs.into_iter().map(Some).collect();
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut first = 0;
-    while open.iter().any(Option::is_some) {
-        // Sleep until some camera has a frame (or its channel closes).
-        {
-            let mut ready = Select::new();
-            open.iter().flatten().for_each(|rx| {
-                ready.recv(rx);
-            });
-            ready.ready();
-        }
-        gather(&mut open, first, max_batch, &mut batch);
-        first = (first + 1) % open.len();
-        if batch.is_empty() {
-            continue; // what woke us was a channel closing
-        }
-        let mut outputs: Vec<Option<RawOutput>> = vec![None; batch.len()];
-        for (size, members) in by_size(batch.iter().map(|p| (p.lb.dst_w, p.lb.dst_h))) {
-            let inputs: Vec<&[f32]> = members.iter().map(|&i| batch[i].input.as_slice()).collect();
-            let t = Instant::now();
-            let outs = model.run(&inputs, size)?;
-            metrics::histogram!(stats::INFERENCE).record(t.elapsed().as_secs_f64());
-            metrics::histogram!(stats::BATCH).record(inputs.len() as f64);
-            runs.fetch_add(1, Ordering::Relaxed);
-            members.into_iter().zip(outs).for_each(|(i, o)| outputs[i] = Some(o));
-        }
-        let outputs = outputs.into_iter().map(|o| o.expect("every frame of the batch ran"));
-        for (Prepared { meta, lb, input }, output) in batch.drain(..).zip(outputs) {
-            let _ = spare_tx.try_send(input);
-            if tx.send(Inferred { meta, lb, output }).is_err() {
-                return Ok(()); // publishing has stopped; its error is reported there
+/// The shared inference worker.
+pub struct Worker<'a> {
+    pub model: Model,
+    pub max_batch: usize,
+    pub cameras: &'a [Camera],
+    pub stats: &'a [CameraStats],
+    pub downstream: &'a [Downstream],
+    /// ONNX Runtime calls made.
+    pub runs: &'a AtomicU64,
+    pub heartbeat: Heartbeat,
+}
+
+/// Tells every camera's capture thread that the worker is done with its frames, however it ends.
+struct DrainedOnExit<'a>(&'a [Downstream]);
+
+impl std::ops::Drop for DrainedOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.iter().for_each(Downstream::drained);
+    }
+}
+
+impl Worker<'_> {
+    /// Runs the cameras' frames through the model until every camera's channel has closed, or
+    /// publishing has stopped.
+    pub fn run(mut self, frame_rxs: Vec<Receiver<Prepared>>, tx: Sender<Inferred>, spare_tx: Sender<Vec<f32>>) {
+        let _drained = DrainedOnExit(self.downstream);
+        let mut open: Vec<Option<Receiver<Prepared>>> = frame_rxs.into_iter().map(Some).collect();
+        let mut told: Vec<bool> = vec![false; open.len()];
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut first = 0;
+        while open.iter().any(Option::is_some) {
+            self.heartbeat.beat();
+            // Sleep until some camera has a frame (or its channel closes), waking to beat.
+            {
+                let mut ready = Select::new();
+                open.iter().flatten().for_each(|rx| {
+                    ready.recv(rx);
+                });
+                if ready.ready_timeout(BEAT_EVERY).is_err() {
+                    continue;
+                }
+            }
+            gather(&mut open, first, self.max_batch, &mut batch);
+            first = (first + 1) % open.len();
+            let outputs = self.infer(&batch);
+            for (Prepared { meta, lb, input }, output) in batch.drain(..).zip(outputs) {
+                let _ = spare_tx.try_send(input);
+                let camera = meta.camera;
+                match output {
+                    Ok(output) => {
+                        self.downstream[camera].ran();
+                        if !self.send(&tx, Inferred { meta, lb, output }) {
+                            return; // publishing has stopped; its error is reported there
+                        }
+                    }
+                    Err(e) => self.failed(&meta, &lb, e),
+                }
+            }
+            // A camera whose channel closed has had its every frame through.
+            for (i, told) in told.iter_mut().enumerate().filter(|(i, t)| !**t && open[*i].is_none()) {
+                self.downstream[i].drained();
+                *told = true;
             }
         }
     }
-    Ok(())
+
+    /// Each frame's output, or why the model could not run it: a run that fails is tried again
+    /// frame by frame, so that only the frames that fail alone are lost.
+    fn infer(&mut self, batch: &[Prepared]) -> Vec<Result<RawOutput, DetectorError>> {
+        let mut outputs: Vec<Option<Result<RawOutput, DetectorError>>> = batch.iter().map(|_| None).collect();
+        for (size, members) in by_size(batch.iter().map(|p| (p.lb.dst_w, p.lb.dst_h))) {
+            let inputs: Vec<&[f32]> = members.iter().map(|&i| batch[i].input.as_slice()).collect();
+            match self.run_model(&inputs, size) {
+                Ok(outs) => members.into_iter().zip(outs).for_each(|(i, o)| outputs[i] = Some(Ok(o))),
+                Err(e) if members.len() == 1 => outputs[members[0]] = Some(Err(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, frames = members.len(), "a batch failed; running its frames one by one");
+                    for i in members {
+                        outputs[i] = Some(self.run_model(&[batch[i].input.as_slice()], size).map(|mut o| o.remove(0)));
+                    }
+                }
+            }
+        }
+        outputs.into_iter().map(|o| o.expect("every frame of the batch ran")).collect()
+    }
+
+    fn run_model(&mut self, inputs: &[&[f32]], size: (u32, u32)) -> Result<Vec<RawOutput>, DetectorError> {
+        let t = Instant::now();
+        let outs = self.model.run(inputs, size);
+        metrics::histogram!(stats::INFERENCE).record(t.elapsed().as_secs_f64());
+        metrics::histogram!(stats::BATCH).record(inputs.len() as f64);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        outs
+    }
+
+    /// A frame the model cannot run: dropped, and its camera told.
+    fn failed(&self, meta: &FrameMeta, lb: &Letterbox, e: DetectorError) {
+        let camera = meta.camera;
+        self.stats[camera].frame_dropped(Drop::Failed);
+        let why = DetectorError::model(&self.model.path, format!("cannot run frame {} ({}x{} input): {e}", meta.seq, lb.dst_w, lb.dst_h));
+        let text = why.to_string();
+        if self.downstream[camera].failed(why) == 1 {
+            tracing::warn!(camera = %self.cameras[camera].id, "{text}; the frame is dropped");
+        }
+    }
+
+    /// Hands a frame to publishing, beating while it waits; false once publishing has stopped.
+    fn send(&self, tx: &Sender<Inferred>, mut item: Inferred) -> bool {
+        loop {
+            self.heartbeat.beat();
+            match tx.send_timeout(item, BEAT_EVERY) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => item = back,
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
 }
 
 /// The batch's frames grouped by input size (width, height), as indices in batch order, the

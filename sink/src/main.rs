@@ -67,8 +67,9 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
         }
         Command::Run(args) => {
             args.validate().map_err(SinkError::Config)?;
+            let heartbeat = common::telemetry::Heartbeat::new("sink loop", Duration::from_secs(60));
             if let Some(addr) = args.metrics_addr {
-                telemetry::serve(addr).map_err(SinkError::Config)?;
+                telemetry::serve(addr, heartbeat.clone()).map_err(SinkError::Config)?;
             }
             // The writers, one for reading stored offsets at a rebalance, one for the upkeep.
             let timeouts = [
@@ -88,7 +89,7 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
                 tracing::warn!("second signal: exiting now; what was not committed is read again at the next start");
                 std::process::exit(130);
             });
-            pipeline::run(&args, &pool, clock, rx).await
+            pipeline::run(&args, &pool, clock, heartbeat, rx).await
         }
     }
 }

@@ -33,9 +33,9 @@ impl Row {
         FrameKey { camera_id: self.msg.camera_id.clone(), run_id: self.msg.run_id, frame_seq: self.msg.frame_seq as i64 }
     }
 
-    /// People in the frame: its detections of the person class.
+    /// People in the frame (`person_count`).
     pub fn people(&self) -> usize {
-        self.msg.detections.iter().filter(|d| d.class == wire::PERSON_CLASS).count()
+        self.msg.people()
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::backoff::Backoff;
 use common::registry::Registry;
+use common::telemetry::Heartbeat;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::TopicPartitionList;
@@ -78,6 +79,8 @@ struct Sink<'a> {
     /// Partitions paused now.
     paused: BTreeSet<i32>,
     totals: Totals,
+    /// Beaten at every turn of the loop, and at least every second while it waits: `/livez`.
+    heartbeat: Heartbeat,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -85,6 +88,7 @@ pub async fn run(
     args: &RunArgs,
     pool: &PgPool,
     clock: watch::Receiver<StoreClock>,
+    heartbeat: Heartbeat,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SinkError> {
     let dead_letters = Arc::new(DeadLetters::connect(&args.kafka, args.dead_letter_topic())?);
@@ -94,6 +98,15 @@ pub async fn run(
         .as_ref()
         .map(|url| Registry::new(url.expose(), Duration::from_secs(5)).map_err(SinkError::Config))
         .transpose()?;
+    if let Some(registry) = &registry {
+        // A URL that answers but not as a registry (most often its API path left out) is the
+        // user's to fix; a registry that is away is waited for, message by message.
+        match tokio::task::block_in_place(|| registry.probe()) {
+            Ok(()) => {}
+            Err(e) if e.retryable() => tracing::warn!(error = %e, "schema registry unavailable at start: framed messages wait for it"),
+            Err(e) => return Err(SinkError::Config(e.to_string())),
+        }
+    }
     let target = write::Target {
         pool: pool.clone(),
         mode: args.write_mode,
@@ -127,6 +140,7 @@ pub async fn run(
         failed: None,
         paused: BTreeSet::new(),
         totals: Totals::default(),
+        heartbeat,
         shutdown,
     };
     tracing::info!(topic = %args.kafka.topic, group = %args.group_id, instance = %args.instance_id, dlq = %sink.dead_letters.topic(), mode = ?args.write_mode, "sink started");
@@ -167,7 +181,9 @@ impl Sink<'_> {
         let started = Instant::now();
         let report_every = Duration::from_secs(self.args.report_every_s);
         let mut next_report = Instant::now() + report_every;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.heartbeat.beat();
             let d = decide(&self.view(), &policy);
             self.apply_pauses(&d.pause)?;
             if d.done {
@@ -203,6 +219,8 @@ impl Sink<'_> {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {}
                 _ = sleep_until_opt(hold_until), if hold_until.is_some() => {}
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_waiting().await?,
+                // The loop is alive while it waits for nothing (beaten above).
+                _ = tick.tick() => {}
                 // Polled, paused or not, but for the brief wait for a quick write: past
                 // max.poll.interval.ms without a poll the group would throw this sink out.
                 msg = consume::next(&self.consumer), if d.consume => match msg {

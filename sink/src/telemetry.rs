@@ -1,12 +1,12 @@
-//! Prometheus metrics, served at `http://<--metrics-addr>/metrics` (and health at `/healthz`)
-//! when that flag is set. The same figures go to the log every `--report-every-s`, so the
-//! endpoint is optional.
+//! Prometheus metrics, served at `http://<--metrics-addr>/metrics` (liveness at `/livez`,
+//! readiness at `/readyz` and `/healthz`) when that flag is set. The same figures go to the log
+//! every `--report-every-s`, so the endpoint is optional. A leaf: it imports no other module.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::telemetry::Metrics;
+use common::telemetry::{Heartbeat, Metrics, Probes};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 pub const FRAMES: &str = "sink_frames_written_total";
@@ -33,18 +33,17 @@ pub const MAINTENANCE_LONGEST_LOCK: &str = "sink_store_maintenance_longest_lock_
 pub const DEFAULT_PARTITION_ROWS: &str = "sink_store_default_partition_rows";
 pub const OFFSET_GAPS: &str = "sink_offset_gaps_total";
 
-/// Starts the endpoint; healthy while the database takes writes.
-pub fn serve(addr: SocketAddr) -> Result<(), String> {
+/// Starts the endpoint: live while `heartbeat` beats (the loop), ready while the database takes
+/// writes.
+pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
     let buckets: &[(&str, &[f64])] = &[
         (BATCH_ROWS, &[100.0, 500.0, 1000.0, 5000.0, 10000.0, 20000.0, 50000.0]),
         (BATCH_SECONDS, &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
         (CAPTURE_TO_COMMIT, &[0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0]),
     ];
     let metrics = Metrics::install(buckets)?;
-    metrics.serve(
-        addr,
-        Arc::new(|| if database_up() { Ok("database: up".into()) } else { Err("the database does not take writes".into()) }),
-    )?;
+    let ready = Arc::new(|| if database_up() { Ok("database: up".into()) } else { Err("the database does not take writes".into()) });
+    metrics.serve(addr, Probes { ready, live: vec![heartbeat] })?;
     describe_counter!(FRAMES, "Frame rows written (re-sent frames already stored are not counted)");
     describe_counter!(DETECTIONS, "Detection rows written");
     describe_counter!(REPLAYED, "Frames delivered again with the content already stored (replays absorbed by the natural keys)");
@@ -114,7 +113,7 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 
 static DATABASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// The database takes writes (1), or not (0): the gauge, and what `/healthz` answers.
+/// The database takes writes (1), or not (0): the gauge, and what `/readyz` answers.
 pub fn set_database_up(up: bool) {
     DATABASE.store(up, std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });

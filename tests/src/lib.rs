@@ -529,8 +529,16 @@ pub fn log_field(stderr: &str, marker: &str, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).and_then(|v| v.trim_matches('"').parse().ok())
 }
 
-/// The body of a plain HTTP/1.1 GET (enough for a metrics endpoint; no client library needed).
+/// The body of a plain HTTP/1.1 GET that must answer 200 (enough for a metrics endpoint; no
+/// client library needed).
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let (status, body) = http_status(addr, path)?;
+    ensure!(status == 200, "GET {path}: HTTP {status}: {body}");
+    Ok(body)
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body, whatever the status.
+pub fn http_status(addr: &str, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -538,11 +546,11 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP response: {response}"))?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("GET {path}: {head}"))?;
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return dechunk(body);
+        return Ok((status, dechunk(body)?));
     }
-    Ok(body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// The body of a `Transfer-Encoding: chunked` response (Prometheus' API sends its answers so).

@@ -234,3 +234,118 @@ fn a_cameras_fault_stops_that_camera_only() -> Result<()> {
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
+
+/// `clip`'s first `seconds` of `src` as H.264, scaled to 640x360 (16:9).
+fn wide_clip(src: &std::path::Path, clip: &std::path::Path, seconds: u32) -> Result<()> {
+    let out = run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(src)
+            .args(["-t", &seconds.to_string(), "-vf", "scale=640:360", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10"])
+            .args(["-pix_fmt", "yuv420p", "-an"])
+            .arg(clip),
+        Duration::from_secs(120),
+    )?;
+    ensure!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Whether a log line names the camera (as a string field, quoted, or a displayed one).
+fn names_camera(line: &str, id: &str) -> bool {
+    line.contains(&format!("camera=\"{id}\"")) || line.contains(&format!("camera={id} "))
+}
+
+/// `tests/models/four-thirds-only.onnx` (dynamic batch, height and width; scripts/make_test_models.py):
+/// one person in every 4:3 frame, and an ONNX Runtime error on any other input, a 16:9 frame
+/// (640x384) or a batch of two frames alike.
+fn four_thirds_only() -> String {
+    repo_root().join("tests/models/four-thirds-only.onnx").to_str().unwrap().to_string()
+}
+
+/// One camera's inference errors stay its own: beside two 4:3 clips, a 16:9 clip whose frames
+/// the model cannot run fails with one ERROR line naming the camera and ONNX Runtime's error, while
+/// the 4:3 clips are read whole, though their frames, batched together, failed too until each ran
+/// alone. The exit code says a camera failed.
+#[test]
+fn an_inference_error_stops_that_camera_only() -> Result<()> {
+    let dir = TempDir::new("inferfault")?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(2))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    let wide = dir.join("wide.mp4");
+    wide_clip(&sample("vtest.avi"), &wide, 2)?;
+    let cameras = write_cameras(
+        &dir,
+        &format!(
+            "[[camera]]\nid = \"left\"\nsource = \"{clip}\"\n\n[[camera]]\nid = \"wide\"\nsource = \"{wide}\"\n\n\
+             [[camera]]\nid = \"right\"\nsource = \"{clip}\"\n",
+            clip = clip.display(),
+            wide = wide.display()
+        ),
+    )?;
+    let (status, by_camera, stderr) = run_cameras_to_end(&cameras, &["--model", &four_thirds_only(), "--max-batch", "4"])?;
+    assert_eq!(status.code(), Some(2), "the model cannot run a camera's frames:\n{stderr}");
+    for id in ["left", "right"] {
+        let msgs = by_camera.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(seqs(msgs), (0..frames).collect::<Vec<_>>(), "{id}, whole:\n{stderr}");
+        assert!(msgs.iter().all(|m| m.detections.len() == 1), "{id}: the model's one person a frame");
+    }
+    assert!(!by_camera.contains_key("wide"), "no frame of the wide camera ran:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ") && l.contains("camera=")).collect();
+    assert_eq!(errors.len(), 1, "one line for the failed camera:\n{stderr}");
+    assert!(names_camera(errors[0], "wide") && errors[0].contains("640x384") && errors[0].contains("Reshape"), "{}", errors[0]);
+    let finished = |id: &str| stderr.lines().find(|l| l.contains("camera finished") && l.contains(&format!("camera={id} "))).unwrap_or("");
+    assert!(finished("wide").contains("outcome=\"failed\"") || finished("wide").contains("outcome=failed"), "{stderr}");
+    assert!(finished("left").contains("outcome=\"ended\"") || finished("left").contains("outcome=ended"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+/// A live camera whose frames the model cannot run drops them (counted), and after a few in a
+/// row is reopened like a camera with a fault of its own, while a file beside it is read whole
+/// and SIGTERM ends the run cleanly.
+#[test]
+fn a_live_cameras_inference_errors_reopen_it_and_spare_the_others() -> Result<()> {
+    let dir = TempDir::new("inferlive")?;
+    let wide = dir.join("wide.mp4");
+    wide_clip(&sample("vtest.avi"), &wide, 30)?;
+    let port = free_port()?;
+    let _server = start_rtsp_server(&wide, port)?;
+    let clip = dir.join("clip.mp4");
+    h264_mp4(&sample("vtest.avi"), &clip, Some(2))?;
+    let frames = ffprobe_frame_count(&clip)?;
+    let cameras = write_cameras(
+        &dir,
+        &format!(
+            "[[camera]]\nid = \"street\"\nsource = \"rtsp://127.0.0.1:{port}/stream\"\n\n[[camera]]\nid = \"archive\"\nsource = \"{}\"\n",
+            clip.display()
+        ),
+    )?;
+    let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(&cameras).args([
+        "--model",
+        &four_thirds_only(),
+        "--output",
+        "stdout",
+    ]))?;
+    let mut archive = Vec::new();
+    while archive.len() < frames as usize {
+        let line = det.next_line(Duration::from_secs(120))?.context("stdout closed early")?;
+        let msg = FrameMessage::from_json(line.as_bytes())?;
+        ensure!(msg.camera_id == "archive", "a frame of the street camera ran: {line}");
+        archive.push(msg.frame_seq);
+    }
+    det.wait_stderr("the street camera reopened twice", Duration::from_secs(120), |e| {
+        e.lines().filter(|l| names_camera(l, "street") && l.contains(" ERROR ") && l.contains("reopening")).count() >= 2
+    })?;
+    det.signal("TERM");
+    let (status, rest, stderr) = det.finish(Duration::from_secs(60))?;
+    assert_eq!(status.code(), Some(0), "a live camera's faults end nothing:\n{stderr}");
+    assert!(rest.iter().all(|l| !l.contains("\"street\"")), "{rest:?}");
+    assert_eq!(archive, (0..frames).collect::<Vec<_>>(), "the file loses nothing");
+    let street = stderr.lines().find(|l| l.contains("camera finished") && l.contains("camera=street ")).context("street's line")?;
+    let (read, dropped) = (log_field(street, "camera finished", "frames"), log_field(street, "camera finished", "dropped"));
+    assert!(read.is_some_and(|r| r > 0) && dropped == read, "every frame read was dropped: {street}");
+    assert!(log_field(street, "camera finished", "errors").is_some_and(|e| e >= 2), "{street}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}

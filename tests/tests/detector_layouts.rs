@@ -78,3 +78,24 @@ fn unknown_layout_is_a_clear_error() -> Result<()> {
     assert!(!err.contains("panicked"), "{err}");
     Ok(())
 }
+
+/// People are the model's `person` class, counted when --classes keeps it: a detector that keeps
+/// none counts no one, and says so at start; with a crowd alert, which could then never fire, it
+/// is refused at start in one line (exit 2).
+#[test]
+fn people_are_the_models_person_class_kept_by_classes() -> Result<()> {
+    let (out, msgs) = detect("yolov5-layout.onnx", &["--classes", "car", "--crowd-people", "0"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(msgs.is_empty());
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("--crowd-people") && errors[0].contains("\"person\"") && errors[0].contains("--classes"), "{err}");
+
+    let (out, msgs) = detect("yolov5-layout.onnx", &["--classes", "car"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(boxes(&msgs[0]).iter().map(|b| b.0.as_str()).collect::<Vec<_>>(), ["car"]);
+    assert!(err.lines().any(|l| l.contains(" WARN ") && l.contains("people are not counted")), "{err}");
+    Ok(())
+}

@@ -90,11 +90,13 @@ async fn the_detector_will_not_start_without_the_schema_in_the_registry() -> Res
     assert_eq!(away.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("schema registry at http://127.0.0.1:9/apis/ccompat/v7 is unavailable"), "{stderr}");
 
-    // The subject already holds a schema whose data v2 cannot read (a field v2 does not allow).
+    // The subject already holds a schema whose data v2 cannot read (a field v2 does not allow),
+    // and its operator wants BACKWARD (the detector leaves an existing subject's level alone).
     let mut older: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
     older["required"].as_array_mut().unwrap().push("zone".into());
     older["properties"]["zone"] = serde_json::json!({"type": "string"});
     registry().register(&format!("{topic}-value"), &older.to_string())?;
+    registry().set_compatibility(&format!("{topic}-value"), "BACKWARD")?;
     let refused = detector(&registry_url())?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
@@ -152,4 +154,93 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
         assert!(dead.iter().any(|d| d.header("dlq.error").is_some_and(|e| e.contains(want.as_str()))), "no dead letter says {want:?}");
     }
     Ok(())
+}
+
+/// The registry's address without its API path (Apicurio serves the Confluent-compatible API
+/// under `/apis/ccompat/v7`), or a page of it that is no API at all: the detector says so at start
+/// in one line, with the path to add, and exits 2 (the user's to fix), publishing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_url_without_its_api_path_is_refused_at_start() -> Result<()> {
+    let topic = unique("regpath");
+    create_topic(&topic, 1).await?;
+    let api = registry_url();
+    let base = api.strip_suffix("/apis/ccompat/v7").expect("Apicurio's ccompat API");
+    for url in [base.to_string(), format!("{base}/apis")] {
+        let out = run(
+            std::process::Command::new(bin("detector")).arg("--source").arg(sample("basketball1.png")).args([
+                "--model",
+                model().to_str().unwrap(),
+                "--topic",
+                &topic,
+                "--brokers",
+                &brokers(),
+                "--schema-registry",
+                &url,
+            ]),
+            Duration::from_secs(120),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert_eq!(errors.len(), 1, "{url}: {stderr}");
+        assert!(
+            errors[0].contains("not a Confluent-compatible schema registry API") && errors[0].contains("/apis/ccompat/v7"),
+            "{url}: {stderr}"
+        );
+    }
+    assert_eq!(topic_size(&topic)?, 0, "nothing published");
+    Ok(())
+}
+
+/// The detector sets the subject's compatibility only when the subject is new: a level an
+/// operator gave the subject, before the first schema or after it, is left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_compatibility_level_is_kept() -> Result<()> {
+    let image = sample("basketball1.png");
+    let compatibility = |subject: &str| -> Result<String> {
+        let body: serde_json::Value = serde_json::from_str(&registry_get(&format!("/config/{subject}"))?)?;
+        Ok(body["compatibilityLevel"].as_str().unwrap_or_default().to_string())
+    };
+    let args = ["--schema-registry", &registry_url()];
+
+    // A new subject gets the detector's level; an operator lowers it; the next run keeps that.
+    let topic = unique("regcompat");
+    create_topic(&topic, 1).await?;
+    let subject = format!("{topic}-value");
+    detect_to_kafka(&image, "court", &topic, &args)?;
+    assert_eq!(compatibility(&subject)?, "BACKWARD");
+    registry().set_compatibility(&subject, "NONE")?;
+    let again = detect_to_kafka(&image, "court", &topic, &args)?;
+    assert_eq!(compatibility(&subject)?, "NONE", "{}", String::from_utf8_lossy(&again.stderr));
+
+    // A level set for a subject before its first schema is kept too.
+    let topic = unique("regpreset");
+    create_topic(&topic, 1).await?;
+    let subject = format!("{topic}-value");
+    registry().set_compatibility(&subject, "FULL")?;
+    let first = detect_to_kafka(&image, "court", &topic, &args)?;
+    assert_eq!(compatibility(&subject)?, "FULL", "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1]");
+    Ok(())
+}
+/// `Registry::probe`, what both services call at start: the real registry's API answers like
+/// one; its base URL, or a page of it, is not a registry (the user's to fix, not retried); an
+/// address where nothing listens is an outage (retried).
+#[test]
+fn the_probe_tells_a_registry_from_a_wrong_url_and_an_outage() {
+    let api = registry_url();
+    let base = api.strip_suffix("/apis/ccompat/v7").expect("Apicurio's ccompat API");
+    assert!(registry().probe().is_ok());
+    for wrong in [base.to_string(), format!("{base}/apis")] {
+        let r = common::registry::Registry::new(&wrong, Duration::from_secs(10)).unwrap();
+        match r.probe() {
+            Err(e @ RegistryError::NotARegistry { .. }) => {
+                assert!(!e.retryable());
+                assert!(e.to_string().contains("/apis/ccompat/v7"), "{e}");
+            }
+            other => panic!("{wrong}: {other:?}"),
+        }
+    }
+    let away = common::registry::Registry::new("http://127.0.0.1:9/apis/ccompat/v7", Duration::from_secs(5)).unwrap();
+    assert!(matches!(away.probe(), Err(RegistryError::Unavailable { .. })));
 }

@@ -22,16 +22,15 @@ pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v2.schema.json");
 /// The run of every v1 message and of the rows stored before runs existed: v1 carries no run id.
 pub const V1_RUN_ID: Uuid = Uuid::nil();
 
-/// The class whose detections are people: COCO's name for it, which the pose models and every
-/// COCO-trained detection model use. The sink's `person_count` counts the detections of this class.
-pub const PERSON_CLASS: &str = "person";
-
 /// Longest `camera_id`, `model.name` and class name, in characters (JSON Schema's `maxLength`).
 pub const MAX_LABEL_CHARS: usize = 128;
 /// Most detections in one message: Ultralytics' `max_det`, and what the detector keeps.
 pub const MAX_DETECTIONS: usize = 300;
 /// Most keypoints per detection: COCO-WholeBody's 133, the largest layout in common use.
 pub const MAX_KEYPOINTS: usize = 133;
+/// The class whose detections are people (COCO's, and every YOLO pose model's, class 0): what
+/// the detector's people in view and the store's `person_count` count.
+pub const PERSON_CLASS: &str = "person";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameMessage {
@@ -149,6 +148,11 @@ struct V2<'a> {
 }
 
 impl FrameMessage {
+    /// People in the frame: its detections of [`PERSON_CLASS`].
+    pub fn people(&self) -> usize {
+        self.detections.iter().filter(|d| d.class == PERSON_CLASS).count()
+    }
+
     /// The message as JSON, in wire schema v2.
     pub fn to_json(&self) -> Vec<u8> {
         let v2 = V2 {

@@ -230,3 +230,13 @@ fn json_schema_matches_the_type() {
     }
     assert_eq!(p["run_id"]["not"]["const"], V1_RUN_ID.to_string());
 }
+
+#[test]
+fn people_are_the_person_class_only() {
+    let mut m = sample();
+    let car = Detection { class: "car".into(), keypoints: None, ..m.detections[0].clone() };
+    m.detections.extend([car, m.detections[0].clone()]);
+    assert_eq!(m.people(), 2);
+    m.detections.clear();
+    assert_eq!(m.people(), 0);
+}
