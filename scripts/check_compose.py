@@ -1,7 +1,8 @@
 """Checks docker-compose.yml against the monitoring configs it runs with, offline (no Docker here):
 every file or folder a service mounts from the repo exists, and every scrape target Prometheus is
-given for compose (monitoring/prometheus/targets/*.json) names a compose service and the port that
-service serves its metrics on (its environment's *_METRICS_ADDR, or the exporter's own port).
+given for compose (monitoring/prometheus/targets/*.json, and the names its DNS discovery asks for)
+names a compose service and the port that service serves its metrics on (its environment's
+*_METRICS_ADDR, or the exporter's own port).
 
     python3 scripts/check_compose.py [docker-compose.yml]
 
@@ -52,21 +53,28 @@ def main():
                 if not (compose_path.parent / source).exists():
                     problems.append(f"service {name} mounts {source}, which is not in the repo")
     targets_dir = ROOT / "monitoring/prometheus/targets"
-    jobs = {j["job_name"] for j in yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())["scrape_configs"]}
+    scrape = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    jobs = {j["job_name"] for j in scrape}
+    targets = {j["job_name"]: [] for j in scrape}
+    for j in scrape:
+        for dns in j.get("dns_sd_configs") or []:
+            targets[j["job_name"]] += [f"{name}:{dns['port']}" for name in dns["names"]]
     for job in sorted(jobs):
         path = targets_dir / f"{job}.json"
         if not path.exists():
             problems.append(f"job {job} has no compose targets file {path.relative_to(ROOT)}")
             continue
-        for group in json.loads(path.read_text()):
-            for target in group["targets"]:
-                host, port = target.rsplit(":", 1)
-                if host not in services:
-                    problems.append(f"job {job}: target {target} names no compose service")
-                    continue
-                served = metrics_port(host, services[host])
-                if served != int(port):
-                    problems.append(f"job {job}: target {target}, but service {host} serves metrics on {served}")
+        targets[job] += [t for group in json.loads(path.read_text()) for t in group["targets"]]
+        if not targets[job]:
+            problems.append(f"job {job} has no target under compose")
+        for target in targets[job]:
+            host, port = target.rsplit(":", 1)
+            if host not in services:
+                problems.append(f"job {job}: target {target} names no compose service")
+                continue
+            served = metrics_port(host, services[host])
+            if served != int(port):
+                problems.append(f"job {job}: target {target}, but service {host} serves metrics on {served}")
     for problem in problems:
         print(problem)
     if problems:

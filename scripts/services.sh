@@ -281,7 +281,8 @@ monitoring_start() {
   if pid_alive "$MON_DIR/prometheus.pid"; then log "monitoring already running"; return; fi
   rm -rf "$MON_DIR"
   mkdir -p "$MON_DIR/targets" "$MON_DIR/rules" "$MON_DIR/prometheus-data" "$MON_DIR/alertmanager-data"
-  cp "$REPO_ROOT/monitoring/prometheus/prometheus.yml" "$MON_DIR/"
+  # Without the compose-only DNS discovery: no compose network here to answer it.
+  grep -v '# compose only' "$REPO_ROOT/monitoring/prometheus/prometheus.yml" > "$MON_DIR/prometheus.yml"
   cp "$REPO_ROOT/monitoring/prometheus/rules/"*.yml "$MON_DIR/rules/"
   sed "s#http://alert-webhook:9095/alerts#${ALERT_WEBHOOK_URL:-http://127.0.0.1:9095/alerts}#" \
     "$REPO_ROOT/monitoring/alertmanager/alertmanager.yml" > "$MON_DIR/alertmanager.yml"

@@ -69,11 +69,16 @@ impl Heartbeat {
     }
 }
 
-/// What the health endpoints answer from.
+/// Prometheus text a service renders itself, appended to `/metrics`: series that must vanish
+/// when what they describe is no longer the service's (the metrics recorder cannot remove one).
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the health endpoints answer from, and what `/metrics` adds to the recorder's series.
 pub struct Probes {
     pub ready: Readiness,
     /// Every work loop whose stop makes the process dead.
     pub live: Vec<Heartbeat>,
+    pub extra: Option<ExtraMetrics>,
 }
 
 impl Probes {
@@ -177,7 +182,8 @@ fn respond(stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {
     let (status, kind, body) = match path.split('?').next().unwrap_or("") {
         "/metrics" => {
             endpoint.handle.run_upkeep();
-            ("200 OK", "text/plain; version=0.0.4", endpoint.handle.render())
+            let extra = endpoint.probes.extra.as_ref().map(|f| f()).unwrap_or_default();
+            ("200 OK", "text/plain; version=0.0.4", endpoint.handle.render() + &extra)
         }
         "/livez" => probe(endpoint.probes.liveness()),
         "/readyz" | "/healthz" => probe((endpoint.probes.ready)()),
@@ -250,7 +256,7 @@ mod tests {
         let (beating, silent) = (Heartbeat::new("infer", Duration::from_secs(60)), Heartbeat::new("publish", Duration::ZERO));
         std::thread::sleep(Duration::from_millis(5));
         beating.beat();
-        let probes = |live| Probes { ready: Arc::new(|| Ok(String::new())), live };
+        let probes = |live| Probes { ready: Arc::new(|| Ok(String::new())), live, extra: None };
         assert!(probes(vec![beating.clone()]).liveness().unwrap().starts_with("infer: beat 0.0 s ago"));
         let why = probes(vec![beating, silent]).liveness().unwrap_err();
         assert!(why.starts_with("stopped: publish\n"), "{why}");

@@ -99,7 +99,8 @@ pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera]) -> Result<Pipeline<'a
         Arc::new(cameras.iter().zip(&sources).map(|(c, s)| CameraStats::new(&c.id, c.crowd, s.kind == SourceKind::Live)).collect());
     let (infer_beat, publish_beat) = (Heartbeat::new("inference", LIVENESS_TIMEOUT), Heartbeat::new("publishing", LIVENESS_TIMEOUT));
     if let (Some(m), Some(addr)) = (metrics, cfg.metrics_addr) {
-        let probes = Probes { ready: readiness(cameras, Arc::clone(&stats)), live: vec![infer_beat.clone(), publish_beat.clone()] };
+        let probes =
+            Probes { ready: readiness(cameras, Arc::clone(&stats)), live: vec![infer_beat.clone(), publish_beat.clone()], extra: None };
         m.serve(addr, probes).map_err(DetectorError::Config)?;
     }
     let client_id = match cameras {

@@ -25,10 +25,10 @@ use crate::config::RunArgs;
 use crate::error::SinkError;
 use crate::message::Consumed;
 use crate::offsets::{self, Fence};
-use crate::telemetry;
 
 /// The consumer's context: positions assigned partitions from the database, notes what a rebalance
-/// changed for the loop (it writes its batch at once after a revocation), and logs lag from librdkafka's statistics.
+/// changed for the loop (it writes its batch at once after a revocation), and keeps where the
+/// partitions' logs end, from librdkafka's statistics.
 pub struct GroupContext {
     pool: PgPool,
     runtime: tokio::runtime::Handle,
@@ -39,6 +39,8 @@ pub struct GroupContext {
     revoke_wait: Duration,
     /// What the group changed since the loop last looked.
     changes: Mutex<Changes>,
+    /// Per partition: the first and the next offset of its log, from librdkafka's statistics.
+    logs: Mutex<BTreeMap<i32, (i64, i64)>>,
 }
 
 impl ClientContext for GroupContext {
@@ -50,20 +52,13 @@ impl ClientContext for GroupContext {
         common::kafka::log_client_error(error, reason);
     }
 
+    /// Where each partition's log ends (its last stable offset: what `read_committed` may read),
+    /// and where it begins, for the lag the loop computes from the stored offsets.
     fn stats(&self, stats: Statistics) {
-        let mut lag: Vec<(i32, i64)> = stats
-            .topics
-            .get(&self.topic)
-            .map(|t| {
-                t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| (p.partition, p.consumer_lag)).collect()
-            })
-            .unwrap_or_default();
-        lag.sort();
-        for (partition, messages) in &lag {
-            metrics::gauge!(telemetry::LAG, "partition" => partition.to_string()).set(*messages as f64);
-        }
-        if !lag.is_empty() {
-            tracing::info!(lag = ?lag, total = lag.iter().map(|(_, l)| l).sum::<i64>(), "consumer lag (partition, messages)");
+        let Some(topic) = stats.topics.get(&self.topic) else { return };
+        let mut logs = self.logs.lock().unwrap();
+        for p in topic.partitions.values().filter(|p| p.partition >= 0 && p.ls_offset >= 0) {
+            logs.insert(p.partition, (p.lo_offset.max(0), p.ls_offset));
         }
     }
 }
@@ -150,6 +145,11 @@ impl GroupContext {
         }
     }
 
+    /// Per partition: the first and the next offset of its log, as last reported.
+    pub fn logs(&self) -> BTreeMap<i32, (i64, i64)> {
+        self.logs.lock().unwrap().clone()
+    }
+
     /// What the group changed since the last call.
     pub fn take_changes(&self) -> Changes {
         std::mem::take(&mut *self.changes.lock().unwrap())
@@ -190,6 +190,7 @@ pub fn connect(args: &RunArgs, pool: &PgPool, writer_busy: tokio::sync::watch::R
         writer_busy,
         revoke_wait: Duration::from_secs(args.revoke_wait_s),
         changes: Mutex::new(Changes::default()),
+        logs: Mutex::new(BTreeMap::new()),
     };
     let consumer: GroupConsumer =
         cfg.create_with_context(context).map_err(|e| SinkError::Config(format!("kafka consumer settings: {e}")))?;

@@ -130,6 +130,11 @@ impl Partitions {
         self.states.keys().copied().collect()
     }
 
+    /// Each assigned partition's fence: what the database holds, as far as this sink knows.
+    pub fn fences(&self) -> impl Iterator<Item = (i32, Fence)> + '_ {
+        self.states.iter().map(|(p, s)| (*p, s.fence))
+    }
+
     /// Partitions whose fence must be read again before their messages count.
     pub fn unknown(&self) -> Vec<i32> {
         self.states.iter().filter(|(_, s)| s.fence == Fence::Unknown).map(|(p, _)| *p).collect()

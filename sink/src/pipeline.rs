@@ -24,6 +24,7 @@ use crate::dead_letters::{DeadLetters, Sent};
 use crate::decide::{decide, Policy, View, HOLD};
 use crate::error::SinkError;
 use crate::message::{Consumed, Row};
+use crate::offsets::Fence;
 use crate::partition::{Check, Delivered, Partitions, Wait};
 use crate::partitions::StoreClock;
 use crate::telemetry;
@@ -219,8 +220,9 @@ impl Sink<'_> {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {}
                 _ = sleep_until_opt(hold_until), if hold_until.is_some() => {}
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => self.retry_waiting().await?,
-                // The loop is alive while it waits for nothing (beaten above).
-                _ = tick.tick() => {}
+                // The loop is alive while it waits for nothing (beaten above), and the lag is
+                // computed afresh.
+                _ = tick.tick() => telemetry::set_lag(self.lag()),
                 // Polled, paused or not, but for the brief wait for a quick write: past
                 // max.poll.interval.ms without a poll the group would throw this sink out.
                 msg = consume::next(&self.consumer), if d.consume => match msg {
@@ -309,6 +311,7 @@ impl Sink<'_> {
             self.parts.revoke(*p);
             self.paused.remove(p);
         }
+        telemetry::forget_partitions(&gone);
         self.batch.remove_partitions(&gone);
         for (p, fence) in changes.assigned {
             self.parts.assign(p, fence);
@@ -411,6 +414,24 @@ impl Sink<'_> {
             Err(SinkError::Stopped) => Ok(()),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// Per assigned partition: messages in its log past the offset stored in the database (the
+    /// truth, not Kafka's committed offsets), as far as librdkafka last reported the log's end.
+    fn lag(&self) -> BTreeMap<i32, i64> {
+        let logs = self.consumer.context().logs();
+        self.parts
+            .fences()
+            .filter_map(|(p, fence)| {
+                let (first, end) = logs.get(&p)?;
+                let stored = match fence {
+                    Fence::Stored(n) => n,
+                    Fence::Fresh => *first,
+                    Fence::Unknown => return None,
+                };
+                Some((p, (end - stored).max(0)))
+            })
+            .collect()
     }
 
     fn retry_now(&mut self) {
@@ -517,6 +538,7 @@ impl Sink<'_> {
             avg_batch_frames = (t.frames + t.replayed + t.conflicts).checked_div(t.batches).unwrap_or(0),
             rows_per_s = format!("{:.0}", (t.frames + t.detections) as f64 / secs),
             last_commit_ms = format!("{:.1}", t.last_commit_ms),
+            lag = self.lag().values().sum::<i64>(),
             "progress"
         );
     }

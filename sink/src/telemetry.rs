@@ -2,8 +2,10 @@
 //! readiness at `/readyz` and `/healthz`) when that flag is set. The same figures go to the log
 //! every `--report-every-s`, so the endpoint is optional. A leaf: it imports no other module.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use common::telemetry::{Heartbeat, Metrics, Probes};
@@ -43,7 +45,7 @@ pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
     ];
     let metrics = Metrics::install(buckets)?;
     let ready = Arc::new(|| if database_up() { Ok("database: up".into()) } else { Err("the database does not take writes".into()) });
-    metrics.serve(addr, Probes { ready, live: vec![heartbeat] })?;
+    metrics.serve(addr, Probes { ready, live: vec![heartbeat], extra: Some(Arc::new(render_owned)) })?;
     describe_counter!(FRAMES, "Frame rows written (re-sent frames already stored are not counted)");
     describe_counter!(DETECTIONS, "Detection rows written");
     describe_counter!(REPLAYED, "Frames delivered again with the content already stored (replays absorbed by the natural keys)");
@@ -85,9 +87,7 @@ pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
     describe_counter!(REDONE, "Batches redone through staging tables after a key conflict");
     describe_histogram!(BATCH_ROWS, "Rows (frames + detections) per batch");
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to make one batch durable, retries included");
-    describe_gauge!(LAG, "Messages behind the partition's end, from librdkafka statistics");
     describe_histogram!(CAPTURE_TO_COMMIT, Unit::Seconds, "From a frame's capture to the commit that stored it");
-    describe_gauge!(NEWEST, Unit::Seconds, "The newest stored frame's captured_at per camera, in Unix seconds: how fresh the table is");
     describe_gauge!(DATABASE_UP, "1 while writes succeed, 0 while the database is unavailable");
     // Every counter from 0, so that a series exists before its first event (a dashboard or an
     // alert on dead letters has something to read while there are none).
@@ -123,25 +123,88 @@ fn database_up() -> bool {
     DATABASE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A part's frames, (camera, captured_at), are durable: how long after capture, and how fresh each
-/// camera's rows now are (`newest` keeps the latest per camera, so a replay of old frames does not
-/// turn it back).
-pub fn committed<'a>(
-    frames: impl Iterator<Item = (&'a str, DateTime<Utc>)>,
-    all_new: bool,
-    newest: &mut std::collections::HashMap<String, i64>,
-) {
+/// A part's frames, (camera, partition, captured_at), are durable: how long after capture, and
+/// how fresh each camera's rows now are (the newest per camera is kept, so a replay of old frames
+/// does not turn it back).
+pub fn committed<'a>(frames: impl Iterator<Item = (&'a str, i32, DateTime<Utc>)>, all_new: bool) {
     let now = Utc::now();
-    for (camera, at) in frames {
+    let mut owned = OWNED.lock().unwrap();
+    for (camera, partition, at) in frames {
         // Replayed frames were stored long ago: their age says nothing of this commit.
         if all_new {
             metrics::histogram!(CAPTURE_TO_COMMIT).record((now - at).num_milliseconds().max(0) as f64 / 1000.0);
         }
         let ms = at.timestamp_millis();
-        let known = newest.entry(camera.to_string()).or_insert(i64::MIN);
-        if ms > *known {
-            *known = ms;
-            metrics::gauge!(NEWEST, "camera" => camera.to_string()).set(ms as f64 / 1000.0);
-        }
+        let known = owned.newest.entry(camera.to_string()).or_insert((partition, i64::MIN));
+        *known = (partition, known.1.max(ms));
+    }
+}
+
+/// The series that belong to the partitions this sink holds now: each sink shows only its own, so
+/// that sums and alerts over many sinks count each partition and camera once, and a partition
+/// given to another sink leaves no frozen value behind. The recorder cannot remove a series, so
+/// these are rendered here (`render_owned`).
+#[derive(Default)]
+struct Owned {
+    /// Per partition: messages in the log past the offset stored in the database.
+    lag: BTreeMap<i32, i64>,
+    /// Per camera: its partition, and its newest stored frame's capture time in Unix milliseconds.
+    newest: BTreeMap<String, (i32, i64)>,
+}
+
+static OWNED: Mutex<Owned> = Mutex::new(Owned { lag: BTreeMap::new(), newest: BTreeMap::new() });
+
+/// The lag of every partition held now (the others' series go).
+pub fn set_lag(lag: BTreeMap<i32, i64>) {
+    OWNED.lock().unwrap().lag = lag;
+}
+
+/// These partitions are no longer this sink's: their lag and their cameras' freshness go.
+pub fn forget_partitions(gone: &BTreeSet<i32>) {
+    let mut owned = OWNED.lock().unwrap();
+    owned.lag.retain(|p, _| !gone.contains(p));
+    owned.newest.retain(|_, (p, _)| !gone.contains(p));
+}
+
+fn render_owned() -> String {
+    let owned = OWNED.lock().unwrap();
+    let mut out = format!(
+        "# HELP {LAG} Messages in the partition's log past the next offset stored in the database with the rows\n# TYPE {LAG} gauge\n"
+    );
+    for (p, lag) in &owned.lag {
+        let _ = writeln!(out, "{LAG}{{partition=\"{p}\"}} {lag}");
+    }
+    let _ = write!(
+        out,
+        "# HELP {NEWEST} The newest stored frame's captured_at per camera, in Unix seconds: how fresh the table is\n# TYPE {NEWEST} gauge\n"
+    );
+    for (camera, (_, ms)) in &owned.newest {
+        let _ = writeln!(out, "{NEWEST}{{camera=\"{}\"}} {}", escape_label(camera), *ms as f64 / 1000.0);
+    }
+    out
+}
+
+/// A label value as the Prometheus text format writes it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_series_go_with_their_partitions() {
+        let at = |ms| DateTime::from_timestamp_millis(ms).unwrap();
+        set_lag(BTreeMap::from([(0, 5), (1, 7)]));
+        committed([("door", 0, at(2_000)), ("door", 0, at(1_000)), ("ya\"rd", 1, at(3_000))].into_iter(), false);
+        let shown = render_owned();
+        assert!(shown.contains("sink_consumer_lag_messages{partition=\"1\"} 7"), "{shown}");
+        assert!(shown.contains("sink_newest_captured_at_seconds{camera=\"door\"} 2\n"), "the newest is kept: {shown}");
+        assert!(shown.contains("sink_newest_captured_at_seconds{camera=\"ya\\\"rd\"} 3"), "{shown}");
+        forget_partitions(&BTreeSet::from([1]));
+        let shown = render_owned();
+        assert!(!shown.contains("partition=\"1\"") && !shown.contains("rd\""), "{shown}");
+        assert!(shown.contains("partition=\"0\"} 5") && shown.contains("camera=\"door\""), "{shown}");
     }
 }

@@ -147,7 +147,6 @@ pub fn spawn(target: Target, shutdown: watch::Receiver<bool>) -> Writer {
     let (busy_tx, busy_rx) = watch::channel(false);
     let down_tx = Arc::new(down_tx);
     tokio::spawn(async move {
-        let mut newest = std::collections::HashMap::new();
         while let Some(enc) = batch_rx.recv().await {
             busy_tx.send_replace(true);
             let t = Instant::now();
@@ -162,7 +161,7 @@ pub fn spawn(target: Target, shutdown: watch::Receiver<bool>) -> Writer {
                     (Ok(d), Ok((part, written, fenced))) => {
                         let frames = &part.batch.frames;
                         let all_new = written.frames == frames.len() as u64;
-                        telemetry::committed(frames.iter().map(|r| (r.msg.camera_id.as_str(), r.msg.captured_at)), all_new, &mut newest);
+                        telemetry::committed(frames.iter().map(|r| (r.msg.camera_id.as_str(), r.partition, r.msg.captured_at)), all_new);
                         d.stored.extend(part.claims.iter().map(|c| (c.partition, c.next)));
                         d.rows += part.batch.rows();
                         d.written += written;

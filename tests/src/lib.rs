@@ -737,3 +737,41 @@ pub async fn drain_rate(db_url: &str, topic: &str, messages: u64, label: &str, e
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A dashboard's query with Grafana's variables as Grafana would fill them for these cameras.
+pub fn grafana_vars(q: &str, cameras: &[&str]) -> String {
+    q.replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("=~\"$camera\"", &format!("=~\"({})\"", cameras.join("|")))
+        .replace("IN ($camera)", &format!("IN ({})", cameras.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")))
+}
+
+/// A dashboard's SQL as Grafana sends it: its variables filled, `$__timeFilter(col)` as the last 6
+/// hours (and the coming one).
+pub fn grafana_sql(q: &str, cameras: &[&str]) -> String {
+    let mut out = grafana_vars(q, cameras);
+    while let Some(start) = out.find("$__timeFilter(") {
+        let end = out[start..].find(')').map(|e| start + e).expect("a closing parenthesis");
+        let column = &out[start + "$__timeFilter(".len()..end];
+        let filter = format!("{column} BETWEEN now() - interval '6 hours' AND now() + interval '1 hour'");
+        out.replace_range(start..=end, &filter);
+    }
+    out
+}
+
+/// Every SQL query of the Grafana dashboards: (dashboard, panel title, SQL).
+pub fn dashboard_sql() -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for name in ["pipeline-overview.json", "people.json"] {
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo_root().join("monitoring/grafana/dashboards").join(name))?)?;
+        for panel in dash["panels"].as_array().context("panels")? {
+            for target in panel["targets"].as_array().context("targets")? {
+                if let Some(sql) = target["rawSql"].as_str() {
+                    out.push((name.to_string(), panel["title"].as_str().unwrap_or("").to_string(), sql.to_string()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -73,26 +73,6 @@ fn query(expr: &str) -> Result<Vec<serde_json::Value>> {
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
-/// A dashboard's query with Grafana's variables as Grafana would fill them here.
-fn substitute(q: &str, cameras: &[&str]) -> String {
-    q.replace("$__rate_interval", "1m")
-        .replace("$__interval", "15s")
-        .replace("=~\"$camera\"", &format!("=~\"({})\"", cameras.join("|")))
-        .replace("IN ($camera)", &format!("IN ({})", cameras.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")))
-}
-
-/// `$__timeFilter(col)`, the dashboard's range as SQL.
-fn sql_time_filter(q: &str) -> String {
-    let mut out = q.to_string();
-    while let Some(start) = out.find("$__timeFilter(") {
-        let end = out[start..].find(')').map(|e| start + e).expect("a closing parenthesis");
-        let column = &out[start + "$__timeFilter(".len()..end];
-        let filter = format!("{column} BETWEEN now() - interval '6 hours' AND now() + interval '1 hour'");
-        out.replace_range(start..=end, &filter);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result<()> {
     let (hook_port, bodies) = webhook()?;
@@ -173,13 +153,13 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result
         for panel in dash["panels"].as_array().context("panels")? {
             for target in panel["targets"].as_array().context("targets")? {
                 if let Some(expr) = target["expr"].as_str() {
-                    let q = substitute(expr, &["door", "gate"]);
+                    let q = grafana_vars(expr, &["door", "gate"]);
                     let result = query(&q)?;
                     assert!(!result.is_empty(), "{name}, panel {:?}: {q} returned no series", panel["title"]);
                     checked.0 += 1;
                 }
                 if let Some(sql) = target["rawSql"].as_str() {
-                    let q = sql_time_filter(&substitute(sql, &["door", "gate"]));
+                    let q = grafana_sql(sql, &["door", "gate"]);
                     sqlx::query(sqlx::AssertSqlSafe(q.clone())).fetch_all(&mut conn).await.with_context(|| format!("{name}: {q}"))?;
                     checked.1 += 1;
                 }
