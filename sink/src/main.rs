@@ -61,8 +61,7 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
         Command::Maintain(db) => {
             let pool = connect(&db, 1, &[]).await?;
             schema::check(&pool).await?;
-            let r = partitions::maintain(&pool).await?;
-            println!("{r:?}");
+            println!("{}", partitions::maintain(&pool).await?);
             Ok(())
         }
         Command::Run(args) => {

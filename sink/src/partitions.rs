@@ -202,6 +202,26 @@ pub struct Report {
     pub in_default: Vec<(String, u64)>,
 }
 
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.skipped {
+            return f.write_str("store maintenance skipped: another sink is running the pass");
+        }
+        write!(
+            f,
+            "store maintained created={:?} dropped={:?} moved_from_default={} deleted_from_default={} keys_forgotten={} minutes_forgotten={} longest_lock_ms={} in_default={}",
+            self.created,
+            self.dropped,
+            self.moved_from_default,
+            self.deleted_from_default,
+            self.keys_forgotten,
+            self.minutes_forgotten,
+            self.longest_lock.as_millis(),
+            self.in_default.iter().map(|(_, n)| n).sum::<u64>()
+        )
+    }
+}
+
 /// Rows a batched statement moves or deletes at a time.
 const BATCH: i64 = 10_000;
 /// How long a DDL transaction waits for its locks before it gives up (and is tried again).
@@ -388,7 +408,7 @@ async fn pass_and_report(pool: &PgPool) {
     match maintain(pool).await {
         Ok(r) if r.skipped => {
             metrics::counter!(telemetry::MAINTENANCE_PASSES, "result" => "skipped").increment(1);
-            tracing::info!("store maintenance: another sink is running the pass");
+            tracing::info!("{r}");
         }
         Ok(r) => {
             metrics::counter!(telemetry::MAINTENANCE_PASSES, "result" => "ok").increment(1);
@@ -397,19 +417,8 @@ async fn pass_and_report(pool: &PgPool) {
             for (table, n) in &r.in_default {
                 metrics::gauge!(telemetry::DEFAULT_PARTITION_ROWS, "table" => table.clone()).set(*n as f64);
             }
+            tracing::info!(took_ms = t.elapsed().as_millis() as u64, "{r}");
             let in_default = r.in_default.iter().map(|(_, n)| n).sum::<u64>();
-            tracing::info!(
-                created = ?r.created,
-                dropped = ?r.dropped,
-                moved_from_default = r.moved_from_default,
-                deleted_from_default = r.deleted_from_default,
-                keys_forgotten = r.keys_forgotten,
-                minutes_forgotten = r.minutes_forgotten,
-                longest_lock_ms = r.longest_lock.as_millis() as u64,
-                in_default,
-                took_ms = t.elapsed().as_millis() as u64,
-                "store maintained"
-            );
             if in_default > 0 {
                 tracing::warn!(in_default, "rows in the default partitions: frames of days with no partition (see docs/operations.md)");
             }

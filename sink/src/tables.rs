@@ -177,27 +177,28 @@ pub fn same_content(a: &Row, b: &Row) -> bool {
 /// that inserts the new keys, it sees `frame_keys` as it was before them: only frames that were
 /// already stored join, and each is looked up at its stored capture time, so that a lookup reads
 /// one daily partition of `frames` and of `detections`, however many there are. (The `LIMIT`
-/// keeps the planner from turning the lookups into one join that reads every partition.)
+/// keeps the planner from turning the lookups into one join that reads every partition.) The
+/// staged detections are gathered per frame once, in one pass over the stage.
 pub fn conflicts_sql(stage_frames: &str, stage_detections: &str) -> String {
     let key = FRAMES.list("", &[Key]);
     let content = |t: &Table, p: &str| t.list(&format!("{p}."), &[Content]);
     let same_key = |a: &str, b: &str| {
         FRAMES.columns.iter().filter(|c| c.role == Key).map(|c| format!("{a}.{0} = {b}.{0}", c.name)).collect::<Vec<_>>().join(" AND ")
     };
-    let detections_of = |table: &str, frame: &str, at: &str| {
-        format!("ARRAY(SELECT ROW({}) FROM {table} d WHERE {}{at} ORDER BY d.det_index)", content(&DETECTIONS, "d"), same_key("d", frame))
-    };
+    let gathered = format!("array_agg(ROW({}) ORDER BY d.det_index)", content(&DETECTIONS, "d"));
     format!(
-        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {stage_frames} s JOIN {keys} k USING ({key}),
+        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {stage_frames} s JOIN {keys} k USING ({key})
+             LEFT JOIN (SELECT {key}, {gathered} AS detections FROM {stage_detections} d GROUP BY {key}) sd USING ({key}),
              LATERAL (SELECT * FROM {frames} f WHERE {f_is_s} AND f.captured_at = k.captured_at LIMIT 1) f
-         WHERE ROW({fc}) IS DISTINCT FROM ROW({sc}) OR {stored} IS DISTINCT FROM {staged}",
+         WHERE ROW({fc}) IS DISTINCT FROM ROW({sc})
+            OR (SELECT {gathered} FROM {detections} d WHERE {d_is_f} AND d.captured_at = f.captured_at) IS DISTINCT FROM sd.detections",
         keys = FRAME_KEYS.name,
         frames = FRAMES.name,
+        detections = DETECTIONS.name,
         f_is_s = same_key("f", "s"),
+        d_is_f = same_key("d", "f"),
         fc = content(&FRAMES, "f"),
         sc = content(&FRAMES, "s"),
-        stored = detections_of(DETECTIONS.name, "f", " AND d.captured_at = f.captured_at"),
-        staged = detections_of(stage_detections, "s", ""),
     )
 }
 

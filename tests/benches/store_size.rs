@@ -5,9 +5,12 @@
 //! (default 20 million, a third as many frames, 50 cameras over the last 7 days in daily
 //! partitions), draining the same topic of MESSAGES frame messages (default 100,000; 3 people each)
 //! each time; the empty store is measured before and after the large one, side by side. Then the
-//! README's two time queries on the large store, each run 5 times with EXPLAIN ANALYZE: the median
-//! execution time and the last plan. The last line:
-//!   empty_rows_per_s=<f> large_rows_per_s=<f> large_over_empty=<f> per_minute_ms=<f> time_range_ms=<f>
+//! README's two time queries on the large store, and people per minute of one camera over a day
+//! from the rollup (`people_per_minute`, what the dashboards read), each run 5 times with EXPLAIN
+//! ANALYZE: the median execution time and the last plan. Last, one pass of the store's upkeep
+//! (`sink maintain`) with a retention of 5 days: the days it makes and drops, and the longest
+//! transaction that held a lock on the tables. The last line:
+//!   empty_rows_per_s=<f> large_rows_per_s=<f> large_over_empty=<f> per_minute_ms=<f> time_range_ms=<f> rollup_day_ms=<f> longest_lock_ms=<n> pass_s=<f>
 
 use std::time::Instant;
 
@@ -66,10 +69,31 @@ async fn main() -> Result<()> {
         "SELECT captured_at, score, x1, y1, x2, y2 FROM detections
          WHERE camera_id = 'cam-7' AND captured_at BETWEEN '{hour}' AND '{hour}'::timestamptz + interval '10 minutes' AND score > 0.5"
     );
+    let day = hour.date_naive();
+    let rollup_day = format!(
+        "SELECT minute, frames, avg_people, max_people FROM people_per_minute
+         WHERE camera_id = 'cam-7' AND minute >= '{day}' AND minute < '{}' ORDER BY minute",
+        day + Days::new(1)
+    );
     let per_minute_ms = timed(&mut conn, "per_minute", &per_minute).await?;
     let time_range_ms = timed(&mut conn, "time_range", &time_range).await?;
+    let rollup_day_ms = timed(&mut conn, "rollup_day", &rollup_day).await?;
+
+    // The upkeep at a retention of 5 days: the filled days before that go, the days ahead come.
+    let sink = |args: &[&str]| -> Result<String> {
+        let out =
+            run(std::process::Command::new(bin("sink")).args(args).env("DATABASE_URL", &large.url), std::time::Duration::from_secs(3600))?;
+        anyhow::ensure!(out.status.success(), "sink {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    sink(&["policy", "--retention-days", "5"])?;
+    let t = Instant::now();
+    let report = sink(&["maintain"])?;
+    let pass_s = t.elapsed().as_secs_f64();
+    println!("maintain_s={pass_s:.1} report={}", report.trim());
+    let longest_lock_ms = log_field(&report, "store maintained", "longest_lock_ms").unwrap_or(u64::MAX);
     println!(
-        "empty_rows_per_s={empty:.0} large_rows_per_s={large_rate:.0} large_over_empty={:.2} per_minute_ms={per_minute_ms:.2} time_range_ms={time_range_ms:.2}",
+        "empty_rows_per_s={empty:.0} large_rows_per_s={large_rate:.0} large_over_empty={:.2} per_minute_ms={per_minute_ms:.2} time_range_ms={time_range_ms:.2} rollup_day_ms={rollup_day_ms:.2} longest_lock_ms={longest_lock_ms} pass_s={pass_s:.1}",
         large_rate / empty
     );
     Ok(())
@@ -128,7 +152,14 @@ async fn fill(conn: &mut PgConnection, frames: u64, now: DateTime<Utc>) -> Resul
         }
         eprintln!("filled {hi} of {frames} frames");
     }
-    sqlx::query("VACUUM (ANALYZE) frame_keys, frames, detections").execute(&mut *conn).await?;
+    // The rollup, as the sink keeps it and migration 4 first fills it.
+    sqlx::query(
+        "INSERT INTO people_minutes SELECT camera_id, date_bin('1 minute', captured_at, '2000-01-01'), run_id, count(*), sum(person_count),
+                max(person_count), min(captured_at), max(captured_at), min(model_name), min(model_sha256) FROM frames GROUP BY 1, 2, 3",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("VACUUM (ANALYZE) frame_keys, frames, detections, people_minutes").execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -717,11 +717,15 @@ pub fn topic_size(topic: &str) -> Result<i64> {
 /// sink_cpu_s=..`.
 pub async fn drain_rate(db_url: &str, topic: &str, messages: u64, label: &str, extra: &[&str]) -> Result<f64> {
     let mut conn = PgConnection::connect(db_url).await?;
-    let sink = SinkProcess::start(db_url, topic, &unique("bench"), extra)?;
+    let group = unique("bench");
+    let sink = SinkProcess::start(db_url, topic, &group, extra)?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let (mut t0, mut n0) = (None, 0i64);
     loop {
-        let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets").fetch_one(&mut conn).await?;
+        let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets WHERE consumer_group = $1")
+            .bind(&group)
+            .fetch_one(&mut conn)
+            .await?;
         let now = Instant::now();
         if n > 0 && t0.is_none() {
             (t0, n0) = (Some(now), n);

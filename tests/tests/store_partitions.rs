@@ -98,7 +98,7 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
 
     // A pass makes the day the default partition holds a row of, and moves the row there.
     let report = sink_cmd(&db.url, &["maintain"])?;
-    assert!(report.contains(&day("frames", days(-6))) && report.contains("moved_from_default: 2"), "{report}");
+    assert!(report.contains(&day("frames", days(-6))) && report.contains("moved_from_default=2"), "{report}");
     assert_eq!(places(&mut conn).await?[3], place(3, day("frames", days(-6)), day("detections", days(-6))));
 
     // Two days kept before today, from the next pass on (the sink's start).
