@@ -93,6 +93,55 @@ def sink_section():
         f"{last.get('idle_rows_per_s', '?')} against {last.get('waiting_rows_per_s', '?')} rows/s "
         f"(ratio {last.get('idle_over_waiting', '?')}).",
         "",
+        *enforcement(rows),
+    ])
+
+
+def enforcement(rows):
+    """The store's enforcement (foreign key, rollup) against the same build without the foreign key
+    and an older build, in alternating rounds of one run."""
+    rounds = [r for r in rows if "round" in r and "build" in r and "sink_rows_per_s" in r]
+    if not rounds:
+        return []
+    last = next((r for r in rows if "fk_over_no_fk" in r), {})
+    line = (f"The store's enforcement, alternating rounds: {last.get('fk_rows_per_s', '?')} rows/s with the foreign key "
+            f"from `frames` to `frame_keys` against {last.get('no_fk_rows_per_s', '?')} without it (ratio "
+            f"{last.get('fk_over_no_fk', '?')})")
+    if "current_over_baseline" in last:
+        line += (f"; against the build before migration 4 (no foreign key, no rollup) "
+                 f"{last.get('baseline_rows_per_s', '?')} rows/s (ratio {last['current_over_baseline']})")
+    return [table(rounds, ["round", "build", "foreign_key", "sink_rows_per_s"]), "", line + ".", ""]
+
+
+def replay_section():
+    got = read("replay_partitions")
+    if not got:
+        return "### Replays against daily partitions\n\nNot measured yet (`scripts/run_benchmarks.sh replay_partitions`).\n"
+    head, rows = got
+    drains = [r for r in rows if "pass" in r and "drain_s" in r]
+    stores = [r for r in rows if "frames_held" in r]
+    last = next((r for r in rows if "many_over_one" in r), {})
+    plans = [line.rstrip("\n")[4:] for line in open(os.path.join(PERF, "replay_partitions.txt")) if line.startswith("  | ")]
+    return "\n".join([
+        "### Replays against daily partitions",
+        "",
+        provenance(head) + ". A topic of frames stored into a store of one partition and into one of many daily "
+        "partitions (each holding a day of two cameras' frames), then replayed into each by a second group: every "
+        "message a frame already stored, through the staging merge and its conflict check.",
+        "",
+        table(stores, ["partitions", "frames_held", "fill_s"]),
+        "",
+        table(drains, ["partitions", "pass", "drain_s", "sink_cpu_s"]),
+        "",
+        f"Replay into many partitions over one: {last.get('many_partitions_replay_s', '?')} s against "
+        f"{last.get('one_partition_replay_s', '?')} s (ratio {last.get('many_over_one', '?')}; goal at most 2).",
+        "",
+        "The merge statement's plans (the slowest of a further replay, from auto_explain):",
+        "",
+        "```",
+        *plans,
+        "```",
+        "",
     ])
 
 
@@ -221,11 +270,13 @@ def store_section():
         "",
         provenance(head) + f". One sink draining the same topic into an empty store (before and after) and into "
         f"one holding {store:,} detection rows ({disk} on disk, daily partitions, 50 cameras over 7 days); "
-        "then the two time queries on the large store, 5 runs each under EXPLAIN ANALYZE.",
+        "then the two time queries on the large store and one camera's day of `people_per_minute` (the rollup), 5 runs "
+        "each under EXPLAIN ANALYZE; then one upkeep pass (`sink maintain`) at a retention of 5 days.",
         "",
         table(drains, ["store", "sink_rows_per_s"]),
         "",
-        f"Large over empty: {summary.get('large_over_empty', '?')}.",
+        f"Large over empty: {summary.get('large_over_empty', '?')}. The upkeep pass took {summary.get('pass_s', '?')} s; its "
+        f"longest transaction holding a lock on the tables {summary.get('longest_lock_ms', '?')} ms.",
         "",
         table(queries, ["query", "median_ms", "runs_ms"]),
         "",
@@ -269,7 +320,8 @@ def main():
     section = "\n".join([BEGIN, "", "## Benchmarks", "",
                          "Regenerate: `scripts/run_benchmarks.sh` (runs them, keeps docs/perf/*.txt), then "
                          "`scripts/perf_report.sh` (this section and the plots).", "",
-                         sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), speed_section(), END])
+                         sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), replay_section(),
+                         speed_section(), END])
     doc = open(DOC).read()
     if BEGIN in doc and END in doc:
         before, rest = doc.split(BEGIN, 1)

@@ -2,7 +2,9 @@
 # Runs the benchmarks against the real services and keeps their output in docs/perf/NAME.txt, each
 # headed by the command that made it and the machine it ran on; scripts/perf_report.sh then writes
 # docs/performance.md's measured section and its plots from those files.
-#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size|vs_ultralytics]...   (none: all)
+#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size|replay_partitions|vs_ultralytics]...   (none: all)
+# BASELINE_BIN_DIR (a folder with an older build's sink) adds that build to the sink benchmark's
+# enforcement rounds.
 # vs_ultralytics is scripts/speed_vs_ultralytics.sh (the detector against Ultralytics' predict).
 # Starts the services (and stops them at the end); builds the release binaries first.
 set -euo pipefail
@@ -10,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size vs_ultralytics)
+[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size replay_partitions vs_ultralytics)
 cargo build --release --workspace --bins
 # The services only for the benchmarks that use them (vs_ultralytics runs without, on a quieter box).
 if printf '%s\n' "${names[@]}" | grep -qv '^vs_ultralytics$'; then

@@ -21,7 +21,7 @@ pub enum SinkError {
     DeadLetterRefused { topic: String, partition: i32, offset: i64, error: KafkaError },
     /// The loop broke one of its own rules (a bug): it stops before storing anything past it.
     #[error("internal error: {0}; nothing past the last stored offset was stored, so a restart is safe")]
-    Invariant(#[from] crate::partition::Refused),
+    Invariant(String),
     /// Work given up because the sink is shutting down; it is done again at the next start.
     #[error("stopped by the shutdown")]
     Stopped,

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 
+use crate::error::SinkError;
 use crate::message::Consumed;
 use crate::offsets::{Claim, Fence};
 
@@ -103,6 +104,12 @@ impl State {
 pub struct Refused {
     pub partition: i32,
     pub what: String,
+}
+
+impl From<Refused> for SinkError {
+    fn from(r: Refused) -> Self {
+        SinkError::Invariant(r.to_string())
+    }
 }
 
 /// The assigned partitions' states.

@@ -1,7 +1,8 @@
 //! The wire contract in a real schema registry (Apicurio Registry's Confluent-compatible API, as
 //! `scripts/services.sh` runs it): the detector registers the schema once and frames every message
 //! with its id, the registry refuses an incompatible change, and the sink stores framed and plain
-//! messages alike while unknown ids and messages the schema refuses go to the dead-letter topic.
+//! messages alike while unknown ids (after a wait) and messages the schema refuses go to the
+//! dead-letter topic.
 
 use std::time::Duration;
 
@@ -132,7 +133,9 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
     messages.push(("cam-0".into(), vec![0, 0, 1], Some("too short".into())));
     produce(&topic, messages.iter().map(|(k, p, _)| (k.as_str(), p.clone())))?;
 
-    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
+    // An unknown id waits a while (a registry's follower may not have it yet), then is refused.
+    let args = ["--schema-registry", &registry_url(), "--unknown-schema-wait-s", "3"];
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &args)?;
     let mut conn = db.connect().await?;
     let done = wait_for_count(
         &mut conn,
@@ -146,6 +149,7 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM frames").fetch_one(&mut conn).await?;
     assert_eq!(stored, frames.len() as i64, "framed and plain alike:\n{log}");
     assert_eq!(log.matches("schema fetched from the registry").count(), 1, "fetched once, then cached:\n{log}");
+    assert!(log.contains(&format!("schema id {unknown} is unknown to the schema registry (yet")), "the unknown id waited:\n{log}");
 
     let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
     let expected: Vec<&String> = messages.iter().filter_map(|m| m.2.as_ref()).collect();
@@ -189,6 +193,15 @@ async fn a_registry_url_without_its_api_path_is_refused_at_start() -> Result<()>
         );
     }
     assert_eq!(topic_size(&topic)?, 0, "nothing published");
+    // The sink too, before it reads anything: with the base URL it once dead-lettered every
+    // framed message as an unknown schema id.
+    let db = TestDb::create("regpath").await?;
+    migrate(&db.url)?;
+    let (status, log) =
+        SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", base])?.wait_exit(Duration::from_secs(60))?;
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(errors.len() == 1 && errors[0].contains("/apis/ccompat/v7"), "{log}");
     Ok(())
 }
 
