@@ -1,0 +1,220 @@
+//! What both command lines share beyond their flags: every error one line that names what is wrong
+//! (the environment variable, when a value came from one), negative numbers taken as values so the
+//! range check can name the range, and booleans that take `1`/`0`, `yes`/`no` as well as
+//! `true`/`false`.
+
+use std::ffi::OsString;
+
+use clap::builder::{BoolishValueParser, ValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
+use std::error::Error as _;
+
+/// The flags whose value came from an environment variable: `(--flag, VARIABLE)`.
+#[derive(Debug, Default, Clone)]
+pub struct FromEnv(Vec<(String, String)>);
+
+impl FromEnv {
+    /// `message` with the variable named after it, for each flag it names that a variable set.
+    pub fn name_variables(&self, message: &str) -> String {
+        let named: Vec<String> =
+            self.0.iter().filter(|(flag, _)| names_flag(message, flag)).map(|(flag, var)| format!("{flag} is set by {var}")).collect();
+        if named.is_empty() {
+            message.to_string()
+        } else {
+            format!("{message} ({})", named.join(", "))
+        }
+    }
+}
+
+/// Whether `message` names `--flag` itself (not `--flag-more`).
+fn names_flag(message: &str, flag: &str) -> bool {
+    message.match_indices(flag).any(|(i, _)| !message[i + flag.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+/// Parses the process's arguments into `T`. `--help` and `--version` print and exit 0; any other
+/// error is one `ERROR` line and exit 2 (call `telemetry::init_logs` first).
+pub fn parse<T: clap::Parser>() -> (T, FromEnv) {
+    parse_from::<T>(std::env::args_os()).unwrap_or_else(|e| match e {
+        Refused::Display(e) => {
+            let _ = e.print();
+            crate::telemetry::exit(0)
+        }
+        Refused::Invalid(line) => {
+            tracing::error!("invalid configuration: {line}");
+            crate::telemetry::exit(2)
+        }
+    })
+}
+
+/// Why [`parse_from`] gave no configuration.
+#[derive(Debug)]
+pub enum Refused {
+    /// `--help` or `--version`: clap prints it.
+    Display(clap::Error),
+    /// A bad command line, in one line.
+    Invalid(String),
+}
+
+pub fn parse_from<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<(T, FromEnv), Refused> {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut cmd = adjust(T::command());
+    let parsed = cmd.try_get_matches_from_mut(&args).and_then(|mut matches| {
+        // Before from_arg_matches_mut, which takes the values out.
+        let mut from_env = FromEnv::default();
+        collect_env(&cmd, &matches, &mut from_env);
+        T::from_arg_matches_mut(&mut matches).map(|t| (t, from_env))
+    });
+    parsed.map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Refused::Display(e),
+        _ => Refused::Invalid(one_line(&cmd, &e, &args)),
+    })
+}
+
+/// Every value-taking flag, in every subcommand: negative numbers are values, booleans are
+/// boolish.
+fn adjust(cmd: Command) -> Command {
+    cmd.mut_args(|a| {
+        let a = if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a };
+        let t = a.get_value_parser().type_id();
+        if t == ValueParser::bool().type_id() {
+            a.value_parser(BoolishValueParser::new())
+        } else if t == ValueParser::from(clap::value_parser!(u32)).type_id() {
+            a.value_parser(count::<u32>)
+        } else if t == ValueParser::from(clap::value_parser!(u64)).type_id() {
+            a.value_parser(count::<u64>)
+        } else if t == ValueParser::from(clap::value_parser!(usize)).type_id() {
+            a.value_parser(count::<usize>)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(adjust)
+}
+
+/// An unsigned flag's value. clap's own parser would name the type's maximum ("-1 is not in
+/// 0..=4294967295"), which is not the flag's: the flag's range is checked after parsing.
+fn count<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err("it must not be negative".into()),
+        Ok(n) => T::try_from(n as u128).map_err(|_| "it is far too large".into()),
+        Err(_) => Err("a whole number is expected".into()),
+    }
+}
+
+fn collect_env(cmd: &Command, matches: &ArgMatches, out: &mut FromEnv) {
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if let (Some(long), Some(env), Ok(true), Some(ValueSource::EnvVariable)) =
+            (arg.get_long(), arg.get_env(), matches.try_contains_id(id), matches.value_source(id))
+        {
+            out.0.push((format!("--{long}"), env.to_string_lossy().into_owned()));
+        }
+    }
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(sub_cmd) = cmd.find_subcommand(name) {
+            collect_env(sub_cmd, sub, out);
+        }
+    }
+}
+
+/// clap's error (a message, tips, the usage, over several lines) as one line; a value that came
+/// from an environment variable is named by its variable.
+fn one_line(cmd: &Command, e: &clap::Error, args: &[OsString]) -> String {
+    let value = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    if let (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg), Some(value)) =
+        (e.kind(), value(ContextKind::InvalidArg), value(ContextKind::InvalidValue))
+    {
+        let flag = arg.split([' ', '=']).next().unwrap_or(&arg).to_string();
+        let reason = e.source().map(ToString::to_string).or_else(|| e.get(ContextKind::ValidValue).map(|v| format!("expected one of {v}")));
+        let reason = reason.map_or_else(String::new, |r| format!(": {r}"));
+        let on_command_line = args.iter().any(|a| a.to_string_lossy().split('=').next() == Some(flag.as_str()));
+        let env = env_of(cmd, &flag).filter(|v| !on_command_line && std::env::var(v).is_ok_and(|set| set == value));
+        return match env {
+            Some(var) => format!("{var}={value:?} (for {flag}) is not a valid value{reason}"),
+            None => format!("{flag} {value:?} is not a valid value{reason}"),
+        };
+    }
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let parts: Vec<&str> = text
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more information"))
+        .collect();
+    let joined = parts.join("; ").split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("{joined} (see --help)")
+}
+
+/// The environment variable of `--flag`, in the command or any subcommand.
+fn env_of(cmd: &Command, flag: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag) || a.get_short().is_some_and(|s| format!("-{s}") == flag))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|s| env_of(s, flag)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[arg(long, env = "CLI_TEST_RATE", default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 0)]
+        days: u32,
+        #[arg(long, env = "CLI_TEST_ON")]
+        on: bool,
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match parse_from::<Flags>(std::iter::once("t").chain(args.iter().copied())) {
+            Err(Refused::Invalid(line)) => line,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(refused(&["--rate", "abc"]), "--rate \"abc\" is not a valid value: invalid float literal");
+        assert_eq!(refused(&["--days", "-1"]), "--days \"-1\" is not a valid value: it must not be negative");
+        assert_eq!(refused(&["--days", "1e99"]), "--days \"1e99\" is not a valid value: a whole number is expected");
+        let unknown = refused(&["--rte", "2"]);
+        assert!(unknown.starts_with("unexpected argument '--rte' found; tip: a similar argument exists: '--rate'"), "{unknown}");
+        assert!(!unknown.contains('\n'), "{unknown}");
+    }
+
+    #[test]
+    fn negatives_reach_the_range_check_and_booleans_take_1_and_0() {
+        let (f, _) = parse_from::<Flags>(["t", "--rate", "-3"]).unwrap();
+        assert_eq!((f.rate, f.days, f.on), (-3.0, 0, false));
+        // The only test that sets these variables.
+        std::env::set_var("CLI_TEST_ON", "1");
+        std::env::set_var("CLI_TEST_RATE", "fast");
+        assert_eq!(refused(&[]), "CLI_TEST_RATE=\"fast\" (for --rate) is not a valid value: invalid float literal");
+        let (f, env) = parse_from::<Flags>(["t", "--rate", "2"]).unwrap();
+        assert_eq!((f.rate, f.on), (2.0, true));
+        assert_eq!(env.0, [("--on".to_string(), "CLI_TEST_ON".to_string())]);
+        std::env::set_var("CLI_TEST_ON", "maybe");
+        let line = refused(&["--rate", "2"]);
+        assert!(line.starts_with("CLI_TEST_ON=\"maybe\" (for --on) is not a valid value"), "{line}");
+        std::env::remove_var("CLI_TEST_ON");
+        std::env::remove_var("CLI_TEST_RATE");
+    }
+
+    #[test]
+    fn variables_are_named() {
+        let env = FromEnv(vec![("--conf".into(), "DETECTOR_CONF".into())]);
+        assert_eq!(
+            env.name_variables("--conf must be within 0 and 1, got 7"),
+            "--conf must be within 0 and 1, got 7 (--conf is set by DETECTOR_CONF)"
+        );
+        assert_eq!(env.name_variables("--conf-x is bad"), "--conf-x is bad");
+    }
+}
