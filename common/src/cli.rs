@@ -11,15 +11,23 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Command};
 use std::error::Error as _;
 
-/// The flags whose value came from an environment variable: `(--flag, VARIABLE)`.
+/// The flags the user gave, on the command line or in the environment: `(--flag, VARIABLE)`.
 #[derive(Debug, Default, Clone)]
-pub struct FromEnv(Vec<(String, String)>);
+pub struct Given(Vec<(String, Option<String>)>);
 
-impl FromEnv {
+impl Given {
+    /// Which of `flags` were given.
+    pub fn which<'a>(&self, flags: &[&'a str]) -> Vec<&'a str> {
+        flags.iter().copied().filter(|f| self.0.iter().any(|(g, _)| g == f)).collect()
+    }
+
     /// `message` with the variable named after it, for each flag it names that a variable set.
     pub fn name_variables(&self, message: &str) -> String {
-        let named: Vec<String> =
-            self.0.iter().filter(|(flag, _)| names_flag(message, flag)).map(|(flag, var)| format!("{flag} is set by {var}")).collect();
+        let named: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|(flag, var)| var.as_ref().filter(|_| names_flag(message, flag)).map(|var| format!("{flag} is set by {var}")))
+            .collect();
         if named.is_empty() {
             message.to_string()
         } else {
@@ -33,13 +41,14 @@ fn names_flag(message: &str, flag: &str) -> bool {
     message.match_indices(flag).any(|(i, _)| !message[i + flag.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-'))
 }
 
-/// Parses the process's arguments into `T`. `--help` and `--version` print and exit 0; any other
-/// error is one `ERROR` line and exit 2 (call `telemetry::init_logs` first).
-pub fn parse<T: clap::Parser>() -> (T, FromEnv) {
+/// Parses the process's arguments into `T`. `--help` and `--version` print and exit 0 (the help for
+/// a missing subcommand, exit 2); any other error is one `ERROR` line and exit 2 (call
+/// `telemetry::init_logs` first).
+pub fn parse<T: clap::Parser>() -> (T, Given) {
     parse_from::<T>(std::env::args_os()).unwrap_or_else(|e| match e {
         Refused::Display(e) => {
             let _ = e.print();
-            crate::telemetry::exit(0)
+            crate::telemetry::exit(e.exit_code() as u8)
         }
         Refused::Invalid(line) => {
             tracing::error!("invalid configuration: {line}");
@@ -51,23 +60,23 @@ pub fn parse<T: clap::Parser>() -> (T, FromEnv) {
 /// Why [`parse_from`] gave no configuration.
 #[derive(Debug)]
 pub enum Refused {
-    /// `--help` or `--version`: clap prints it.
+    /// `--help`, `--version`, or the help when a subcommand is missing: clap prints it.
     Display(clap::Error),
     /// A bad command line, in one line.
     Invalid(String),
 }
 
-pub fn parse_from<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<(T, FromEnv), Refused> {
+pub fn parse_from<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<(T, Given), Refused> {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let mut cmd = adjust(T::command());
     let parsed = cmd.try_get_matches_from_mut(&args).and_then(|mut matches| {
         // Before from_arg_matches_mut, which takes the values out.
-        let mut from_env = FromEnv::default();
-        collect_env(&cmd, &matches, &mut from_env);
-        T::from_arg_matches_mut(&mut matches).map(|t| (t, from_env))
+        let mut given = Given::default();
+        collect_given(&cmd, &matches, &mut given);
+        T::from_arg_matches_mut(&mut matches).map(|t| (t, given))
     });
     parsed.map_err(|e| match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Refused::Display(e),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Refused::Display(e),
         _ => Refused::Invalid(one_line(&cmd, &e, &args)),
     })
 }
@@ -103,18 +112,20 @@ fn count<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
     }
 }
 
-fn collect_env(cmd: &Command, matches: &ArgMatches, out: &mut FromEnv) {
+fn collect_given(cmd: &Command, matches: &ArgMatches, out: &mut Given) {
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        if let (Some(long), Some(env), Ok(true), Some(ValueSource::EnvVariable)) =
-            (arg.get_long(), arg.get_env(), matches.try_contains_id(id), matches.value_source(id))
-        {
-            out.0.push((format!("--{long}"), env.to_string_lossy().into_owned()));
+        let flag = arg.get_long().map(|l| format!("--{l}")).or_else(|| arg.get_short().map(|s| format!("-{s}")));
+        let source = matches.try_contains_id(id).ok().filter(|c| *c).and_then(|_| matches.value_source(id));
+        match (flag, source) {
+            (Some(flag), Some(ValueSource::CommandLine)) => out.0.push((flag, None)),
+            (Some(flag), Some(ValueSource::EnvVariable)) => out.0.push((flag, arg.get_env().map(|e| e.to_string_lossy().into_owned()))),
+            _ => {}
         }
     }
     if let Some((name, sub)) = matches.subcommand() {
         if let Some(sub_cmd) = cmd.find_subcommand(name) {
-            collect_env(sub_cmd, sub, out);
+            collect_given(sub_cmd, sub, out);
         }
     }
 }
@@ -200,7 +211,8 @@ mod tests {
         assert_eq!(refused(&[]), "CLI_TEST_RATE=\"fast\" (for --rate) is not a valid value: invalid float literal");
         let (f, env) = parse_from::<Flags>(["t", "--rate", "2"]).unwrap();
         assert_eq!((f.rate, f.on), (2.0, true));
-        assert_eq!(env.0, [("--on".to_string(), "CLI_TEST_ON".to_string())]);
+        assert_eq!(env.0, [("--rate".to_string(), None), ("--on".to_string(), Some("CLI_TEST_ON".to_string()))]);
+        assert_eq!(env.which(&["--on", "--days"]), ["--on"]);
         std::env::set_var("CLI_TEST_ON", "maybe");
         let line = refused(&["--rate", "2"]);
         assert!(line.starts_with("CLI_TEST_ON=\"maybe\" (for --on) is not a valid value"), "{line}");
@@ -210,11 +222,12 @@ mod tests {
 
     #[test]
     fn variables_are_named() {
-        let env = FromEnv(vec![("--conf".into(), "DETECTOR_CONF".into())]);
+        let env = Given(vec![("--conf".into(), Some("DETECTOR_CONF".into())), ("--iou".into(), None)]);
         assert_eq!(
             env.name_variables("--conf must be within 0 and 1, got 7"),
             "--conf must be within 0 and 1, got 7 (--conf is set by DETECTOR_CONF)"
         );
         assert_eq!(env.name_variables("--conf-x is bad"), "--conf-x is bad");
+        assert_eq!(env.name_variables("--iou must be"), "--iou must be");
     }
 }
