@@ -90,7 +90,7 @@ impl Registry {
         let parsed = Url::parse(url)
             .ok()
             .filter(|u| u.scheme == "http" || u.scheme == "https")
-            .ok_or_else(|| format!("schema registry URL {} must be http://host... or https://host...", redact_url(url)))?;
+            .ok_or_else(|| format!("schema registry URL {} is not http://HOST... or https://HOST...", redact_url(url)))?;
         let authorization = parsed.user.map(|user| {
             let userinfo = parsed.password.map_or_else(|| user.to_string(), |p| format!("{user}:{p}"));
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(percent_decode(&userinfo)))

@@ -83,9 +83,14 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// A URL with its password and every secret-named query value replaced by `***`. Text that is not
-/// a URL (a local path, even one with `@` or `=` in its name) is shown as it is.
+/// a URL (a local path, even one with `@` or `=` in its name) is shown as it is, but for a broken
+/// URL with user information (`http://u:pw@`), shown as far as its `://`.
 pub fn redact_url(text: &str) -> String {
-    Url::parse(text).map_or_else(|_| text.to_string(), |u| redacted(&u))
+    match (Url::parse(text), text.split_once("://")) {
+        (Ok(url), _) => redacted(&url),
+        (Err(_), Some((scheme, rest))) if rest.contains('@') => format!("{scheme}://***"),
+        (Err(_), _) => text.to_string(),
+    }
 }
 
 /// The password and the values of secret-named query keys (`password=`, `token=`, ...).
@@ -193,6 +198,7 @@ mod tests {
             ("http://h:8081/x?token=abc#frag", "http://h:8081/x?token=***#frag"),
             // A local path is no URL: shown whole, whatever it holds.
             ("samples/a=b@c.mp4", "samples/a=b@c.mp4"),
+            ("http://u:secret@", "http://***"),
         ];
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown, "{url}");

@@ -96,9 +96,13 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
 /// A pool of `connections`, each with these session settings.
 async fn connect(db: &DbArgs, connections: u32, settings: &[(&str, String)]) -> Result<PgPool, SinkError> {
     db.validate().map_err(SinkError::Config)?;
-    // libpq's variable, which sqlx reads too.
-    if let Ok(password) = std::env::var("PGPASSWORD") {
-        common::secret::hide(&password);
+    // libpq's variable, which sqlx reads too when the URL has no password: hidden then, as the
+    // URL's password would be (unless it is the user's name, which is shown).
+    if let (Ok(password), Ok(url)) = (std::env::var("PGPASSWORD"), common::url::Url::parse(db.database_url.expose())) {
+        let user = url.user.map(str::to_string).or_else(|| std::env::var("PGUSER").ok());
+        if url.password.is_none() && user.as_deref() != Some(password.as_str()) {
+            common::secret::hide(&password);
+        }
     }
     // Away (refused, timed out, starting up, too many connections): the world's, exit 3; anything
     // else (a password, a database that does not exist, a certificate, the URL itself) is the
