@@ -462,7 +462,7 @@ mod tests {
         let cams = cameras_from(
             "[[camera]]\nid = \"door\"\nsource = \"rtsp://cam/door\"\n\n\
              [[camera]]\nid = \"yard\"\nsource = \"yard.mp4\"\nmax_fps = 2.5\nloop = true\nread_timeout_s = 3\ncrowd_people = 4\n",
-            &["--max-fps", "5", "--read-timeout-s", "7", "--crowd-seconds", "20"],
+            &["--max-fps", "5", "--read-timeout-s", "7", "--crowd-seconds", "20", "--metrics-addr", "127.0.0.1:9188"],
         )
         .unwrap();
         assert_eq!(cams.len(), 2);
