@@ -24,6 +24,9 @@ fn exec(name: &str, args: &[&str], env: &[(&str, &str)], dir: Option<&std::path:
     run(&mut cmd, Duration::from_secs(60))
 }
 
+/// Environment variables of a case.
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
 /// Exit `code` and exactly one `ERROR` line, which holds `needle`; no panic.
 fn assert_one_line(what: &str, out: &std::process::Output, code: i32, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -51,7 +54,7 @@ fn detector_bad_inputs_are_one_line_and_exit_2() -> Result<()> {
     let (dup_s, loop_s) = (cameras_dup.to_str().unwrap(), cameras_loop.to_str().unwrap());
     let odd_missing = format!("source {odd_s}: no such file");
     let stdout = ["--output", "stdout"];
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<(Vec<&str>, Env, &str)> = vec![
         // Wrong exit class before: retried forever as unreachable.
         (vec!["--source", "rtsp://"], vec![], "--source (source) rtsp://...: it names no host"),
         (vec!["--source", "rtsp://[::1"], vec![], "--source (source) rtsp://...: its host has a '[' that is never closed"),

@@ -56,7 +56,7 @@ fn neither_service_shows_a_secret() -> Result<()> {
     // A detector whose registry is away (port 9): the error names the registry, not its
     // credentials.
     let out = run(
-        &mut detector().args(["--camera-id", "door", "--model", model().to_str().unwrap(), "--brokers", &brokers()]),
+        detector().args(["--camera-id", "door", "--model", model().to_str().unwrap(), "--brokers", &brokers()]),
         Duration::from_secs(60),
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -140,7 +140,7 @@ fn secrets_in_every_other_place_are_hidden() -> Result<()> {
     assert!(no_secret("--kafka-config", &out, 3).contains("sasl.password=<redacted>"));
     let unknown = dir.join("unknown.properties");
     std::fs::write(&unknown, format!("my.token={}\n", s[4]))?;
-    let out = run(&mut detector(&["--brokers", "127.0.0.1:1"]).env("KAFKA_CONFIG_FILE", &unknown), T)?;
+    let out = run(detector(&["--brokers", "127.0.0.1:1"]).env("KAFKA_CONFIG_FILE", &unknown), T)?;
     assert!(no_secret("KAFKA_CONFIG_FILE", &out, 2).contains("Kafka property my.token"));
 
     // A camera of a cameras file: its start-up and reconnect lines (ours, OpenCV's, FFmpeg's).
@@ -176,8 +176,7 @@ fn secrets_in_every_other_place_are_hidden() -> Result<()> {
     assert!(no_secret("sink --database-url", &out, 3).contains("postgres://pipeline:***@127.0.0.1:1/detections"));
     let admin = admin_db_url();
     let host = admin.rsplit_once('@').unwrap().1.rsplit_once('/').unwrap().0;
-    let out =
-        run(&mut sink(&["migrate", "--database-url", &format!("postgres://pipeline@{host}/detections")]).env("PGPASSWORD", &s[9]), T)?;
+    let out = run(sink(&["migrate", "--database-url", &format!("postgres://pipeline@{host}/detections")]).env("PGPASSWORD", &s[9]), T)?;
     no_secret("PGPASSWORD", &out, 2);
     Ok(())
 }
