@@ -82,8 +82,9 @@ pub fn parse_from<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<OsSt
 }
 
 /// Every value-taking flag, in every subcommand: negative numbers are values, booleans are
-/// boolish.
+/// boolish; and every subcommand's help ends as the command's does (logs, exit codes).
 fn adjust(cmd: Command) -> Command {
+    let after_help = cmd.get_after_help().cloned();
     cmd.mut_args(|a| {
         let a = if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a };
         let t = a.get_value_parser().type_id();
@@ -99,7 +100,13 @@ fn adjust(cmd: Command) -> Command {
             a
         }
     })
-    .mut_subcommands(adjust)
+    .mut_subcommands(|sub| {
+        let sub = adjust(sub);
+        match (&after_help, sub.get_after_help()) {
+            (Some(text), None) => sub.after_help(text.clone()),
+            _ => sub,
+        }
+    })
 }
 
 /// An unsigned flag's value. clap's own parser would name the type's maximum ("-1 is not in

@@ -22,7 +22,7 @@ pub enum OutputKind {
 /// Reads video, finds people with a YOLO model in ONNX Runtime, and publishes one JSON message per
 /// frame (wire schema v2) to Kafka.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/detector.md.")]
 pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0). A password
     /// in the URL is never shown.

@@ -246,3 +246,33 @@ fn a_second_signal_exits_130_with_a_line() -> Result<()> {
     assert!(held.read(&mut request)? > 0, "the probe had been sent");
     Ok(())
 }
+
+/// The docs match the binaries: every flag `--help` lists is in the service's doc, and the help
+/// points where it should (the docs' section, the log level, the exit codes).
+#[test]
+fn every_flag_is_documented_and_the_help_points_where_it_should() -> Result<()> {
+    let help = |name: &str, args: &[&str]| -> Result<String> {
+        let out = exec(name, args, &[], None)?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    for (name, args, doc) in [
+        ("detector", &["--help"][..], "docs/detector.md"),
+        ("sink", &["run", "--help"], "docs/sink.md"),
+        ("sink", &["policy", "--help"], "docs/sink.md"),
+    ] {
+        let text = help(name, args)?;
+        let documented = std::fs::read_to_string(repo_root().join(doc))?;
+        let flags = text.split_whitespace().filter_map(|w| w.strip_prefix("--")).map(|f| f.trim_end_matches([',', '.', ')', ':']));
+        for flag in
+            flags.filter(|f| f.len() > 1 && f.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !["help", "version"].contains(f))
+        {
+            assert!(documented.contains(&format!("`--{flag}")), "{name} {args:?}: --{flag} is not in {doc}");
+        }
+        assert!(text.contains("RUST_LOG") && text.contains("130 a second signal") && text.contains(doc), "{text}");
+    }
+    let detector = help("detector", &["--help"])?;
+    assert!(detector.contains("See docs/detector.md, \"Many cameras\"") && detector.contains("YOLOv5"), "{detector}");
+    assert!(!help("sink", &["run", "--help"])?.contains("9187"), "the PostgreSQL exporter's port");
+    Ok(())
+}
