@@ -198,21 +198,17 @@ mod tests {
         }
     }
 
+    /// One test, as it sets the variables the others would read.
     #[test]
-    fn errors_are_one_line() {
+    fn errors_are_one_line_negatives_are_values_and_booleans_take_1_and_0() {
         assert_eq!(refused(&["--rate", "abc"]), "--rate \"abc\" is not a valid value: invalid float literal");
         assert_eq!(refused(&["--days", "-1"]), "--days \"-1\" is not a valid value: it must not be negative");
         assert_eq!(refused(&["--days", "1e99"]), "--days \"1e99\" is not a valid value: a whole number is expected");
         let unknown = refused(&["--rte", "2"]);
         assert!(unknown.starts_with("unexpected argument '--rte' found; tip: a similar argument exists: '--rate'"), "{unknown}");
         assert!(!unknown.contains('\n'), "{unknown}");
-    }
-
-    #[test]
-    fn negatives_reach_the_range_check_and_booleans_take_1_and_0() {
         let (f, _) = parse_from::<Flags>(["t", "--rate", "-3"]).unwrap();
         assert_eq!((f.rate, f.days, f.on), (-3.0, 0, false));
-        // The only test that sets these variables.
         std::env::set_var("CLI_TEST_ON", "1");
         std::env::set_var("CLI_TEST_RATE", "fast");
         assert_eq!(refused(&[]), "CLI_TEST_RATE=\"fast\" (for --rate) is not a valid value: invalid float literal");

@@ -33,26 +33,24 @@ pub struct KafkaArgs {
     pub kafka_config: Option<PropertiesFile>,
 }
 
-/// The properties of a `--kafka-config` file, read when the flag is parsed.
+/// The properties of a `--kafka-config` file, read when the flag is parsed. (A type of its own:
+/// clap would take a `Vec` for a flag given many times.)
 #[derive(Debug, Clone)]
-pub struct PropertiesFile {
-    pub path: String,
-    pub properties: Vec<Property>,
-}
+pub struct PropertiesFile(pub Vec<Property>);
 
 impl KafkaArgs {
     /// Sets the brokers and the properties (the file's, then `-X`); called after the service's own
     /// settings, so that the user's win over them.
     pub fn apply(&self, cfg: &mut ClientConfig) {
         cfg.set("bootstrap.servers", &self.brokers);
-        for p in self.kafka_config.iter().flat_map(|f| &f.properties).chain(&self.properties) {
+        for p in self.kafka_config.iter().flat_map(|f| &f.0).chain(&self.properties) {
             cfg.set(&p.key, p.value.expose());
         }
     }
 
     /// The properties as logs may show them.
     pub fn shown(&self) -> Vec<String> {
-        self.kafka_config.iter().flat_map(|f| &f.properties).chain(&self.properties).map(Property::to_string).collect()
+        self.kafka_config.iter().flat_map(|f| &f.0).chain(&self.properties).map(Property::to_string).collect()
     }
 
     /// Refuses what no broker can fix, before anything connects: an empty or malformed broker
@@ -146,7 +144,7 @@ fn read_properties(path: &str) -> Result<PropertiesFile, String> {
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .map(|(i, l)| parse_property(l.trim_start()).map_err(|e| format!("line {}: {e}", i + 1)))
         .collect::<Result<_, _>>()?;
-    Ok(PropertiesFile { path: path.to_string(), properties })
+    Ok(PropertiesFile(properties))
 }
 
 /// For `ClientContext::log`. librdkafka reports trouble it retries by itself (a broker away, a
@@ -218,6 +216,19 @@ mod tests {
         assert_eq!(format!("{:?}", parse_property("ssl.key.password=x").unwrap()), "ssl.key.password=<redacted>");
         assert_eq!(shown("ssl.key.location=/etc/k.pem"), "ssl.key.location=/etc/k.pem");
         assert_eq!(shown("compression.type=lz4"), "compression.type=lz4");
+    }
+
+    #[test]
+    fn a_properties_file_reads_as_kcats_does() {
+        let path = std::env::temp_dir().join(format!("kafka-{}.properties", std::process::id()));
+        std::fs::write(&path, "# SASL\n\nsasl.password=p=w\n  acks=all\n").unwrap();
+        let file = read_properties(path.to_str().unwrap()).unwrap();
+        let read: Vec<(&str, &str)> = file.0.iter().map(|p| (p.key.as_str(), p.value.expose().as_str())).collect();
+        assert_eq!(read, [("sasl.password", "p=w"), ("acks", "all")]);
+        std::fs::write(&path, "acks=all\nnovalue\n").unwrap();
+        assert_eq!(read_properties(path.to_str().unwrap()).unwrap_err(), "line 2: expected KEY=VALUE");
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_properties(path.to_str().unwrap()).unwrap_err().starts_with("cannot read it: "));
     }
 
     #[test]
