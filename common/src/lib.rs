@@ -3,7 +3,9 @@
 //! telemetry set-up (logs, the metrics and health endpoint).
 
 pub mod backoff;
+pub mod cli;
 pub mod kafka;
 pub mod registry;
 pub mod secret;
 pub mod telemetry;
+pub mod url;

@@ -12,6 +12,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::secret::redact_url;
+use crate::url::{percent_decode, Url};
+
 /// Why a registry call failed, and whose problem that is.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -40,8 +43,12 @@ impl RegistryError {
 }
 
 pub struct Registry {
-    /// The API's base, without credentials and without a trailing slash.
-    url: String,
+    /// The API's base, without credentials, query or trailing slash.
+    base: String,
+    /// A query the URL carries (a token), sent with every request.
+    query: Option<String>,
+    /// The URL as it may be shown.
+    shown: String,
     /// `Basic ...` from the URL's user information.
     authorization: Option<String>,
     agent: ureq::Agent,
@@ -50,7 +57,7 @@ pub struct Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("url", &self.url)
+            .field("url", &self.shown)
             .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -80,26 +87,23 @@ impl Registry {
     /// `url` is the API's base: `http://host:8081` for Confluent, `http://host:8080/apis/ccompat/v7`
     /// for Apicurio. Each call gives up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .filter(|(s, _)| *s == "http" || *s == "https")
-            .ok_or_else(|| format!("schema registry URL {} must start with http:// or https://", crate::secret::redact_url(url)))?;
-        // user:password@ before the host, if any.
-        let (userinfo, host_path) = match rest.split_once('/').map_or(rest, |(authority, _)| authority).rsplit_once('@') {
-            Some((userinfo, _)) => (Some(userinfo), &rest[userinfo.len() + 1..]),
-            None => (None, rest),
-        };
-        let authorization = userinfo.map(|u| {
-            let plain = percent_decode(u);
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(plain))
+        let parsed = Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme == "http" || u.scheme == "https")
+            .ok_or_else(|| format!("schema registry URL {} is not http://HOST... or https://HOST...", redact_url(url)))?;
+        let authorization = parsed.user.map(|user| {
+            let userinfo = parsed.password.map_or_else(|| user.to_string(), |p| format!("{user}:{p}"));
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(percent_decode(&userinfo)))
         });
         let agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
-        Ok(Registry { url: format!("{scheme}://{}", host_path.trim_end_matches('/')), authorization, agent })
+        let (base, query) = (parsed.base(), parsed.query.map(str::to_string));
+        let shown = redact_url(&query.as_ref().map_or_else(|| base.clone(), |q| format!("{base}?{q}")));
+        Ok(Registry { base, query, shown, authorization, agent })
     }
 
-    /// The base URL, without credentials: safe to show.
+    /// The URL without its credentials: safe to show.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     /// Checks that the URL is a registry's API: `GET /config` must answer with the global
@@ -110,7 +114,7 @@ impl Registry {
     pub fn probe(&self) -> Result<(), RegistryError> {
         let text = self.call(Method::Get, "/config", None, "read its compatibility level")?;
         serde_json::from_str::<Config>(&text).map(|_| ()).map_err(|_| RegistryError::NotARegistry {
-            url: self.url.clone(),
+            url: self.shown.clone(),
             reason: format!("GET /config answered {:?}", text.chars().take(80).collect::<String>()),
         })
     }
@@ -131,7 +135,7 @@ impl Registry {
     pub fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
         let what = format!("read subject {subject}'s compatibility");
         match self.call(Method::Get, &format!("/config/{}", percent_encode(subject)), None, &what) {
-            Ok(text) => parse::<Config>(&text, &self.url).map(|c| Some(c.compatibility_level)),
+            Ok(text) => parse::<Config>(&text, &self.shown).map(|c| Some(c.compatibility_level)),
             Err(RegistryError::Refused { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -142,7 +146,7 @@ impl Registry {
         let body = serde_json::json!({ "schemaType": "JSON", "schema": schema });
         let what = format!("register a schema under subject {subject}");
         self.call(Method::Post, &format!("/subjects/{}/versions", percent_encode(subject)), Some(body), &what)
-            .and_then(|text| parse::<Id>(&text, &self.url).map(|r| r.id))
+            .and_then(|text| parse::<Id>(&text, &self.shown).map(|r| r.id))
     }
 
     /// Sets the subject's compatibility level (`BACKWARD`, `FULL`, ...).
@@ -156,13 +160,16 @@ impl Registry {
     pub fn schema(&self, id: u32) -> Result<String, RegistryError> {
         match self.call(Method::Get, &format!("/schemas/ids/{id}"), None, &format!("fetch schema {id}")) {
             Err(RegistryError::Refused { status: 404, .. }) => Err(RegistryError::UnknownSchema(id)),
-            other => other.and_then(|text| parse::<Schema>(&text, &self.url).map(|s| s.schema)),
+            other => other.and_then(|text| parse::<Schema>(&text, &self.shown).map(|s| s.schema)),
         }
     }
 
     fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>, what: &str) -> Result<String, RegistryError> {
-        let unavailable = |reason: String| RegistryError::Unavailable { url: self.url.clone(), reason };
-        let uri = format!("{}{path}", self.url);
+        let unavailable = |reason: String| RegistryError::Unavailable { url: self.shown.clone(), reason };
+        let uri = match &self.query {
+            Some(q) => format!("{}{path}?{q}", self.base),
+            None => format!("{}{path}", self.base),
+        };
         let with_auth = |headers: Vec<(&'static str, String)>| {
             let mut h = headers;
             h.push(("Accept", CONTENT_TYPE.to_string()));
@@ -189,9 +196,9 @@ impl Registry {
             // The registry's own 404s (no such subject, schema, version) carry its error code; a
             // 404 without one is a path the server does not know: not the registry's API.
             404 if !is_registry_error(&text) => {
-                Err(RegistryError::NotARegistry { url: self.url.clone(), reason: format!("{} {path}: HTTP 404", method.name()) })
+                Err(RegistryError::NotARegistry { url: self.shown.clone(), reason: format!("{} {path}: HTTP 404", method.name()) })
             }
-            _ => Err(RegistryError::Refused { url: self.url.clone(), what: what.to_string(), status, message: error_message(&text) }),
+            _ => Err(RegistryError::Refused { url: self.shown.clone(), what: what.to_string(), status, message: error_message(&text) }),
         }
     }
 }
@@ -244,25 +251,6 @@ pub fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +266,11 @@ mod tests {
         assert_eq!((plain.url(), plain.authorization.is_none()), ("http://127.0.0.1:8081", true));
         let err = Registry::new("ftp://u:secret@x", Duration::from_secs(1)).unwrap_err();
         assert!(err.contains("http://") && !err.contains("secret"), "{err}");
+        let token = Registry::new("http://h:1/x/?token=t0k3n", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (token.base.as_str(), token.query.as_deref(), token.url()),
+            ("http://h:1/x", Some("token=t0k3n"), "http://h:1/x?token=***")
+        );
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! Values that must never be shown: in `--help` (clap's `hide_env_values` keeps the environment's
-//! values out), in logs and errors, or in a `{:?}` of a config struct.
+//! values out), in logs and errors, or in a `{:?}` of a config struct. A secret is [`hide`]n the
+//! moment it is read (a URL parsed into a [`SecretUrl`], a secret-named `-X` property, a camera of
+//! the cameras file), and [`redact`] then hides it in every line the process prints.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::RwLock;
+
+use crate::url::{percent_decode, Url};
 
 /// A value whose `Debug` and `Display` print `<redacted>`; [`Secret::expose`] is the one way in.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -31,7 +36,8 @@ impl<T> fmt::Display for Secret<T> {
 }
 
 /// A URL that may carry credentials (a password as user information, or in the query as
-/// `password=` and the like). `Debug` and `Display` show it with every one of them replaced.
+/// `password=` and the like), or a local path. `Debug` and `Display` show it with every credential
+/// replaced.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(Secret<String>);
 
@@ -50,6 +56,7 @@ impl FromStr for SecretUrl {
     type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        hide_url(s);
         Ok(SecretUrl(Secret::new(s.to_string())))
     }
 }
@@ -75,37 +82,103 @@ pub fn is_secret_name(name: &str) -> bool {
         && !n.ends_with("file")
 }
 
-/// `scheme://user:password@host/path?password=x` with the password and every secret-named query
-/// value replaced by `***`. The user information ends at the *last* `@` before the path, so a
-/// password with an `@` in it is hidden whole; a URL that does not parse as one is hidden whole.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains('@') || url.contains('=') { "***".to_string() } else { url.to_string() };
+/// A URL with its password and every secret-named query value replaced by `***`. Text that is not
+/// a URL (a local path, even one with `@` or `=` in its name) is shown as it is, but for a broken
+/// URL with user information (`http://u:pw@`), shown as far as its `://`.
+pub fn redact_url(text: &str) -> String {
+    match (Url::parse(text), text.split_once("://")) {
+        (Ok(url), _) => redacted(&url),
+        (Err(_), Some((scheme, rest))) if rest.contains('@') => format!("{scheme}://***"),
+        (Err(_), _) => text.to_string(),
+    }
+}
+
+/// The password and the values of secret-named query keys (`password=`, `token=`, ...).
+fn url_secrets<'a>(url: &Url<'a>) -> Vec<&'a str> {
+    let query = url.query_pairs().filter(|(k, _)| is_secret_name(k)).filter_map(|(_, v)| v);
+    url.password.into_iter().chain(query).collect()
+}
+
+/// The URL as it may be shown: the password and every secret-named query value as `***`.
+fn redacted(url: &Url) -> String {
+    let userinfo = match (url.user, url.password) {
+        (Some(u), Some(_)) => format!("{u}:***@"),
+        (Some(u), None) => format!("{u}@"),
+        _ => String::new(),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_string(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
-            let shown: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if is_secret_name(k) => format!("{k}=***"),
-                    _ => pair.to_string(),
-                })
-                .collect();
-            format!("{path}?{}{}", shown.join("&"), fragment.map(|f| format!("#{f}")).unwrap_or_default())
+    let query = url.query.map_or_else(String::new, |_| {
+        let pairs: Vec<String> = url
+            .query_pairs()
+            .map(|(k, v)| match v {
+                Some(_) if is_secret_name(k) => format!("{k}=***"),
+                Some(v) => format!("{k}={v}"),
+                None => k.to_string(),
+            })
+            .collect();
+        format!("?{}", pairs.join("&"))
+    });
+    let fragment = url.fragment.map_or_else(String::new, |f| format!("#{f}"));
+    format!("{}://{userinfo}{}{}{query}{fragment}", url.scheme, url.host_port(), url.path)
+}
+
+/// Secret values looked for in every line the process prints ([`redact`]), longest first.
+static HIDDEN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Values shorter than this are not looked for in text: they would hide pieces of every line (and
+/// are no secret, being guessed at once). Their URL and `-X` forms are still hidden.
+const MIN_HIDDEN_CHARS: usize = 4;
+
+/// Makes every later line the process prints show `value` as `***`.
+pub fn hide(value: &str) {
+    if value.chars().count() < MIN_HIDDEN_CHARS {
+        return;
+    }
+    let mut hidden = HIDDEN.write().unwrap_or_else(|e| e.into_inner());
+    for v in [value.to_string(), String::from_utf8_lossy(&percent_decode(value)).into_owned()] {
+        if !hidden.contains(&v) {
+            hidden.push(v);
         }
-        None => tail.to_string(),
-    };
-    format!("{scheme}://{authority}{tail}")
+    }
+    hidden.sort_by_key(|v| std::cmp::Reverse(v.len()));
+}
+
+/// [`hide`]s a URL's secrets. A password equal to its user name is not hidden: the name is shown,
+/// so it is no secret (it is the local development database's).
+pub fn hide_url(text: &str) {
+    if let Ok(url) = Url::parse(text) {
+        for secret in url_secrets(&url) {
+            if url.password != Some(secret) || url.user != Some(secret) {
+                hide(secret);
+            }
+        }
+    }
+}
+
+/// The one redaction every line either service prints passes through (`telemetry::init_logs`
+/// routes standard error through it): each value given to [`hide`] becomes `***`, and so does the
+/// password of any URL in the text, whoever wrote it (librdkafka, libpq, OpenCV, FFmpeg).
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    for value in HIDDEN.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        if out.contains(value.as_str()) {
+            out = out.replace(value.as_str(), "***");
+        }
+    }
+    if !out.contains("://") {
+        return out;
+    }
+    // Each URL-like token: from its scheme to the next space or quote.
+    let mut shown = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |i| i + 1);
+        let end = rest[at..].find(|c: char| c.is_whitespace() || "\"'`<>".contains(c)).map_or(rest.len(), |i| at + i);
+        shown.push_str(&rest[..start]);
+        shown.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    shown.push_str(rest);
+    shown
 }
 
 #[cfg(test)]
@@ -123,11 +196,28 @@ mod tests {
             ("postgres://h/db", "postgres://h/db"),
             ("https://svc:t0ken@reg.example/apis/ccompat/v7", "https://svc:***@reg.example/apis/ccompat/v7"),
             ("http://h:8081/x?token=abc#frag", "http://h:8081/x?token=***#frag"),
-            ("user:secret@host", "***"),
+            // A local path is no URL: shown whole, whatever it holds.
+            ("samples/a=b@c.mp4", "samples/a=b@c.mp4"),
+            ("http://u:secret@", "http://***"),
         ];
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+    }
+
+    #[test]
+    fn text_shows_no_hidden_value_nor_url_password() {
+        hide("sw0rdfish");
+        hide("ab");
+        hide_url("postgres://pipeline:pipeline@h/db");
+        hide_url("http://h/x?token=t%40k3n");
+        let line = "Invalid value \"sw0rdfish\" for ssl.key.password; at rtsp://admin:opensesame@cam:554/1 (tab), \
+                    'https://u:pw@h/x?token=zzz' ab t@k3n pipeline";
+        assert_eq!(
+            redact(line),
+            "Invalid value \"***\" for ssl.key.password; at rtsp://admin:***@cam:554/1 (tab), \
+                    'https://u:***@h/x?token=***' ab *** pipeline"
+        );
     }
 
     #[test]

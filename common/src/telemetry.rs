@@ -15,10 +15,12 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::secret;
 
 /// Connections served at once; Prometheus and a prober or two need a handful.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -27,14 +29,82 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// From accepting a connection to having its request whole.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Logs to standard error, with `RUST_LOG` (default `info`), in colour on a terminal.
+/// Logs to standard error, with `RUST_LOG` (default `info`), in colour on a terminal; and
+/// standard error itself, whoever writes to it (our logs, librdkafka, OpenCV, FFmpeg, a panic),
+/// through [`secret::redact`]: the process's file descriptor 2 becomes a pipe whose lines a thread
+/// redacts and writes to the real standard error. Call it first; end the process with [`exit`],
+/// which forwards what is still in the pipe.
 pub fn init_logs() {
     use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    if let Err(e) = redact_stderr() {
+        eprintln!("cannot route standard error through the redaction ({e}); nothing is logged");
+        exit(1);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+}
+
+/// The thread that forwards standard error, once [`init_logs`] has started it.
+static FORWARDER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+fn redact_stderr() -> std::io::Result<()> {
+    use std::io::BufRead;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: dup of the open descriptor 2 returns a new descriptor that only this File owns.
+    let real = unsafe { libc::dup(2) };
+    if real < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `real` is a fresh descriptor owned by nobody else (above).
+    let mut real = unsafe { std::fs::File::from_raw_fd(real) };
+    let (reader, writer) = std::io::pipe()?;
+    // SAFETY: both descriptors are open; dup2 makes 2 a copy of the pipe's writing end.
+    if unsafe { libc::dup2(writer.as_raw_fd(), 2) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(writer);
+    let panic_out = real.try_clone()?;
+    // A panic's message goes straight out (redacted), not through the pipe: the process may end
+    // before the thread forwards it.
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = writeln!(&panic_out, "{}", secret::redact(&info.to_string()));
+    }));
+    let forwarder = std::thread::Builder::new().name("stderr".into()).spawn(move || {
+        let mut lines = std::io::BufReader::new(reader);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = real.write_all(secret::redact(&String::from_utf8_lossy(&line)).as_bytes());
+            line.clear();
+        }
+    })?;
+    *FORWARDER.lock().unwrap_or_else(|e| e.into_inner()) = Some(forwarder);
+    Ok(())
+}
+
+/// Ends the process with `code` once every line written to standard error so far is out.
+pub fn exit(code: u8) -> ! {
+    if let Some(forwarder) = FORWARDER.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // Closing the pipe's one writing end (descriptor 2 now points at /dev/null: what is written
+        // from here on is dropped, never shown unredacted) ends the thread at the pipe's end.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: both descriptors are open.
+            unsafe { libc::dup2(null.as_raw_fd(), 2) };
+            let _ = forwarder.join();
+        }
+    }
+    std::process::exit(code.into())
+}
+
+/// `--metrics-addr`: `host:port`, the host a name (`localhost:9188`) or an address.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = text.to_socket_addrs().map_err(|e| format!("expected HOST:PORT ({e})"))?;
+    addrs.next().ok_or_else(|| format!("{text} resolves to no address"))
 }
 
 /// The service's answer to `/readyz`: `Ok(detail)` while it can work, `Err(why)` when not.
@@ -112,6 +182,8 @@ impl Metrics {
     /// Serves the endpoint at `addr`: a thread of its own accepts, and each connection gets one.
     pub fn serve(self, addr: SocketAddr, probes: Probes) -> Result<(), String> {
         let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        // The port the system chose for port 0.
+        let addr = listener.local_addr().map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
         let endpoint = Arc::new(Endpoint { handle: self.0, probes });
         std::thread::Builder::new()
             .name("metrics".into())

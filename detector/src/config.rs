@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use common::kafka::KafkaArgs;
-use common::secret::{redact_url, SecretUrl};
+use common::secret::{hide_url, redact_url, SecretUrl};
+use common::url::Url;
 use serde::Deserialize;
 
 use crate::error::DetectorError;
-use crate::source::{RtspTransport, SourceKind};
+use crate::source::{RtspTransport, SourceKind, LIVE_SCHEMES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputKind {
@@ -21,7 +22,7 @@ pub enum OutputKind {
 /// Reads video, finds people with a YOLO model in ONNX Runtime, and publishes one JSON message per
 /// frame (wire schema v2) to Kafka.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/detector.md.")]
 pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0). A password
     /// in the URL is never shown.
@@ -30,7 +31,7 @@ pub struct Config {
 
     /// TOML file listing many cameras (`[[camera]]` tables with `id`, `source` and per-camera
     /// options), run in one process through one shared inference worker. The per-camera flags
-    /// below are the defaults for its entries. See the README.
+    /// below are the defaults for its entries. See docs/detector.md, "Many cameras".
     #[arg(long, env = "DETECTOR_CAMERAS", value_name = "FILE")]
     pub cameras: Option<PathBuf>,
 
@@ -68,7 +69,8 @@ pub struct Config {
     pub read_timeout_s: u64,
 
     /// The crowd alert's threshold: more than this many people in view ... (unset: no crowd
-    /// alert). Exported as `detector_crowd_people{camera}` for the alert rule.
+    /// alert). Exported as `detector_crowd_people{camera}` for the alert rule, so it needs
+    /// --metrics-addr.
     #[arg(long, env = "DETECTOR_CROWD_PEOPLE", value_name = "N")]
     pub crowd_people: Option<u32>,
 
@@ -80,9 +82,11 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_CAMERA_ID", default_value = "cam0")]
     pub camera_id: String,
 
-    /// ONNX model file (YOLOv8/11 detect or pose layout). A fixed input size is letterboxed to; with
-    /// dynamic height and width (models/yolo11n-pose-rect*.onnx) each frame gets the smallest
-    /// stride-32 rectangle of its own aspect, as Ultralytics' PyTorch predict does.
+    /// ONNX model file: a YOLOv8/11 detect or pose export, YOLOv5, or end-to-end (YOLOv10, NMS
+    /// inside). A fixed input size is letterboxed to; with dynamic height and width
+    /// (models/yolo11n-pose-rect*.onnx) each frame gets the smallest stride-32 rectangle of its own
+    /// aspect, as Ultralytics' PyTorch predict does. A relative path is taken from the working
+    /// directory.
     #[arg(long, env = "DETECTOR_MODEL", default_value = "models/yolo11n-pose.onnx")]
     pub model: PathBuf,
 
@@ -111,7 +115,8 @@ pub struct Config {
 
     /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): the wire
     /// v2 JSON Schema is registered under `<topic>-value` at start (compatibility BACKWARD) and
-    /// every message is framed with its id. Credentials may be given as URL user info.
+    /// every message is framed with its id. Credentials may be given as URL user info. Like the
+    /// other Kafka settings, not used with --output stdout.
     #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL", hide_env_values = true)]
     pub schema_registry: Option<SecretUrl>,
 
@@ -139,9 +144,9 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_DELIVERY_FAILURE_TIMEOUT", default_value_t = 30)]
     pub delivery_failure_timeout_s: u64,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (e.g. 0.0.0.0:9188);
-    /// off when unset.
-    #[arg(long, env = "DETECTOR_METRICS_ADDR", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics, liveness at /livez, readiness at /readyz
+    /// (e.g. 0.0.0.0:9188, localhost:9188; port 0: one the system picks, logged); off when unset.
+    #[arg(long, env = "DETECTOR_METRICS_ADDR", value_name = "HOST:PORT", value_parser = common::telemetry::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
@@ -187,7 +192,7 @@ impl std::fmt::Debug for Camera {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CamerasFile {
-    camera: Vec<CameraEntry>,
+    camera: Vec<toml::Spanned<CameraEntry>>,
 }
 
 /// Options left out take the value of the matching flag (or its environment variable).
@@ -210,6 +215,7 @@ impl Camera {
     /// The checks every camera passes, wherever it was configured. Messages name the option both
     /// ways, as a flag and as a key of the cameras file.
     fn validate(&self) -> Result<(), String> {
+        check_source(&self.source)?;
         if !wire::is_label(&self.id, wire::MAX_LABEL_CHARS) {
             return Err("the camera id (--camera-id, id) must be 1 to 128 characters, none of them control characters".into());
         }
@@ -231,6 +237,25 @@ impl Camera {
         }
         Ok(())
     }
+}
+
+/// A source that is a URL must be one the detector reads, and whole. The message shows no more
+/// than its scheme: a URL that does not parse may hold a password that nothing hides.
+fn check_source(source: &str) -> Result<(), String> {
+    let Some((scheme, _)) = source.split_once("://").filter(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric())) else {
+        return Ok(());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if LIVE_SCHEMES.contains(&scheme.as_str()) {
+        return Url::parse(source).map(drop).map_err(|why| format!("--source (source) {scheme}://...: {why}"));
+    }
+    if scheme == "file" {
+        return Err("--source (source) file://...: give the file's path itself, without file://".into());
+    }
+    Err(format!(
+        "--source (source) {scheme}://...: the detector does not read {scheme}:// (it reads a file, an image, {}, /dev/videoN)",
+        LIVE_SCHEMES.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 impl Config {
@@ -269,11 +294,20 @@ impl Config {
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
         }
-        if self.schema_registry.is_some() && self.output != OutputKind::Kafka {
-            return Err(DetectorError::Config("--schema-registry applies to --output kafka only".into()));
+        if self.output == OutputKind::Kafka {
+            self.kafka.check().map_err(DetectorError::Config)?;
         }
         let cameras = self.cameras()?;
+        if let (None, Some(c)) = (self.metrics_addr, cameras.iter().find(|c| c.crowd.is_some())) {
+            return Err(DetectorError::Config(format!(
+                "camera {}'s crowd alert (--crowd-people, crowd_people) needs --metrics-addr: the alert is a Prometheus rule on the detector's metrics",
+                c.id
+            )));
+        }
         if let Some(dir) = &self.snapshot_dir {
+            if dir.exists() && !dir.is_dir() {
+                return Err(DetectorError::Config(format!("--snapshot-dir {}: exists and is not a directory", dir.display())));
+            }
             std::fs::create_dir_all(dir).map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
         Ok(cameras)
@@ -308,7 +342,10 @@ impl Config {
             return Err(in_file("lists no [[camera]]".into()));
         }
         let mut cameras: Vec<Camera> = Vec::with_capacity(file.camera.len());
-        for e in file.camera {
+        for entry in file.camera {
+            let line = text[..entry.span().start].matches('\n').count() + 1;
+            let e = entry.into_inner();
+            hide_url(&e.source);
             let defaults = from_flags(&e.id, &e.source);
             let camera = Camera {
                 looped: e.looped.unwrap_or(defaults.looped),
@@ -322,9 +359,9 @@ impl Config {
                 },
                 ..defaults
             };
-            camera.validate().map_err(|why| in_file(format!("camera {:?}: {why}", camera.id)))?;
+            camera.validate().map_err(|why| in_file(format!("line {line}: camera {:?}: {why}", camera.id)))?;
             if cameras.iter().any(|c| c.id == camera.id) {
-                return Err(in_file(format!("camera id {:?} is listed twice (ids key the messages and rows)", camera.id)));
+                return Err(in_file(format!("line {line}: camera id {:?} is listed twice (ids key the messages and rows)", camera.id)));
             }
             cameras.push(camera);
         }
@@ -425,7 +462,7 @@ mod tests {
         let cams = cameras_from(
             "[[camera]]\nid = \"door\"\nsource = \"rtsp://cam/door\"\n\n\
              [[camera]]\nid = \"yard\"\nsource = \"yard.mp4\"\nmax_fps = 2.5\nloop = true\nread_timeout_s = 3\ncrowd_people = 4\n",
-            &["--max-fps", "5", "--read-timeout-s", "7", "--crowd-seconds", "20"],
+            &["--max-fps", "5", "--read-timeout-s", "7", "--crowd-seconds", "20", "--metrics-addr", "127.0.0.1:9188"],
         )
         .unwrap();
         assert_eq!(cams.len(), 2);
@@ -443,10 +480,14 @@ mod tests {
             ("camera = []", "lists no [[camera]]"),
             ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\nfps = 3\n", "unknown field `fps`"),
             ("[[camera]]\nid = \"a\"\n", "missing field `source`"),
-            ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\n[[camera]]\nid = \"a\"\nsource = \"b.mp4\"\n", "listed twice"),
-            ("[[camera]]\nid = \"a\"\nsource = \"rtsp://x/1\"\nloop = true\n", "camera \"a\": --loop and --realtime"),
+            (
+                "[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\n[[camera]]\nid = \"a\"\nsource = \"b.mp4\"\n",
+                "line 4: camera id \"a\" is listed twice",
+            ),
+            ("[[camera]]\nid = \"a\"\nsource = \"rtsp://x/1\"\nloop = true\n", "line 1: camera \"a\": --loop and --realtime"),
             ("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\nmax_fps = -1.0\n", "camera \"a\": --max-fps (max_fps)"),
             ("[[camera]]\nid = \"\"\nsource = \"a.mp4\"\n", "camera \"\": the camera id"),
+            ("[[camera]]\nid = \"a\"\nsource = \"rtsp://[::1\"\n", "camera \"a\": --source (source) rtsp://...: its host has a '['"),
             ("[[camera]]\nid = \"a\"\n\nsource = a.mp4\n", "line 4: "),
         ];
         for (toml, needle) in cases {

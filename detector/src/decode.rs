@@ -129,10 +129,14 @@ pub const MAX_DET: usize = wire::MAX_DETECTIONS;
 
 impl Decoder {
     pub fn new(layout: Layout, class_names: Vec<String>, keep: &[String], conf: f32, iou: f32) -> Result<Self, DetectorError> {
-        let keep_class: Vec<bool> = class_names.iter().map(|n| keep.iter().any(|k| k.trim() == n)).collect();
-        if !keep_class.iter().any(|k| *k) {
-            return Err(DetectorError::Config(format!("--classes {keep:?} names no class of this model (it has {class_names:?})")));
+        // A name the model lacks is a typo or the wrong model: refused, not silently dropped.
+        if let Some(unknown) = keep.iter().map(|k| k.trim()).find(|k| !k.is_empty() && !class_names.iter().any(|n| n == k)) {
+            return Err(DetectorError::Config(format!(
+                "--classes: the model has no class {unknown:?} (its classes: {})",
+                class_names.join(", ")
+            )));
         }
+        let keep_class: Vec<bool> = class_names.iter().map(|n| keep.iter().any(|k| k.trim() == n)).collect();
         Ok(Decoder { layout, conf, iou, keep_class, class_names })
     }
 

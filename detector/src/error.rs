@@ -40,6 +40,9 @@ pub enum DetectorError {
     /// A bug: a panic caught where a camera's fault is contained.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A signal came during start-up: nothing ran, nothing is lost.
+    #[error("stopped by a signal during start-up")]
+    Stopped,
 }
 
 impl DetectorError {
@@ -49,6 +52,7 @@ impl DetectorError {
             DetectorError::Source { blame, .. } | DetectorError::Registry { blame, .. } => *blame,
             DetectorError::Kafka(_) | DetectorError::Output(_) => Blame::External,
             DetectorError::Inference(_) | DetectorError::Internal(_) => Blame::Internal,
+            DetectorError::Stopped => Blame::User,
         }
     }
 
@@ -57,8 +61,12 @@ impl DetectorError {
         self.blame() == Blame::External
     }
 
-    /// Process exit code: 2 for the user's mistakes, 3 for the world's, 1 for ours.
+    /// Process exit code: 2 for the user's mistakes, 3 for the world's, 1 for ours; 0 for a stop
+    /// the user asked for.
     pub fn exit_code(&self) -> i32 {
+        if let DetectorError::Stopped = self {
+            return 0;
+        }
         match self.blame() {
             Blame::User => 2,
             Blame::External => 3,

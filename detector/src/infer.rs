@@ -41,7 +41,17 @@ pub struct Model {
 impl Model {
     pub fn load(path: &Path, intra_threads: usize) -> Result<Self, DetectorError> {
         let err = |reason: String| DetectorError::model(path, reason);
-        let sha256 = file_sha256(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let sha256 = file_sha256(path).map_err(|e| {
+            // The default model path is relative: run from elsewhere, it is not found.
+            let hint = match std::env::current_dir() {
+                Ok(cwd) if path.is_relative() && e.kind() == std::io::ErrorKind::NotFound => format!(
+                    " (a relative path is taken from the working directory, {}: run from the repository's root or give --model an absolute path)",
+                    cwd.display()
+                ),
+                _ => String::new(),
+            };
+            err(format!("cannot read: {e}{hint}"))
+        })?;
         let env = ort::init()
             .with_name("detector")
             .with_logger(Arc::new(ort_log))

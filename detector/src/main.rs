@@ -1,27 +1,30 @@
 //! detector: video in, person detections out to Kafka. See `detector --help`.
 
-use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::Parser;
+use common::telemetry::exit;
+use detector::error::DetectorError;
 use detector::{config, pipeline, source};
 
-fn main() -> ExitCode {
-    let cfg = config::Config::parse();
+fn main() {
+    // First: every line from here on passes through the redaction.
     common::telemetry::init_logs();
+    let (cfg, given) = common::cli::parse::<config::Config>();
+    let stop = on_signals();
 
-    // First SIGINT/SIGTERM: stop capture, drain, flush. A second one exits at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop)).expect("signal handler");
-        signal_hook::flag::register(sig, Arc::clone(&stop)).expect("signal handler");
+    let unused = if cfg.output == config::OutputKind::Stdout {
+        given.which(&["--brokers", "--topic", "-X", "--kafka-config", "--schema-registry"])
+    } else {
+        vec![]
+    };
+    if !unused.is_empty() {
+        tracing::warn!("--output stdout: {} not used (Kafka settings, for --output kafka)", unused.join(", "));
     }
-
     let result = cfg.validate().and_then(|cameras| {
-        // Here, while this is the only thread: it sets an environment variable.
+        // Here, while this is the only thread that reads the environment: it sets a variable.
         source::select_rtsp_transport(cameras.iter().map(|c| c.source.as_str()), cfg.rtsp_transport);
-        pipeline::prepare(&cfg, &cameras).and_then(|p| p.run(&stop))
+        pipeline::prepare(&cfg, &cameras, &stop).and_then(|p| p.run(&stop))
     });
     match result {
         Ok(s) => {
@@ -39,14 +42,43 @@ fn main() -> ExitCode {
                 "detector finished"
             );
             // Each camera's fault had its ERROR line when it happened; the exit says the first.
-            match s.failed.first() {
-                Some((_, e)) => ExitCode::from(e.exit_code() as u8),
-                None => ExitCode::SUCCESS,
-            }
+            exit(s.failed.first().map_or(0, |(_, e)| e.exit_code() as u8))
+        }
+        Err(DetectorError::Stopped) => {
+            tracing::info!("{}", DetectorError::Stopped);
+            exit(0)
         }
         Err(e) => {
-            tracing::error!(blame = %e.blame(), retryable = e.retryable(), "{e}");
-            ExitCode::from(e.exit_code() as u8)
+            tracing::error!(blame = %e.blame(), retryable = e.retryable(), "{}", given.name_variables(&e.to_string()));
+            exit(e.exit_code() as u8)
         }
     }
+}
+
+/// The first SIGINT/SIGTERM sets the flag (stop capture, drain, flush); a second one exits 130 at
+/// once. Each is logged.
+fn on_signals() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).expect("signal handlers");
+    let flag = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for (n, signal) in signals.forever().enumerate() {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if n == 0 {
+                    tracing::info!(
+                        signal = name,
+                        "signal received: stopping capture, delivering the frames in flight (a second signal exits at once)"
+                    );
+                    flag.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::warn!(signal = name, "second signal: exiting now (130); frames in flight are not delivered");
+                    exit(130);
+                }
+            }
+        })
+        .expect("signal thread");
+    stop
 }

@@ -62,8 +62,8 @@ pub struct Pipeline<'a> {
 }
 
 /// Opens the sources, loads the model, names the runs, starts the metrics endpoint and connects
-/// the output.
-pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera]) -> Result<Pipeline<'a>, DetectorError> {
+/// the output; `stop` (a signal) cuts the wait for the brokers short.
+pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera], stop: &AtomicBool) -> Result<Pipeline<'a>, DetectorError> {
     // OpenCV's own thread pool (TBB here) would parallelise each resize across the cores that
     // ONNX Runtime's threads are using; sequential OpenCV in each capture thread (the cameras are
     // the parallelism) leaves those cores to inference.
@@ -107,7 +107,7 @@ pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera]) -> Result<Pipeline<'a
         [one] => format!("detector-{}", one.id),
         _ => "detector".to_string(),
     };
-    let output = Output::open(cfg, &client_id, &policies, Arc::clone(&stats))?;
+    let output = Output::open(cfg, &client_id, &policies, Arc::clone(&stats), stop)?;
     let max_batch = if model.dynamic_batch { cfg.max_batch } else { 1 };
     tracing::info!(
         cameras = cameras.len(), model = %model.info.name, sha256 = %model.info.sha256,

@@ -124,6 +124,9 @@ impl Deliveries {
 
 type Kafka = ThreadedProducer<DeliveryContext>;
 
+/// How long the brokers may take to answer at start.
+const BROKER_CHECK: Duration = Duration::from_secs(10);
+
 pub struct KafkaOutput {
     /// One producer per capture policy in use.
     lossless: Option<Kafka>,
@@ -146,10 +149,16 @@ pub enum Output {
 
 impl Output {
     /// `client_id` names the producers to the brokers; `policies` are the cameras' policies.
-    pub fn open(cfg: &Config, client_id: &str, policies: &[Policy], stats: Arc<Vec<CameraStats>>) -> Result<Self, DetectorError> {
+    pub fn open(
+        cfg: &Config,
+        client_id: &str,
+        policies: &[Policy],
+        stats: Arc<Vec<CameraStats>>,
+        stop: &AtomicBool,
+    ) -> Result<Self, DetectorError> {
         match cfg.output {
             OutputKind::Stdout => Ok(Output::Stdout(std::io::LineWriter::new(std::io::stdout()))),
-            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stats).map(Output::Kafka),
+            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stats, stop).map(Output::Kafka),
         }
     }
 }
@@ -174,7 +183,13 @@ fn register_schema(url: &str, topic: &str) -> Result<u32, DetectorError> {
 }
 
 impl KafkaOutput {
-    fn connect(cfg: &Config, client_id: &str, policies: &[Policy], stats: Arc<Vec<CameraStats>>) -> Result<Self, DetectorError> {
+    fn connect(
+        cfg: &Config,
+        client_id: &str,
+        policies: &[Policy],
+        stats: Arc<Vec<CameraStats>>,
+        stop: &AtomicBool,
+    ) -> Result<Self, DetectorError> {
         let schema_id = cfg.schema_registry.as_ref().map(|url| register_schema(url.expose(), &cfg.kafka.topic)).transpose()?;
         tracing::info!(brokers = %cfg.kafka.brokers, topic = %cfg.kafka.topic, extra = ?cfg.kafka.shown(), "connecting to kafka");
         let deliveries = Arc::new(Deliveries::new(stats));
@@ -202,11 +217,17 @@ impl KafkaOutput {
             let producer: Kafka = client
                 .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
                 .map_err(|e| DetectorError::Config(format!("kafka producer settings: {e}")))?;
-            // Fail at start, with the address, rather than queueing into the void.
-            producer
-                .client()
-                .fetch_metadata(Some(&cfg.kafka.topic), Duration::from_secs(10))
-                .map_err(|e| DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.kafka.brokers)))?;
+            // Fail at start, with the address, rather than queueing into the void; asked a second
+            // at a time, so that a signal need not wait for the whole check.
+            let deadline = Instant::now() + BROKER_CHECK;
+            while let Err(e) = producer.client().fetch_metadata(Some(&cfg.kafka.topic), Duration::from_secs(1)) {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(DetectorError::Stopped);
+                }
+                if Instant::now() >= deadline {
+                    return Err(DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.kafka.brokers)));
+                }
+            }
             Ok(Some(producer))
         };
         Ok(KafkaOutput {
@@ -324,6 +345,8 @@ impl Publisher<'_> {
         let mut last_report = Instant::now();
         let started = Instant::now();
         let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
+        // The reader of standard output has gone (`| head -1`): the run ends as asked, quietly.
+        let mut closed = false;
         let mut snapshots: Vec<Option<Snapshots>> =
             self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
         loop {
@@ -357,12 +380,22 @@ impl Publisher<'_> {
             }
             match &mut output {
                 Output::Kafka(k) => k.send(&msg, camera, self.policies[camera], self.stop, &self.heartbeat)?,
+                Output::Stdout(_) if closed => {}
                 Output::Stdout(out) => {
                     let mut line = msg.to_json();
                     line.push(b'\n');
-                    out.write_all(&line).map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
-                    let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
-                    stats[camera].published(msg.people(), since);
+                    match out.write_all(&line) {
+                        Ok(()) => {
+                            let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
+                            stats[camera].published(msg.people(), since);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            tracing::info!("standard output closed by its reader: stopping");
+                            closed = true;
+                            self.stop.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(DetectorError::Output(format!("stdout: {e}"))),
+                    }
                 }
             }
             if last_report.elapsed() >= Duration::from_secs(5) {
@@ -381,7 +414,12 @@ impl Publisher<'_> {
         match output {
             Output::Kafka(k) => k.finish(),
             Output::Stdout(mut out) => {
-                out.flush().map_err(|e| DetectorError::Output(format!("stdout: {e}")))?;
+                match out.flush() {
+                    Err(e) if !closed && e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        return Err(DetectorError::Output(format!("stdout: {e}")));
+                    }
+                    _ => {}
+                }
                 Ok(total(stats, |c| &c.published))
             }
         }

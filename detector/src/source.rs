@@ -1,6 +1,5 @@
 //! Frame sources through OpenCV: video files, still images, and live streams and devices.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,11 +20,13 @@ pub enum SourceKind {
     Live,
 }
 
+/// The URL schemes of live streams, read through FFmpeg.
+pub const LIVE_SCHEMES: [&str; 7] = ["rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp"];
+
 impl SourceKind {
     pub fn of(uri: &str) -> Self {
         let lower = uri.to_ascii_lowercase();
-        if ["rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://"].iter().any(|p| lower.starts_with(p))
-            || lower.starts_with("/dev/video")
+        if LIVE_SCHEMES.iter().any(|s| lower.strip_prefix(s).is_some_and(|rest| rest.starts_with("://"))) || lower.starts_with("/dev/video")
         {
             SourceKind::Live
         } else if [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"].iter().any(|e| lower.ends_with(e)) {
@@ -94,8 +95,13 @@ impl Source {
     /// `reconnect::next_live_frame` keeps trying.
     pub fn open(uri: &str, opts: SourceOptions) -> Result<Self, DetectorError> {
         let kind = SourceKind::of(uri);
-        if kind != SourceKind::Live && !Path::new(uri).is_file() {
-            return Err(DetectorError::source(uri, Blame::User, "no such file"));
+        if kind != SourceKind::Live {
+            match std::fs::metadata(uri) {
+                Ok(m) if m.is_dir() => return Err(DetectorError::source(uri, Blame::User, "is a directory, not a video file or an image")),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DetectorError::source(uri, Blame::User, "no such file")),
+                Err(e) => return Err(DetectorError::source(uri, Blame::User, e)),
+            }
         }
         let mut source = Source {
             uri: uri.to_string(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use common::kafka::KafkaArgs;
+use common::kafka::{check_topic, KafkaArgs};
 use common::secret::SecretUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -20,7 +20,7 @@ pub enum WriteMode {
 /// Consumes detection messages (wire schema v2, and v1) from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches, one transaction per batch, committing offsets only once rows are durable.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/sink.md.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -55,6 +55,14 @@ pub struct PolicyArgs {
     pub retention_days: Option<u32>,
 }
 
+impl PolicyArgs {
+    /// The ranges the store's policy table holds (its CHECKs), refused before connecting.
+    pub fn validate(&self) -> Result<(), String> {
+        within("--days-ahead", self.days_ahead.map_or(1, u64::from), 1, 366, "")?;
+        within("--retention-days", self.retention_days.map_or(0, u64::from), 0, 36_600, "")
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DbArgs {
     /// PostgreSQL connection URL [default: postgres://pipeline:***@127.0.0.1:5432/detections, the
@@ -67,6 +75,21 @@ pub struct DbArgs {
         default_value = "postgres://pipeline:pipeline@127.0.0.1:5432/detections"
     )]
     pub database_url: SecretUrl,
+}
+
+impl DbArgs {
+    /// A URL of PostgreSQL's, before anything connects: another database's URL would only fail
+    /// as a connection that never comes.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.database_url.expose().split_once("://") {
+            Some(("postgres" | "postgresql", _)) => Ok(()),
+            Some((scheme, _)) => Err(format!(
+                "--database-url {} is not PostgreSQL's: it must start with postgres:// or postgresql://, not {scheme}://",
+                self.database_url
+            )),
+            None => Err("--database-url is not a URL: postgres://USER:PASSWORD@HOST:PORT/DATABASE expected".into()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -157,8 +180,9 @@ pub struct RunArgs {
     #[arg(long, env = "SINK_REPORT_EVERY", default_value_t = 10)]
     pub report_every_s: u64,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9187); off when unset.
-    #[arg(long, env = "SINK_METRICS_ADDR", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics, liveness at /livez, readiness at /readyz
+    /// (e.g. 0.0.0.0:9189, localhost:9189; port 0: one the system picks, logged); off when unset.
+    #[arg(long, env = "SINK_METRICS_ADDR", value_name = "HOST:PORT", value_parser = common::telemetry::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): framed
@@ -194,15 +218,14 @@ impl RunArgs {
         Duration::from_secs(self.unknown_schema_wait_s)
     }
 
-    /// Refuses settings that cannot work, with one line naming the flag.
+    /// Refuses settings that cannot work, with one line naming the flag, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
-        let within = |flag: &str, v: u64, lo: u64, hi: u64, why: &str| {
-            if (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("{flag} must be within {lo} and {hi}{why}, got {v}"))
-            }
-        };
+        self.db.validate()?;
+        self.kafka.check()?;
+        if self.group_id.trim().is_empty() {
+            return Err("--group-id is empty: sinks that share a group id share the partitions".into());
+        }
+        check_topic("--dead-letter-topic", &self.dead_letter_topic())?;
         within("--batch-rows", self.batch_rows as u64, 1, MAX_BATCH_ROWS, "")?;
         within("--batch-max-rows", self.batch_max_rows as u64, 1, MAX_BATCH_ROWS, " (the batch is held in memory)")?;
         if self.batch_max_rows < self.batch_rows {
@@ -230,6 +253,15 @@ impl RunArgs {
             return Err("--dead-letter-topic must differ from --topic".into());
         }
         Ok(())
+    }
+}
+
+/// `Err` naming `flag` and its range when `v` is outside `lo..=hi`.
+fn within(flag: &str, v: u64, lo: u64, hi: u64, why: &str) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{flag} must be within {lo} and {hi}{why}, got {v}"))
     }
 }
 

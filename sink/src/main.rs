@@ -18,27 +18,26 @@ mod telemetry;
 mod validate;
 mod write;
 
-use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
-use std::str::FromStr;
-
+use common::telemetry::exit;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use config::{Cli, Command, DbArgs};
-use error::SinkError;
+use error::{DbFault, SinkError};
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+async fn main() {
+    // First: every line from here on passes through the redaction.
     common::telemetry::init_logs();
+    let (cli, given) = common::cli::parse::<Cli>();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit(0),
         Err(e) => {
-            tracing::error!(retryable = e.retryable(), "{e}");
-            ExitCode::from(e.exit_code())
+            tracing::error!(retryable = e.retryable(), "{}", given.name_variables(&e.to_string()));
+            exit(e.exit_code())
         }
     }
 }
@@ -52,6 +51,7 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
             Ok(())
         }
         Command::Policy(args) => {
+            args.validate().map_err(SinkError::Config)?;
             let pool = connect(&args.db, 1, &[]).await?;
             schema::check(&pool).await?;
             let p = partitions::set_policy(&pool, args.days_ahead, args.retention_days).await?;
@@ -85,8 +85,8 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
                 tracing::info!("signal received; finishing the current batch (a second signal exits at once)");
                 let _ = tx.send(true);
                 wait_for_signal().await;
-                tracing::warn!("second signal: exiting now; what was not committed is read again at the next start");
-                std::process::exit(130);
+                tracing::warn!("second signal: exiting now (130); what was not committed is read again at the next start");
+                exit(130);
             });
             pipeline::run(&args, &pool, clock, heartbeat, rx).await
         }
@@ -95,17 +95,39 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
 
 /// A pool of `connections`, each with these session settings.
 async fn connect(db: &DbArgs, connections: u32, settings: &[(&str, String)]) -> Result<PgPool, SinkError> {
-    // Away (refused, timed out): the world's, exit 3; anything else (a password, a certificate,
-    // the URL itself) is the user's to fix, exit 2.
+    db.validate().map_err(SinkError::Config)?;
+    // libpq's variable, which sqlx reads too when the URL has no password: hidden then, as the
+    // URL's password would be (unless it is the user's name, which is shown).
+    if let (Ok(password), Ok(url)) = (std::env::var("PGPASSWORD"), common::url::Url::parse(db.database_url.expose())) {
+        let user = url.user.map(str::to_string).or_else(|| std::env::var("PGUSER").ok());
+        if url.password.is_none() && user.as_deref() != Some(password.as_str()) {
+            common::secret::hide(&password);
+        }
+    }
+    // Away (refused, timed out, starting up, too many connections): the world's, exit 3; anything
+    // else (a password, a database that does not exist, a certificate, the URL itself) is the
+    // user's to fix, exit 2.
     let cannot = |e: sqlx::Error| {
         let why = format!("cannot connect to PostgreSQL at {}: {e}", db.database_url.redacted());
-        match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => SinkError::DatabaseAway(why),
+        match SinkError::Database(e).db_fault() {
+            Some(DbFault::Transient) => SinkError::DatabaseAway(why),
             _ => SinkError::Config(why),
         }
     };
     let options =
         PgConnectOptions::from_str(db.database_url.expose()).map_err(cannot)?.options(settings.iter().map(|(k, v)| (*k, v.as_str())));
+    // One connection first: its error says why (refused, the password, no such database), where
+    // the pool's says only that it timed out.
+    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&options)).await {
+        Err(_) => {
+            return Err(SinkError::DatabaseAway(format!(
+                "cannot connect to PostgreSQL at {}: no answer within 10 s",
+                db.database_url.redacted()
+            )))
+        }
+        Ok(Err(e)) => return Err(cannot(e)),
+        Ok(Ok(probe)) => drop(probe.close().await),
+    }
     PgPoolOptions::new()
         .max_connections(connections)
         // Short, so an outage surfaces as an error (and the partitions pause) within seconds.

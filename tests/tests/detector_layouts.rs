@@ -84,7 +84,7 @@ fn unknown_layout_is_a_clear_error() -> Result<()> {
 /// is refused at start in one line (exit 2).
 #[test]
 fn people_are_the_models_person_class_kept_by_classes() -> Result<()> {
-    let (out, msgs) = detect("yolov5-layout.onnx", &["--classes", "car", "--crowd-people", "0"])?;
+    let (out, msgs) = detect("yolov5-layout.onnx", &["--classes", "car", "--crowd-people", "0", "--metrics-addr", "127.0.0.1:0"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(msgs.is_empty());

@@ -1,6 +1,7 @@
 //! TLS and SASL to Kafka (SASL_SSL with SCRAM-SHA-512) and TLS to PostgreSQL
 //! (`sslmode=verify-full`), on the real servers, with certificates this test makes with openssl:
-//! the detector publishes and the sink stores through both; a wrong SASL password and a server
+//! the detector publishes (SASL password as -X) and the sink stores (password in a --kafka-config
+//! file) through both; a wrong SASL password and a server
 //! certificate from another CA are refused with one clear error. Alone in its file: it turns TLS
 //! on in the shared PostgreSQL (a reload; off again at the end) and starts a broker of its own.
 
@@ -147,17 +148,20 @@ impl Drop for SecureBroker {
     }
 }
 
+/// The librdkafka properties of a SASL_SSL client.
 fn sasl_ssl(ca: &Path, password: &str) -> Vec<String> {
-    [
+    vec![
         "security.protocol=SASL_SSL".to_string(),
         "sasl.mechanisms=SCRAM-SHA-512".to_string(),
         format!("sasl.username={SCRAM_USER}"),
         format!("sasl.password={password}"),
         format!("ssl.ca.location={}", ca.display()),
     ]
-    .into_iter()
-    .flat_map(|p| ["-X".to_string(), p])
-    .collect()
+}
+
+/// As `-X` flags, on the command line.
+fn sasl_ssl_flags(ca: &Path, password: &str) -> Vec<String> {
+    sasl_ssl(ca, password).into_iter().flat_map(|p| ["-X".to_string(), p]).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +222,7 @@ async fn detector_and_sink_through_sasl_ssl_and_verified_tls() -> Result<()> {
                 .arg("--source")
                 .arg(&clip)
                 .args(["--model", model().to_str().unwrap(), "--camera-id", "vault", "--topic", &topic, "--brokers", SECURE_BROKER])
-                .args(sasl_ssl(&ca, password)),
+                .args(sasl_ssl_flags(&ca, password)),
             Duration::from_secs(300),
         )
     };
@@ -227,9 +231,10 @@ async fn detector_and_sink_through_sasl_ssl_and_verified_tls() -> Result<()> {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 
-    let sink_args = sasl_ssl(&ca, SCRAM_PASSWORD);
-    let sink_args: Vec<&str> = sink_args.iter().map(String::as_str).collect();
-    let sink = SinkProcess::start_on(SECURE_BROKER, &db_url, &topic, &unique("group"), &sink_args)?;
+    // The sink's password in a properties file, off the command line.
+    let properties = dir.join("client.properties");
+    std::fs::write(&properties, sasl_ssl(&ca, SCRAM_PASSWORD).join("\n"))?;
+    let sink = SinkProcess::start_on(SECURE_BROKER, &db_url, &topic, &unique("group"), &["--kafka-config", properties.to_str().unwrap()])?;
     let out = detector(SCRAM_PASSWORD)?;
     ensure!(out.status.success(), "detector over SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
     let mut conn = PgConnection::connect(&db_url).await.context("the test's own verified connection")?;
