@@ -68,9 +68,12 @@ impl Batch {
 
     /// Forgets the rows and echoes of these partitions (given up, or to be read again).
     pub fn remove_partitions(&mut self, gone: &BTreeSet<i32>) {
+        let before = self.frames.len();
         self.frames.retain(|r| !gone.contains(&r.partition));
         self.echoes.retain(|e| !gone.contains(&e.partition));
-        self.reindex();
+        if self.frames.len() != before {
+            self.reindex();
+        }
     }
 
     /// Takes these rows out (the database refused them); their offsets stay claimed.

@@ -307,12 +307,16 @@ impl Sink<'_> {
     fn apply_changes(&mut self) {
         let changes = self.consumer.context().take_changes();
         let gone: BTreeSet<i32> = changes.revoked.iter().copied().collect();
-        for p in &gone {
-            self.parts.revoke(*p);
-            self.paused.remove(p);
+        // Called on every message: with nothing revoked, the batch is left as it is (reindexing
+        // it per message made a batch quadratic in its messages).
+        if !gone.is_empty() {
+            for p in &gone {
+                self.parts.revoke(*p);
+                self.paused.remove(p);
+            }
+            telemetry::forget_partitions(&gone);
+            self.batch.remove_partitions(&gone);
         }
-        telemetry::forget_partitions(&gone);
-        self.batch.remove_partitions(&gone);
         for (p, fence) in changes.assigned {
             self.parts.assign(p, fence);
             // Assigned again, a partition comes back unpaused.
