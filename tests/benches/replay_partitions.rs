@@ -62,6 +62,8 @@ async fn store(frames: u64, topic: &str, partitions: u64) -> Result<(f64, String
         make(&mut conn, today + Days::new(1), today + Days::new(2)).await?;
     }
     sqlx::query("VACUUM (ANALYZE) frame_keys, frames, detections").execute(&mut conn).await?;
+    // The fill's writes flushed now, not by a checkpoint in the middle of the timed replay.
+    sqlx::query("CHECKPOINT").execute(&mut conn).await?;
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM frames").fetch_one(&mut conn).await?;
     println!("partitions={partitions} frames_held={held} fill_s={:.1}", t.elapsed().as_secs_f64());
     // Stored once, then replayed: every message a frame already stored.

@@ -55,10 +55,12 @@ pub async fn unnest_direct(conn: &mut PgConnection, batch: &Batch) -> Result<(u6
 pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged, SinkError> {
     for (table, data) in [(&FRAMES, &streams.frames), (&DETECTIONS, &streams.detections)] {
         // Per-connection temporary tables, emptied at every commit (and here, for a retry within
-        // one transaction).
+        // one transaction). Emptied by DELETE, not TRUNCATE: a TRUNCATE gives the table a new file,
+        // which invalidates the merge's cached plan, and planning it again at every batch costs
+        // in proportion to the daily partitions (it reads them all, to prune at run time).
         let create = format!("CREATE TEMP TABLE IF NOT EXISTS {0}_stage (LIKE {0} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", table.name);
         sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *conn).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}_stage", table.name))).execute(&mut *conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}_stage", table.name))).execute(&mut *conn).await?;
         copy(conn, &format!("{}_stage", table.name), table, data).await?;
     }
     type Keys = (Vec<String>, Vec<Uuid>, Vec<i64>);
