@@ -9,6 +9,10 @@ Ultralytics is used as a black box (AGPL-3.0: its source is not read or copied h
   after NMS) and what it returned (ids, the Kalman boxes, the index of the detection each matched).
 - DIR/synthetic.csv: hand-made scenarios (SCENARIOS below) fed to a fresh `BYTETracker` made from
   the same bytetrack.yaml, the way the docs show, recorded the same way.
+- DIR/lapjv.csv: `lap.lapjv(cost, extend_cost=True, cost_limit=limit)` (the assignment the tracker
+  uses; lap is BSD-2-Clause) on random small matrices of coarse costs, where ties are common:
+  `rows,cols,limit,costs,x` with the costs row-major and x (the column of each row, -1 for none)
+  space-separated.
 
 CSV rows, one per detection fed to the tracker, in the order fed:
     scenario,frame,det,x1,y1,x2,y2,score,class,id,tx1,ty1,tx2,ty2
@@ -67,7 +71,8 @@ def record_video(model_path, video):
     def spy(self, results, *args, **kwargs):
         tracks = update(self, results, *args, **kwargs)
         dets = np.concatenate([results.xyxy, results.conf[:, None], results.cls[:, None]], axis=1)
-        calls.append((dets.astype(np.float32), np.asarray(tracks, dtype=np.float32).reshape(-1, 8)))
+        # A copy: model.track later clips the boxes it puts in its results to the image, in place.
+        calls.append((dets.astype(np.float32), np.array(tracks, dtype=np.float32).reshape(-1, 8)))
         return tracks
 
     BYTETracker.update = spy
@@ -141,9 +146,25 @@ SCENARIOS = {
     # track_low_thresh; a lost track is not matched in the second stage; 0.25 is a first-stage score.
     "second_stage_scores": [[det(A)], [det(A)], [det(A, 0.2), det(B, 0.2)], [det(A, 0.1)], [det(A, 0.2)],
                             [det(A, 0.25)], [det(A, 0.25)]],
+    # Two tracks on one box, one detection: one is matched, the other lost and, overlapping the
+    # matched one (now tracked for longer), dropped; the second detection then starts a new track
+    # instead of taking 2 back.
+    "duplicate_lost_track": [[det(A), det(A)], [det(A)], [det(A, 0.9), det(A, 0.8)], [det(A, 0.9), det(A, 0.8)]],
     # Zero height (or width, or NaN) is no detection for the tracker: no id, no match.
     "zero_height": [[det([100, 300, 164, 300]), det(A)], [det(A), det([0, 50, 0, 90])], [det([100, 228, 164, 228])], [det(A)]],
 }
+
+
+def lapjv_cases(n=1000):
+    rng = np.random.default_rng(18)
+    out = []
+    for _ in range(n):
+        r, c = rng.integers(1, 7, 2)
+        cost = np.round(rng.uniform(0, 1.2, (r, c)), 1)
+        limit = float(rng.choice([0.5, 0.7, 0.8, round(float(rng.uniform(0.1, 1.5)), 2)]))
+        _, x, _ = lap.lapjv(cost, extend_cost=True, cost_limit=limit)
+        out.append(f"{r},{c},{limit!r},{' '.join(map(repr, cost.ravel().tolist()))},{' '.join(map(str, x.tolist()))}")
+    return out
 
 
 def record_synthetic():
@@ -182,6 +203,9 @@ def main():
                 "python": sys.version.split()[0]}
     cfg = tracker_config()
     header = [f"versions {versions}", f"bytetrack.yaml {cfg}"]
+    with open(os.path.join(args.out, "lapjv.csv"), "w") as f:
+        f.write(f"# lap {lap.__version__}: lap.lapjv(cost, extend_cost=True, cost_limit=limit)\nrows,cols,limit,costs,x\n")
+        f.write("\n".join(lapjv_cases()) + "\n")
     frames, body = record_synthetic()
     write(os.path.join(args.out, "synthetic.csv"), header + ["BYTETracker(bytetrack.yaml) fed SCENARIOS of scripts/reference_tracks.py"],
           frames, body)
