@@ -156,12 +156,18 @@ SCENARIOS = {
 
 
 def lapjv_cases(n=1000):
+    """n matrices of costs in tenths, then n of five values only (ties everywhere)."""
     rng = np.random.default_rng(18)
     out = []
-    for _ in range(n):
-        r, c = rng.integers(1, 7, 2)
-        cost = np.round(rng.uniform(0, 1.2, (r, c)), 1)
-        limit = float(rng.choice([0.5, 0.7, 0.8, round(float(rng.uniform(0.1, 1.5)), 2)]))
+    for k in range(2 * n):
+        if k < n:
+            r, c = rng.integers(1, 7, 2)
+            cost = np.round(rng.uniform(0, 1.2, (r, c)), 1)
+            limit = float(rng.choice([0.5, 0.7, 0.8, round(float(rng.uniform(0.1, 1.5)), 2)]))
+        else:
+            r, c = rng.integers(1, 9, 2)
+            cost = rng.choice([0.0, 0.2, 0.4, 0.6, 1.0], (r, c))
+            limit = float(rng.choice([0.4, 0.8, 1.2]))
         _, x, _ = lap.lapjv(cost, extend_cost=True, cost_limit=limit)
         out.append(f"{r},{c},{limit!r},{' '.join(map(repr, cost.ravel().tolist()))},{' '.join(map(str, x.tolist()))}")
     return out

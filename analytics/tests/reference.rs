@@ -204,5 +204,5 @@ fn lapjv_equals_lap_on_random_matrices() {
         assert_eq!(lapjv::assign(&cost, rows, cols, limit).row_to_col, x, "{line}");
         cases += 1;
     }
-    assert_eq!(cases, 1000);
+    assert_eq!(cases, 2000);
 }
