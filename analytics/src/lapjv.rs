@@ -338,6 +338,14 @@ mod tests {
     }
 
     #[test]
+    fn ties_among_free_columns_go_to_the_last() {
+        // lap.lapjv([[0.2, 0.2, 0.4], [0.4, 0.6, 0.4]], extend_cost=True, cost_limit=0.4) gives
+        // x = [0, 2]: the shortest path reaches two free columns at once and takes the last.
+        let a = assign(&[0.2, 0.2, 0.4, 0.4, 0.6, 0.4], 2, 3, 0.4);
+        assert_eq!(rows(&a), vec![Some(0), Some(2)]);
+    }
+
+    #[test]
     fn empty_sides() {
         let a = assign(&[], 0, 3, 0.8);
         assert_eq!(a.col_to_row, vec![None; 3]);
