@@ -398,3 +398,65 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
     inter / (area(a) + area(b) - inter + IOU_EPS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(x: f32) -> Detection {
+        Detection { xyxy: [x, 100.0, x + 64.0, 228.0], score: 0.9, class: 0 }
+    }
+
+    fn ids(tracks: &[TrackedBox]) -> Vec<u64> {
+        tracks.iter().map(|t| t.id).collect()
+    }
+
+    /// Seen at `seen`, missing at `gaps`, then seen twice more: the ids shown on those two frames.
+    fn lost_and_found(buffer: TrackBuffer, seen: &[f64], gaps: &[f64], again: [f64; 2]) -> Vec<Vec<u64>> {
+        let mut t = ByteTracker::new(Config { track_buffer: buffer, ..Config::default() });
+        for &s in seen {
+            assert_eq!(ids(&t.update(&[person(100.0)], s)), [1]);
+        }
+        for &g in gaps {
+            assert!(t.update(&[], g).is_empty());
+        }
+        again.iter().map(|&s| ids(&t.update(&[person(100.0)], s))).collect()
+    }
+
+    #[test]
+    fn a_buffer_in_seconds_keeps_a_lost_track_for_that_long_however_many_frames_come() {
+        // 100 frames a second: 50 frames (0.5 s) without the person.
+        let gaps: Vec<f64> = (2..52).map(|f| f as f64 / 100.0).collect();
+        assert_eq!(lost_and_found(TrackBuffer::Seconds(1.0), &[0.0, 0.01], &gaps, [0.52, 0.53]), [[1], [1]]);
+        // In frames the same wait is too long: a new track, shown from its second frame.
+        assert_eq!(lost_and_found(TrackBuffer::Frames(30), &[0.0, 0.01], &gaps, [0.52, 0.53]), [vec![], vec![2]]);
+    }
+
+    #[test]
+    fn a_buffer_in_seconds_removes_a_lost_track_after_that_long_however_few_frames_come() {
+        // Two frames in 1.1 s without the person (a camera whose frames are dropped): kept for
+        // 1.0 s exactly, removed after it; still found on the frame after its removal, as in
+        // frames, and gone on the next.
+        let found = lost_and_found(TrackBuffer::Seconds(1.0), &[0.0, 0.5], &[1.0, 1.5], [1.6, 1.7]);
+        assert_eq!(found, [[1], [1]]);
+        let found = lost_and_found(TrackBuffer::Seconds(1.0), &[0.0, 0.5], &[1.0, 1.51], [1.6, 1.7]);
+        assert_eq!(found, [[1], [1]]);
+        let found = lost_and_found(TrackBuffer::Seconds(1.0), &[0.0, 0.5], &[1.0, 1.51, 1.55], [1.6, 1.7]);
+        assert_eq!(found, [vec![], vec![2]]);
+        // Frames count the frames only: three are nothing to a 30-frame buffer.
+        let found = lost_and_found(TrackBuffer::Frames(30), &[0.0, 0.5], &[1.0, 1.51, 1.55], [1.6, 1.7]);
+        assert_eq!(found, [[1], [1]]);
+    }
+
+    #[test]
+    fn each_tracker_numbers_its_own_tracks_from_1() {
+        let mut a = ByteTracker::new(Config::default());
+        let mut b = ByteTracker::new(Config::default());
+        assert_eq!(ids(&a.update(&[person(100.0), person(400.0)], 0.0)), [1, 2]);
+        assert_eq!(ids(&b.update(&[person(400.0)], 0.0)), [1]);
+        // The index of each track's detection, past a box without height.
+        let flat = Detection { xyxy: [0.0, 10.0, 50.0, 10.0], score: 0.9, class: 0 };
+        let tracks = a.update(&[flat, person(400.0), person(100.0)], 0.1);
+        assert_eq!(tracks.iter().map(|t| (t.id, t.detection)).collect::<Vec<_>>(), [(1, 2), (2, 1)]);
+    }
+}
