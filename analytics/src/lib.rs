@@ -10,4 +10,7 @@ pub mod lapjv;
 pub mod zones;
 
 pub use bytetrack::{ByteTracker, Config, Detection, TrackBuffer, TrackedBox};
-pub use zones::{Counter, Event, EventKey, EventKind, FrameTime, Observation, Occupancy, Output, Rules, RulesConfig};
+pub use zones::{
+    Counter, Direction, Event, EventKey, EventKind, FrameTime, InputError, Keypoint, LineConfig, Observation, Occupancy, Output, RuleError,
+    Rules, RulesConfig, Sample, Side, Span, ZoneConfig,
+};

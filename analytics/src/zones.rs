@@ -166,17 +166,16 @@ fn point([x, y]: [f64; 2]) -> Point {
 impl RulesConfig {
     /// Checks every rule (the cameras file can be checked before anything runs).
     pub fn validate(&self) -> Result<(), RuleError> {
-        self.build_zones()?;
-        self.build_lines()?;
-        Ok(())
+        self.build().map(|_| ())
     }
 
-    fn build_zones(&self) -> Result<Vec<Zone>, RuleError> {
+    fn build(&self) -> Result<(Vec<Zone>, Vec<Line>), RuleError> {
         let err = |rule: String, problem: String| RuleError { rule, problem };
         if !(0.0..=1.0).contains(&self.ankle_score) {
             return Err(err("ankle_score".into(), format!("{}, needs a number from 0 to 1", self.ankle_score)));
         }
         self.track_end.check(1, false).map_err(|p| err("track_end".into(), p))?;
+        // Zones and lines share the names of the event keys' rule.
         let mut names = HashSet::new();
         let mut name = |kind: &str, n: &str| {
             let rule = format!("{kind} {n:?}");
@@ -199,30 +198,23 @@ impl RulesConfig {
             z.exit_grace.check(1, false).map_err(|p| err(rule.clone(), format!("exit_grace {p}")))?;
             zones.push(Zone { name: z.name.clone(), polygon, enter_frames: z.enter_frames, exit_grace: z.exit_grace });
         }
-        for l in &self.lines {
-            name("line", &l.name)?;
-        }
-        Ok(zones)
-    }
-
-    fn build_lines(&self) -> Result<Vec<Line>, RuleError> {
         let mut lines = Vec::new();
         for l in &self.lines {
-            let err = |problem: String| RuleError { rule: format!("line {:?}", l.name), problem };
+            let rule = name("line", &l.name)?;
             let (a, b) = (point(l.from), point(l.to));
             if !(a.x.is_finite() && a.y.is_finite() && b.x.is_finite() && b.y.is_finite()) {
-                return Err(err("a point is not finite".into()));
+                return Err(err(rule, "a point is not finite".into()));
             }
             if a == b {
-                return Err(err("from and to are the same point".into()));
+                return Err(err(rule, "from and to are the same point".into()));
             }
             if l.hold_frames < 1 {
-                return Err(err("hold_frames is 0, needs at least 1".into()));
+                return Err(err(rule, "hold_frames is 0, needs at least 1".into()));
             }
             if !l.dead_band_px.is_finite() || l.dead_band_px < 0.0 {
-                return Err(err(format!("dead_band_px is {}, needs a finite number >= 0", l.dead_band_px)));
+                return Err(err(rule, format!("dead_band_px is {}, needs a finite number >= 0", l.dead_band_px)));
             }
-            l.cooldown.check(0, true).map_err(|p| err(format!("cooldown {p}")))?;
+            l.cooldown.check(0, true).map_err(|p| err(rule, format!("cooldown {p}")))?;
             lines.push(Line {
                 name: l.name.clone(),
                 segment: Segment { a, b },
@@ -232,7 +224,7 @@ impl RulesConfig {
                 cooldown: l.cooldown,
             });
         }
-        Ok(lines)
+        Ok((zones, lines))
     }
 
     /// A hash of everything that decides the events (FNV-1a 64 over a fixed encoding).
@@ -345,13 +337,8 @@ pub struct Rules {
 
 impl Rules {
     pub fn new(config: &RulesConfig) -> Result<Self, RuleError> {
-        Ok(Rules {
-            ankle_score: config.ankle_score,
-            track_end: config.track_end,
-            zones: config.build_zones()?,
-            lines: config.build_lines()?,
-            version: config.version(),
-        })
+        let (zones, lines) = config.build()?;
+        Ok(Rules { ankle_score: config.ankle_score, track_end: config.track_end, zones, lines, version: config.version() })
     }
 
     /// The rule version events are stored under: a hash of the rules and of this code's
@@ -582,10 +569,6 @@ pub struct Counter {
 impl Counter {
     pub fn new(rules: Rules) -> Self {
         Counter { rules, tracks: BTreeMap::new(), last: None, second: None }
-    }
-
-    pub fn rules(&self) -> &Rules {
-        &self.rules
     }
 
     /// Applies one frame: the observations of the tracks it saw (any order, each track once).

@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use analytics::zones::Direction;
-use analytics::{Counter, Event, FrameTime, Observation, Occupancy, Rules, RulesConfig};
+use analytics::{Counter, Direction, Event, FrameTime, Observation, Occupancy, Rules, RulesConfig};
 
 /// vtest.avi's frame rate (its AVI header: 100000 us per frame).
 const FPS: f64 = 10.0;

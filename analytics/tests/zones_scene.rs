@@ -3,8 +3,7 @@
 //! passing beside the door, one occluded in the queue briefly and one for longer than the grace,
 //! one counted by its ankles, and one still queueing when the scene ends. 10 frames per second.
 
-use analytics::zones::{Direction, Keypoint};
-use analytics::{Counter, Event, FrameTime, Observation, Rules, RulesConfig};
+use analytics::{Counter, Direction, Event, FrameTime, Keypoint, Observation, Rules, RulesConfig};
 
 const FRAMES: u64 = 200;
 
