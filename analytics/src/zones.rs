@@ -394,12 +394,14 @@ pub struct Sample {
     pub point: Point,
 }
 
+/// In: into the line's `in_side`; out: into the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     In,
     Out,
 }
 
+/// What the rules report, dated at the frame that explains it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// At the track's first observation.
@@ -416,6 +418,7 @@ pub enum Event {
     LineCross { track: u64, line: String, direction: Direction, before: Sample, after: Sample, confirmed: FrameTime },
 }
 
+/// An event's kind as stored (`as_str`); a crossing's kind carries its direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     TrackStart,
@@ -1048,6 +1051,8 @@ mod tests {
         config.validate().unwrap();
         let unknown = toml::from_str::<RulesConfig>("[[lines]]\nname = \"a\"\nfrom = [0, 0]\nto = [1, 1]\nin_side = \"left\"\nhold = 3\n");
         assert!(unknown.unwrap_err().to_string().contains("unknown field `hold`"));
+        let minutes = toml::from_str::<RulesConfig>("track_end = { minutes = 1 }\n");
+        assert!(minutes.unwrap_err().to_string().contains("unknown variant `minutes`"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (tests/reference/tracks/vtest.avi.csv, the tracker's boxes); the crate must give the same
 //! events, field for field, and the same occupancy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use analytics::{Counter, Direction, Event, FrameTime, Observation, Occupancy, Rules, RulesConfig};
@@ -120,6 +120,8 @@ fn events_and_occupancy_equal_the_oracle_on_vtest() {
     events.extend(out.events);
     occupancy.extend(out.occupancy);
 
+    let keys: HashSet<_> = events.iter().map(|e| e.key()).collect();
+    assert_eq!(keys.len(), events.len(), "two events share a key");
     let mut ours: Vec<Row> = events.iter().map(row).collect();
     ours.sort_by(|a, b| (a.frame, a.track, &a.kind, &a.rule).cmp(&(b.frame, b.track, &b.kind, &b.rule)));
     let text = reference("zones/vtest.avi.events.csv");
