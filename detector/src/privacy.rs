@@ -255,4 +255,19 @@ mod tests {
         blur_heads(&mut grey, &[det([3.3, 4.4, 50.0, 59.0], &[(1, [20.0, 12.0, 0.9]), (2, [28.0, 12.0, 0.9])])]);
         assert!(grey.pixels().all(|p| *p == Rgb([77, 77, 77])));
     }
+
+    #[test]
+    fn the_flag_is_on_unless_set_to_false() {
+        // As the binary parses it: booleans take true/false, on/off, yes/no, 1/0, and need a value.
+        let blur = |flags: &[&str]| {
+            common::cli::parse_from::<crate::config::Config>(["detector", "--source", "x.mp4"].iter().chain(flags))
+                .map(|(c, _)| c.snapshot_blur_heads)
+                .map_err(|_| ())
+        };
+        assert_eq!(blur(&[]), Ok(true));
+        assert_eq!(blur(&["--snapshot-blur-heads", "false"]), Ok(false));
+        assert_eq!(blur(&["--snapshot-blur-heads", "off"]), Ok(false));
+        assert_eq!(blur(&["--snapshot-blur-heads", "yes"]), Ok(true));
+        assert_eq!(blur(&["--snapshot-blur-heads"]), Err(()));
+    }
 }
