@@ -94,7 +94,7 @@ pub fn head(d: &wire::Detection, width: u32, height: u32) -> Option<Head> {
 /// Blurs every detection's head: the region is cut into cells (aligned to its top left), each
 /// cell's colour is its mean, and pixels between cell centres are interpolated. Only the means
 /// are left of the face, as with a mosaic, and the smooth result has no cell edges, which would
-/// be sharp detail of their own (and cost JPEG bytes).
+/// be sharp detail of their own.
 pub fn blur_heads(img: &mut RgbImage, detections: &[wire::Detection]) {
     let (width, height) = img.dimensions();
     for h in detections.iter().filter_map(|d| head(d, width, height)) {
