@@ -315,13 +315,38 @@ def speed_section():
     ])
 
 
+def tracking_section():
+    got = read("tracking_cost")
+    if not got:
+        return "### Tracking and events against the model\n\nNot measured yet (`scripts/run_benchmarks.sh tracking_cost`).\n"
+    head, rows = got
+    setup = next((r for r in rows if "people" in r), {})
+    parts = [r for r in rows if "part" in r]
+    last = next((r for r in rows if "tracking_over_model" in r), {})
+    spread = next((r for r in rows if "p50_over_p50" in r), {})
+    return "\n".join([
+        "### Tracking and events against the model",
+        "",
+        provenance(head) + f". Per frame, in one run, alternated in {setup.get('rounds', '?')} rounds: ONNX Runtime on "
+        f"letterboxed `vtest.avi` frames ({setup.get('threads', '?')} threads), and `analytics::ByteTracker` + "
+        f"`analytics::Counter` ({setup.get('zones', '?')} zones, {setup.get('lines', '?')} lines) on synthetic frames of "
+        f"{setup.get('people', '?')} people with keypoints.",
+        "",
+        table(parts, ["part", "frames", "p50_us", "p99_us", "mean_us"]),
+        "",
+        f"Tracking's mean over the model's mean: {last.get('tracking_over_model', '?')} (goal < {last.get('goal', '?')}); "
+        f"its p50 and p99 over the model's p50: {spread.get('p50_over_p50', '?')} and {spread.get('p99_over_p50', '?')}.",
+        "",
+    ])
+
+
 def main():
     os.makedirs(PERF, exist_ok=True)
     section = "\n".join([BEGIN, "", "## Benchmarks", "",
                          "Regenerate: `scripts/run_benchmarks.sh` (runs them, keeps docs/perf/*.txt), then "
                          "`scripts/perf_report.sh` (this section and the plots).", "",
                          sink_section(), latency_section(), fleet_section(), cameras_section(), store_section(), replay_section(),
-                         speed_section(), END])
+                         speed_section(), tracking_section(), END])
     doc = open(DOC).read()
     if BEGIN in doc and END in doc:
         before, rest = doc.split(BEGIN, 1)

@@ -2,20 +2,22 @@
 # Runs the benchmarks against the real services and keeps their output in docs/perf/NAME.txt, each
 # headed by the command that made it and the machine it ran on; scripts/perf_report.sh then writes
 # docs/performance.md's measured section and its plots from those files.
-#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size|replay_partitions|vs_ultralytics]...   (none: all)
+#   scripts/run_benchmarks.sh [sink|live_latency|fleet|cameras_per_box|store_size|replay_partitions|vs_ultralytics|tracking_cost]...   (none: all)
 # BASELINE_BIN_DIR (a folder with an older build's sink) adds that build to the sink benchmark's
 # enforcement rounds.
-# vs_ultralytics is scripts/speed_vs_ultralytics.sh (the detector against Ultralytics' predict).
+# vs_ultralytics is scripts/speed_vs_ultralytics.sh (the detector against Ultralytics' predict);
+# tracking_cost is the detector crate's benchmark of the tracker and zone rules against the model.
 # Starts the services (and stops them at the end); builds the release binaries first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size replay_partitions vs_ultralytics)
+[ ${#names[@]} -gt 0 ] || names=(sink live_latency fleet cameras_per_box store_size replay_partitions vs_ultralytics tracking_cost)
 cargo build --release --workspace --bins
-# The services only for the benchmarks that use them (vs_ultralytics runs without, on a quieter box).
-if printf '%s\n' "${names[@]}" | grep -qv '^vs_ultralytics$'; then
+# The services only for the benchmarks that use them (vs_ultralytics and tracking_cost run without,
+# on a quieter box).
+if printf '%s\n' "${names[@]}" | grep -qvE '^(vs_ultralytics|tracking_cost)$'; then
   trap '"$REPO_ROOT/scripts/services.sh" stop' EXIT
   "$REPO_ROOT/scripts/services.sh" start
 fi
@@ -28,6 +30,7 @@ for name in "${names[@]}"; do
   log "benchmark $name -> $out"
   case "$name" in
     vs_ultralytics) cmd=(scripts/speed_vs_ultralytics.sh) ;;
+    tracking_cost) cmd=(cargo bench -q -p detector --bench tracking_cost) ;;
     *) cmd=(cargo bench -q -p pipeline-tests --bench "$name") ;;
   esac
   {

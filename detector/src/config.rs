@@ -148,6 +148,12 @@ pub struct Config {
     /// (e.g. 0.0.0.0:9188, localhost:9188; port 0: one the system picks, logged); off when unset.
     #[arg(long, env = "DETECTOR_METRICS_ADDR", value_name = "HOST:PORT", value_parser = common::telemetry::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Blur each person's head in snapshots, placed from the face keypoints (the top of the box
+    /// without them, or with a model that has none). On unless set to false: a snapshot is a file
+    /// anyone with the folder can open. See docs/detector.md, "Snapshots and privacy".
+    #[arg(long, env = "DETECTOR_SNAPSHOT_BLUR_HEADS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub snapshot_blur_heads: bool,
 }
 
 /// One camera as the pipeline runs it: from the flags (`--source`) or an entry of `--cameras`.

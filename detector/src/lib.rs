@@ -12,6 +12,7 @@ pub mod infer;
 pub mod pacing;
 pub mod pipeline;
 pub mod preprocess;
+pub mod privacy;
 pub mod publish;
 pub mod reconnect;
 pub mod snapshot;

@@ -348,7 +348,7 @@ impl Publisher<'_> {
         // The reader of standard output has gone (`| head -1`): the run ends as asked, quietly.
         let mut closed = false;
         let mut snapshots: Vec<Option<Snapshots>> =
-            self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::new(d, cfg.snapshot_every_s, &c.id))).collect();
+            self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::configured(d, cfg, &c.id))).collect();
         loop {
             self.heartbeat.beat();
             let Inferred { meta, lb, output: raw } = match rx.recv_timeout(BEAT_EVERY) {

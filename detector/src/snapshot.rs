@@ -1,12 +1,16 @@
 //! `--snapshot-dir`: JPEGs of frames with detections, boxes and skeletons drawn, at most one per
-//! `--snapshot-every-s` of video. Paced by the frames' timestamps, not the wall clock, so a file
-//! gives the same snapshots however fast it is processed.
+//! `--snapshot-every-s` of video, heads blurred unless `--snapshot-blur-heads false`
+//! ([`crate::privacy`]). Paced by the frames' timestamps, not the wall clock, so a file gives the
+//! same snapshots however fast it is processed.
 
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use opencv::core::Mat;
 use opencv::prelude::*;
+
+use crate::config::Config;
+use crate::privacy;
 
 /// COCO keypoint pairs joined in the drawn skeleton (1-based, as Ultralytics lists them).
 const SKELETON: [(usize, usize); 19] = [
@@ -40,13 +44,19 @@ pub struct Snapshots {
     every_ms: i64,
     camera: String,
     last_pts: Option<i64>,
+    blur_heads: bool,
 }
 
 impl Snapshots {
     pub fn new(dir: &Path, every_s: f64, camera: &str) -> Self {
         // The camera id goes into file names: keep it to safe characters.
         let camera = camera.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        Snapshots { dir: dir.to_path_buf(), every_ms: (every_s * 1000.0).round() as i64, camera, last_pts: None }
+        Snapshots { dir: dir.to_path_buf(), every_ms: (every_s * 1000.0).round() as i64, camera, last_pts: None, blur_heads: true }
+    }
+
+    /// As the flags say: `--snapshot-every-s`, `--snapshot-blur-heads`.
+    pub fn configured(dir: &Path, cfg: &Config, camera: &str) -> Self {
+        Snapshots { blur_heads: cfg.snapshot_blur_heads, ..Snapshots::new(dir, cfg.snapshot_every_s, camera) }
     }
 
     /// Whether a frame at `pts_ms` may be snapshotted; a timeline that restarts (a reopened
@@ -63,7 +73,10 @@ impl Snapshots {
         }
         let path = self.dir.join(format!("{}-{:08}.jpg", self.camera, msg.frame_seq));
         match to_rgb(frame).and_then(|mut img| {
-            draw(&mut img, &msg.detections);
+            if self.blur_heads {
+                privacy::blur_heads(&mut img, &msg.detections);
+            }
+            draw(&mut img, &msg.detections, self.blur_heads);
             img.save(&path).map_err(|e| e.to_string())
         }) {
             Ok(()) => {
@@ -84,8 +97,9 @@ fn to_rgb(frame: &Mat) -> Result<RgbImage, String> {
     RgbImage::from_raw(frame.cols() as u32, frame.rows() as u32, rgb).ok_or_else(|| "frame size mismatch".into())
 }
 
-/// Draws each detection's box (2 px) and, where it has keypoints, its skeleton.
-pub fn draw(img: &mut RgbImage, detections: &[wire::Detection]) {
+/// Draws each detection's box (2 px) and, where it has keypoints, its skeleton (without the face's
+/// bones over blurred heads).
+pub fn draw(img: &mut RgbImage, detections: &[wire::Detection], heads_blurred: bool) {
     for d in detections {
         let b = d.bbox;
         for inset in 0..2 {
@@ -98,6 +112,9 @@ pub fn draw(img: &mut RgbImage, detections: &[wire::Detection]) {
         }
         if let Some(kps) = &d.keypoints {
             for (a, b) in SKELETON {
+                if heads_blurred && (privacy::is_face_keypoint(a - 1) || privacy::is_face_keypoint(b - 1)) {
+                    continue;
+                }
                 if let (Some(p), Some(q)) = (kps.get(a - 1), kps.get(b - 1)) {
                     if p[2] >= MIN_KEYPOINT_SCORE && q[2] >= MIN_KEYPOINT_SCORE {
                         line(img, (p[0], p[1]), (q[0], q[1]), BONE);
@@ -136,7 +153,15 @@ mod tests {
         kps[5] = [30.0, 50.0, 0.9]; // left shoulder
         kps[6] = [70.0, 50.0, 0.9]; // right shoulder: the (6, 7) bone is drawn
         kps[7] = [30.0, 80.0, 0.1]; // left elbow, not visible: the (6, 8) bone is not
-        draw(&mut img, &[det([10.0, 10.0, 90.0, 95.0], Some(kps)), det([-50.0, -50.0, 500.0, 5.0], None)]);
+        kps[0] = [50.0, 20.0, 0.9]; // nose
+        kps[1] = [45.0, 15.0, 0.9]; // left eye: the (1, 2) bone
+        let people = [det([10.0, 10.0, 90.0, 95.0], Some(kps)), det([-50.0, -50.0, 500.0, 5.0], None)];
+        let mut blurred = img.clone();
+        draw(&mut img, &people, false);
+        draw(&mut blurred, &people, true);
+        assert_eq!(*img.get_pixel(48, 18), BONE); // between the nose and the eye
+        assert_eq!(*blurred.get_pixel(48, 18), Rgb([0, 0, 0])); // not over a blurred head
+        assert_eq!(*blurred.get_pixel(50, 50), BONE); // the rest of the skeleton is drawn
         assert_eq!(*img.get_pixel(10, 40), BOX); // left edge
         assert_eq!(*img.get_pixel(11, 40), BOX); // 2 px thick
         assert_eq!(*img.get_pixel(50, 10), BOX); // top edge
