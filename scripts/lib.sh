@@ -52,6 +52,19 @@ write_targets() { # JOB ADDRESS...
 # A virtualenv with the config checkers (docker-compose, hadolint) scripts/check_configs.sh runs.
 CHECKERS_VENV="$CACHE_DIR/checkers-venv"
 
+# A virtualenv with py-motmetrics, which scripts/track_metrics.sh (tests/tests/detector_tracks.rs)
+# scores the detector's tracks with. motmetrics 1.4.0 calls numpy's asfarray, gone in numpy 2.
+MOTMETRICS_VENV="$CACHE_DIR/motmetrics-venv"
+install_motmetrics() {
+  if "$MOTMETRICS_VENV/bin/python" -c "import motmetrics; assert motmetrics.__version__ == '1.4.0'" 2>/dev/null; then
+    log "motmetrics: $MOTMETRICS_VENV present"; return
+  fi
+  log "motmetrics: installing motmetrics 1.4.0 into $MOTMETRICS_VENV"
+  rm -rf "$MOTMETRICS_VENV"
+  python3 -m venv "$MOTMETRICS_VENV"
+  "$MOTMETRICS_VENV/bin/pip" install -q motmetrics==1.4.0 numpy==1.26.4 pandas==2.2.3 scipy==1.13.1
+}
+
 PG_PORT="${PG_PORT:-5432}"
 PG_DB="${PG_DB:-detections}"
 PG_USER="${PG_USER:-pipeline}"

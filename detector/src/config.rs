@@ -20,7 +20,7 @@ pub enum OutputKind {
 }
 
 /// Reads video, finds people with a YOLO model in ONNX Runtime, and publishes one JSON message per
-/// frame (wire schema v2) to Kafka.
+/// frame (wire schema v3) to Kafka.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/detector.md.")]
 pub struct Config {
@@ -102,6 +102,23 @@ pub struct Config {
     #[arg(long, env = "DETECTOR_CLASSES", value_delimiter = ',', default_value = "person")]
     pub classes: Vec<String>,
 
+    /// Track: a ByteTrack tracker per camera (of every class kept) on every published frame, equal
+    /// to Ultralytics' `model.track(..., tracker="bytetrack.yaml")`; each message carries the
+    /// frame's tracks. Detections down to the tracker's low threshold (0.1) feed it; the message's
+    /// detections stay those above --conf. See docs/tracking.md.
+    #[arg(long, env = "DETECTOR_TRACK")]
+    pub track: bool,
+
+    /// With --track: a lost track is kept this many frames (bytetrack.yaml's track_buffer), 1 to
+    /// 100000.
+    #[arg(long, env = "DETECTOR_TRACK_BUFFER", default_value_t = 30, requires = "track")]
+    pub track_buffer: u32,
+
+    /// With --track: keep a lost track this many seconds of the frames' own time instead, 0 to 3600
+    /// (for live cameras, whose dropped and skipped frames would change a wait counted in frames).
+    #[arg(long, env = "DETECTOR_TRACK_BUFFER_S", value_name = "SECONDS", requires = "track", conflicts_with = "track_buffer")]
+    pub track_buffer_s: Option<f64>,
+
     /// ONNX Runtime intra-op threads (0: one per core).
     #[arg(long, env = "DETECTOR_THREADS", default_value_t = 0)]
     pub threads: usize,
@@ -114,7 +131,7 @@ pub struct Config {
     pub kafka: KafkaArgs,
 
     /// Schema registry (Confluent-compatible API; for Apicurio, its `/apis/ccompat/v7`): the wire
-    /// v2 JSON Schema is registered under `<topic>-value` at start (compatibility BACKWARD) and
+    /// v3 JSON Schema is registered under `<topic>-value` at start (compatibility BACKWARD) and
     /// every message is framed with its id. Credentials may be given as URL user info. Like the
     /// other Kafka settings, not used with --output stdout.
     #[arg(long, env = "SCHEMA_REGISTRY_URL", value_name = "URL", hide_env_values = true)]
@@ -297,6 +314,12 @@ impl Config {
                 self.delivery_failure_timeout_s
             )));
         }
+        if !(1..=100_000).contains(&self.track_buffer) {
+            return Err(DetectorError::Config(format!("--track-buffer must be within 1 and 100000 frames, got {}", self.track_buffer)));
+        }
+        if let Some(s) = self.track_buffer_s.filter(|s| !(s.is_finite() && (0.0..=3600.0).contains(s))) {
+            return Err(DetectorError::Config(format!("--track-buffer-s must be within 0 and 3600, got {s}")));
+        }
         if self.classes.iter().all(|c| c.trim().is_empty()) {
             return Err(DetectorError::Config("--classes names no class".into()));
         }
@@ -317,6 +340,21 @@ impl Config {
             std::fs::create_dir_all(dir).map_err(|e| DetectorError::Config(format!("--snapshot-dir {}: {e}", dir.display())))?;
         }
         Ok(cameras)
+    }
+
+    /// With --track, each camera's tracker's settings: bytetrack.yaml's, with the flags' buffer.
+    pub fn tracker(&self) -> Option<analytics::Config> {
+        let track_buffer = match self.track_buffer_s {
+            Some(s) => analytics::TrackBuffer::Seconds(s),
+            None => analytics::TrackBuffer::Frames(self.track_buffer),
+        };
+        self.track.then(|| analytics::Config { track_buffer, ..analytics::Config::default() })
+    }
+
+    /// The score detections are decoded from: --conf, or lower with --track, whose second stage
+    /// takes detections from its low threshold, as `model.track` lowers its conf to 0.1.
+    pub fn decode_conf(&self) -> f32 {
+        self.tracker().map_or(self.conf, |t| self.conf.min(t.track_low_thresh))
     }
 
     /// The one camera of `--source`, or the entries of `--cameras` with the flags as defaults.
@@ -406,11 +444,35 @@ mod tests {
             (&["--read-timeout-s", "0"], "--read-timeout-s (read_timeout_s) must be within 1 and 3600"),
             (&["--open-timeout-s", "100000"], "--open-timeout-s (open_timeout_s) must be within 1 and 3600"),
             (&["--max-fps", "1e9"], "--max-fps (max_fps) must be 0 (no cap) to 1000"),
+            (&["--track", "--track-buffer", "0"], "--track-buffer must be within 1 and 100000 frames"),
+            (&["--track", "--track-buffer", "100001"], "--track-buffer must be within 1 and 100000 frames"),
+            (&["--track", "--track-buffer-s=-0.5"], "--track-buffer-s must be within 0 and 3600"),
+            (&["--track", "--track-buffer-s", "3600.5"], "--track-buffer-s must be within 0 and 3600"),
+            (&["--track", "--track-buffer-s", "NaN"], "--track-buffer-s must be within 0 and 3600"),
         ] {
             let c = Config::parse_from(["detector", "--source", "x.mp4"].into_iter().chain(flags.iter().copied()));
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(needle) && !err.contains('\n'), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn track_flags() {
+        let parse = |flags: &[&str]| Config::try_parse_from(["detector", "--source", "x.mp4"].iter().chain(flags));
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.tracker(), c.decode_conf()), (None, 0.25), "untracked: decoded at --conf");
+        let c = parse(&["--track"]).unwrap();
+        assert_eq!(c.tracker(), Some(analytics::Config::default()), "bytetrack.yaml's");
+        assert_eq!(c.decode_conf(), 0.1, "down to the tracker's low threshold");
+        let c = parse(&["--track", "--conf", "0.05"]).unwrap();
+        assert_eq!(c.decode_conf(), 0.05, "a lower --conf stays");
+        let c = parse(&["--track", "--track-buffer-s", "2.5"]).unwrap();
+        assert_eq!(c.tracker().unwrap().track_buffer, analytics::TrackBuffer::Seconds(2.5));
+        let c = parse(&["--track", "--track-buffer", "1", "--track-buffer-s", "0"]).unwrap_err().to_string();
+        assert!(c.contains("cannot be used with"), "{c}");
+        assert!(parse(&["--track-buffer", "60"]).unwrap_err().to_string().contains("--track"), "the buffer needs --track");
+        assert!(parse(&["--track", "--track-buffer", "1"]).unwrap().validate().is_ok());
+        assert!(parse(&["--track", "--track-buffer-s", "3600"]).unwrap().validate().is_ok());
     }
 
     #[test]

@@ -64,6 +64,29 @@ pub fn file_run(content_sha256: &str, settings: &Settings) -> Uuid {
     Uuid::new_v8(digest[..16].try_into().expect("16 bytes"))
 }
 
+/// A camera's tracker session (`--track`): the tracker's ids start at 1 at each session, so a
+/// person is `(camera_id, run_id, session, id)`. A file's run (not live, not `--realtime`) gives a
+/// session derived from the run and from what decides its tracks besides the detections: the
+/// camera's `--max-fps` (which frames the tracker sees; the run leaves it out) and the tracker's
+/// settings. Processing the file again is then the same session with the same tracks, a replay;
+/// another buffer or rate is another session. A live run's session is new at every start.
+pub fn tracker_session(run: Uuid, live: bool, max_fps: f64, tracker: &analytics::Config) -> Uuid {
+    if live {
+        return Uuid::now_v7();
+    }
+    let buffer = match tracker.track_buffer {
+        analytics::TrackBuffer::Frames(n) => format!("frames={n}"),
+        analytics::TrackBuffer::Seconds(s) => format!("seconds={s}"),
+    };
+    let analytics::Config { track_high_thresh, track_low_thresh, new_track_thresh, match_thresh, fuse_score, .. } = tracker;
+    let described = format!(
+        "yolo-pipeline tracker session v1\nrun={run}\nmax-fps={max_fps}\nbuffer={buffer}\nhigh={track_high_thresh}\nlow={track_low_thresh}\n\
+         new={new_track_thresh}\nmatch={match_thresh}\nfuse-score={fuse_score}\n"
+    );
+    let digest = Sha256::digest(described.as_bytes());
+    Uuid::new_v8(digest[..16].try_into().expect("16 bytes"))
+}
+
 /// A file's SHA-256, hex.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -106,6 +129,29 @@ mod tests {
         // The order in which classes are given does not decide the output.
         let two = |c| file_run("aa", &Settings { classes: c, ..settings() });
         assert_eq!(two(vec!["dog", "person"]), two(vec!["person", "dog", "dog"]));
+    }
+
+    #[test]
+    fn a_files_tracker_session_is_its_runs_at_the_same_rate_and_tracker_settings_only() {
+        let (run, other_run) = (file_run("aa", &settings()), file_run("ab", &settings()));
+        let tracker = analytics::Config::default();
+        let base = tracker_session(run, false, 0.0, &tracker);
+        assert_eq!(base, tracker_session(run, false, 0.0, &tracker), "the same file again: the same session");
+        assert_eq!(base.get_version_num(), 8);
+        assert_ne!(base, run, "not the run's own id");
+        let differs = [
+            tracker_session(other_run, false, 0.0, &tracker),
+            tracker_session(run, false, 5.0, &tracker),
+            tracker_session(run, false, 0.0, &analytics::Config { track_buffer: analytics::TrackBuffer::Frames(60), ..tracker }),
+            tracker_session(run, false, 0.0, &analytics::Config { track_buffer: analytics::TrackBuffer::Seconds(30.0), ..tracker }),
+            tracker_session(run, false, 0.0, &analytics::Config { match_thresh: 0.7, ..tracker }),
+        ];
+        for (i, other) in differs.iter().enumerate() {
+            assert_ne!(*other, base, "case {i}");
+        }
+        // A live camera's tracker starts a new session every time.
+        let (a, b) = (tracker_session(run, true, 0.0, &tracker), tracker_session(run, true, 0.0, &tracker));
+        assert!(a != b && a.get_version_num() == 7, "{a} {b}");
     }
 
     #[test]

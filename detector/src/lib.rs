@@ -18,4 +18,5 @@ pub mod reconnect;
 pub mod snapshot;
 pub mod source;
 pub mod stats;
+pub mod track;
 pub mod worker;

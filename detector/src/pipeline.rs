@@ -83,7 +83,7 @@ pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera], stop: &AtomicBool) ->
         .collect::<Result<Vec<_>, _>>()?;
     let policies: Vec<Policy> = cameras.iter().zip(&sources).map(|(c, s)| Policy::of(s.kind, c.realtime)).collect();
     let model = Model::load(&cfg.model, cfg.intra_threads())?;
-    let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.conf, cfg.iou)?;
+    let decoder = Decoder::new(model.layout, model.class_names.clone(), &cfg.classes, cfg.decode_conf(), cfg.iou)?;
     check_people(&decoder, cfg, cameras)?;
     let settings =
         Settings { model_sha256: &model.sha256, conf: cfg.conf, iou: cfg.iou, classes: decoder.kept_classes(), max_detections: MAX_DET };

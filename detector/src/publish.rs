@@ -33,6 +33,7 @@ use crate::decode::Decoder;
 use crate::error::DetectorError;
 use crate::snapshot::Snapshots;
 use crate::stats::{self, total, CameraStats, Drop};
+use crate::track::Tracker;
 use crate::worker::{Inferred, BEAT_EVERY};
 
 /// What a message carries to its delivery report.
@@ -347,6 +348,11 @@ impl Publisher<'_> {
         let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
         // The reader of standard output has gone (`| head -1`): the run ends as asked, quietly.
         let mut closed = false;
+        // A camera's tracker sees the frames this stage sends, in order: not those dropped as stale
+        // just below, which never reach the broker (a message that later expires in the producer's
+        // queue was seen).
+        let mut trackers: Vec<Option<Tracker>> =
+            self.cameras.iter().zip(self.run_ids).map(|(c, run)| cfg.tracker().map(|t| Tracker::new(t, c, *run))).collect();
         let mut snapshots: Vec<Option<Snapshots>> =
             self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::configured(d, cfg, &c.id))).collect();
         loop {
@@ -362,7 +368,14 @@ impl Publisher<'_> {
                 stats[camera].frame_dropped(Drop::Stale);
                 continue;
             }
-            let detections = self.decoder.decode(&raw, &lb)?;
+            let decoded = self.decoder.decode(&raw, &lb)?;
+            let (detections, tracker) = match trackers[camera].as_mut() {
+                Some(t) => {
+                    let (published, tracker) = t.track(decoded, cfg.conf, &meta, &self.decoder.class_names);
+                    (published, Some(tracker))
+                }
+                None => (decoded, None),
+            };
             let msg = wire::FrameMessage {
                 schema_version: wire::SCHEMA_VERSION,
                 camera_id: self.cameras[camera].id.clone(),
@@ -374,6 +387,7 @@ impl Publisher<'_> {
                 frame_height: lb.src_h,
                 model: self.model.clone(),
                 detections,
+                tracker,
             };
             if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
                 s.offer(image, &msg);

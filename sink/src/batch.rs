@@ -157,6 +157,7 @@ pub mod tests {
             frame_height: 2,
             model: wire::ModelInfo { name: "m".into(), sha256: "00000000".into(), keypoints: 0 },
             detections: vec![d; detections],
+            tracker: None,
         };
         Row::new(msg, Consumed { partition, offset, key: None, payload: Some(b"{}".to_vec()) })
     }

@@ -17,7 +17,7 @@ pub enum WriteMode {
     Unnest,
 }
 
-/// Consumes detection messages (wire schema v2, and v1) from Kafka in a consumer group and writes them to
+/// Consumes detection messages (wire schema v3, and v2 and v1) from Kafka in a consumer group and writes them to
 /// PostgreSQL in batches, one transaction per batch, committing offsets only once rows are durable.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/sink.md.")]

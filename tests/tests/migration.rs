@@ -1,6 +1,6 @@
 //! Migrations 2, 3 and 4 on a database that holds data from before them, and a topic an older
 //! detector wrote: old rows keep working (in the nil run, in the history partition), the keys and
-//! the view are right, and the sink drains v1 and v2 messages side by side. Also: a database whose tables do not match the sink's
+//! the view are right, and the sink drains v1 and current (v3) messages side by side. Also: a database whose tables do not match the sink's
 //! description of them is refused at start.
 
 use std::process::Command;
@@ -187,7 +187,7 @@ async fn count(conn: &mut PgConnection, sql: &'static str) -> Result<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> {
+async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v3() -> Result<()> {
     let db = TestDb::create("mig").await?;
     migrate_to(&db, 1).await?;
     let mut conn = db.connect().await?;
@@ -236,7 +236,7 @@ async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> 
     create_topic(&topic, 1).await?;
     let v1_more: Vec<wire::FrameMessage> = (0..150).map(|s| synthetic_frame("door", s, 1 + (s % 3) as usize)).collect();
     let run = uuid::Uuid::now_v7();
-    let v2: Vec<wire::FrameMessage> = (0..50)
+    let v3: Vec<wire::FrameMessage> = (0..50)
         .map(|s| {
             let mut m = synthetic_frame("door", s, 2);
             m.run_id = run;
@@ -244,7 +244,7 @@ async fn migrations_keep_old_rows_and_the_sink_drains_v1_and_v2() -> Result<()> 
             m
         })
         .collect();
-    produce(&topic, v1_more.iter().map(|m| ("door", v1_json(m))).chain(v2.iter().map(|m| ("door", m.to_json()))))?;
+    produce(&topic, v1_more.iter().map(|m| ("door", v1_json(m))).chain(v3.iter().map(|m| ("door", m.to_json()))))?;
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     let done =
         wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 200, Duration::from_secs(120)).await?;

@@ -106,10 +106,10 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
     let image = sample("basketball1.png");
     run_detector(&image, "still", &topic)?;
     let good = read_topic(&topic, Duration::from_secs(30))?.remove(0).payload;
-    let mut v3: serde_json::Value = serde_json::from_slice(&good)?;
-    v3["schema_version"] = 3.into();
-    let v3 = v3.to_string();
-    produce(&topic, [("still", b"{not json".to_vec()), ("still", v3.clone().into_bytes())])?;
+    let mut v4: serde_json::Value = serde_json::from_slice(&good)?;
+    v4["schema_version"] = 4.into();
+    let v4 = v4.to_string();
+    produce(&topic, [("still", b"{not json".to_vec()), ("still", v4.clone().into_bytes())])?;
     // The same frame again, as a detector re-processing its file after a restart would send it.
     run_detector(&image, "still", &topic)?;
 
@@ -126,9 +126,9 @@ async fn replays_are_absorbed_and_bad_messages_are_dead_lettered() -> Result<()>
     let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].payload, b"{not json");
-    assert_eq!(dead[1].payload, v3.as_bytes());
+    assert_eq!(dead[1].payload, v4.as_bytes());
     assert!(dead[0].header("dlq.error").unwrap().contains("not a frame message"));
-    assert!(dead[1].header("dlq.error").unwrap().contains("schema_version 3"));
+    assert!(dead[1].header("dlq.error").unwrap().contains("schema_version 4"));
     assert_eq!(dead[1].header("dlq.source.topic"), Some(topic.as_str()));
     assert_eq!(dead[1].header("dlq.source.offset"), Some("2"));
     Ok(())

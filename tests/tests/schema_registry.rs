@@ -41,7 +41,7 @@ async fn the_detector_registers_the_schema_once_and_frames_every_message() -> Re
             Envelope::Framed { schema_id, json } => {
                 assert_eq!(schema_id, first);
                 let msg = wire::FrameMessage::from_json(json)?;
-                assert_eq!((msg.schema_version, msg.detections.len()), (2, 2));
+                assert_eq!((msg.schema_version, msg.detections.len()), (wire::SCHEMA_VERSION, 2));
             }
             plain => panic!("not framed: {plain:?}"),
         }
@@ -91,7 +91,7 @@ async fn the_detector_will_not_start_without_the_schema_in_the_registry() -> Res
     assert_eq!(away.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("schema registry at http://127.0.0.1:9/apis/ccompat/v7 is unavailable"), "{stderr}");
 
-    // The subject already holds a schema whose data v2 cannot read (a field v2 does not allow),
+    // The subject already holds a schema whose data v3 cannot read (a field v3 does not allow),
     // and its operator wants BACKWARD (the detector leaves an existing subject's level alone).
     let mut older: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
     older["required"].as_array_mut().unwrap().push("zone".into());
@@ -157,6 +157,50 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
     for want in expected {
         assert!(dead.iter().any(|d| d.header("dlq.error").is_some_and(|e| e.contains(want.as_str()))), "no dead letter says {want:?}");
     }
+    Ok(())
+}
+
+/// Wire v3 is a compatible evolution of v2 under the subject's BACKWARD compatibility: on a
+/// subject holding v2's schema (as an older detector left it), the detector registers v3 as the
+/// second version and publishes tracked frames framed with it; one sink stores, from that one
+/// topic, a v2 message framed with v2's id and the detector's v3 ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_registers_after_v2_and_the_sink_stores_both() -> Result<()> {
+    let (topic, db) = fresh_topic_and_db("regv3", 1).await?;
+    let subject = format!("{topic}-value");
+    registry().set_compatibility(&subject, "BACKWARD")?;
+    let v2_schema = std::fs::read_to_string(repo_root().join("wire/schema/frame-v2.schema.json"))?;
+    let v2_id = registry().register(&subject, &v2_schema)?;
+    let mut v2 = serde_json::from_slice::<serde_json::Value>(&synthetic_frame("cam-0", 0, 2).to_json())?;
+    v2["schema_version"] = 2.into();
+    produce(&topic, [("cam-0", frame(v2_id, v2.to_string().as_bytes()))])?;
+
+    let out = detect_to_kafka(&sample("basketball1.png"), "court", &topic, &["--schema-registry", &registry_url(), "--track"])?;
+    let v3_id = schema_id_in(&out.stderr).expect("a schema id in the log");
+    assert_ne!(v3_id, v2_id);
+    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1,2]", "v3 is the subject's second version");
+    assert!(registry_get(&format!("/config/{subject}"))?.contains("BACKWARD"));
+    let records = read_topic(&topic, Duration::from_secs(30))?;
+    assert_eq!(records.len(), 2);
+    let Envelope::Framed { schema_id, json } = Envelope::open(&records[1].payload)? else { panic!("not framed") };
+    let tracked = wire::FrameMessage::from_json(json)?;
+    assert_eq!((schema_id, tracked.schema_version), (v3_id, 3));
+    let tracks = tracked.tracker.expect("--track: the frame's tracks").tracks;
+    assert_eq!(tracks.iter().map(|t| (t.id, t.detection)).collect::<Vec<_>>(), [(1, Some(0)), (2, Some(1))], "{tracks:?}");
+
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
+    let mut conn = db.connect().await?;
+    let done =
+        wait_for_count(&mut conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", 2, Duration::from_secs(120)).await?;
+    let log = sink.stop()?;
+    assert_eq!(done, 2, "{log}");
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT camera_id, (SELECT count(*) FROM detections d WHERE d.camera_id = f.camera_id) FROM frames f ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await?;
+    // Both messages stored (none dead-lettered), with their detections.
+    assert_eq!(stored, [("cam-0".to_string(), 2), ("court".to_string(), 2)], "{log}");
+    assert_eq!(log.matches("schema fetched from the registry").count(), 2, "both versions' schemas:\n{log}");
     Ok(())
 }
 

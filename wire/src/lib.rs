@@ -1,9 +1,11 @@
-//! The Kafka message contract between the detector and the sink: wire schema v2 (v1 is still read).
+//! The Kafka message contract between the detector and the sink: wire schema v3 (v1 and v2 are
+//! still read).
 //!
 //! One message per decoded frame, frames without people included, so that "nobody there" differs
 //! from "no data". The message key is the camera id; a frame's natural key is
-//! `(camera_id, run_id, frame_seq)`. The JSON Schema of the v2 message is
-//! `wire/schema/frame-v2.schema.json` (v1: `frame-v1.schema.json`); the tests at the bottom keep
+//! `(camera_id, run_id, frame_seq)`. The JSON Schema of the v3 message is
+//! `wire/schema/frame-v3.schema.json`, which v2's messages satisfy too (v2:
+//! `frame-v2.schema.json`, v1: `frame-v1.schema.json`); the tests at the bottom keep
 //! the file and [`FrameMessage::from_json`] in step, bound by bound. A message may travel as plain
 //! JSON or framed for a schema registry ([`envelope`]).
 
@@ -14,10 +16,10 @@ use uuid::Uuid;
 pub mod envelope;
 
 /// The version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
-/// The JSON Schema of [`FrameMessage`] as this build writes it (v2), registered by the detector.
-pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v2.schema.json");
+/// The JSON Schema of [`FrameMessage`] as this build writes it (v3), registered by the detector.
+pub const JSON_SCHEMA: &str = include_str!("../schema/frame-v3.schema.json");
 
 /// The run of every v1 message and of the rows stored before runs existed: v1 carries no run id.
 pub const V1_RUN_ID: Uuid = Uuid::nil();
@@ -34,7 +36,7 @@ pub const PERSON_CLASS: &str = "person";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameMessage {
-    /// The version the message was written in (1 or 2).
+    /// The version the message was written in (1, 2 or 3).
     pub schema_version: u32,
     pub camera_id: String,
     /// One run of one camera's source in one detector process; [`V1_RUN_ID`] for v1 messages.
@@ -49,6 +51,33 @@ pub struct FrameMessage {
     pub frame_height: u32,
     pub model: ModelInfo,
     pub detections: Vec<Detection>,
+    /// The camera's tracker on this frame (v3, with the detector's `--track`); `None`: not tracked.
+    pub tracker: Option<Tracker>,
+}
+
+/// A frame's tracks: a track is one person within its session, so a person is
+/// `(camera_id, run_id, session, id)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracker {
+    /// One start of the camera's tracker (its ids start at 1 again): not the nil UUID.
+    pub session: Uuid,
+    pub tracks: Vec<Track>,
+}
+
+/// A confirmed track matched on this frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Track {
+    /// 1, 2, ... within the session; unique in a frame.
+    pub id: u64,
+    /// The Kalman filter's box after this frame's update, in source-frame pixels.
+    pub bbox: BBox,
+    /// The matched detection's score.
+    pub score: f32,
+    /// The matched detection's index in the frame's detections; `None` when it scored at most the
+    /// detector's `--conf`, and so is no detection of the message (absent or null on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +124,7 @@ pub fn is_label(s: &str, max_chars: usize) -> bool {
 pub enum WireError {
     #[error("not a frame message: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unsupported schema_version {0} (this build reads 1 and 2)")]
+    #[error("unsupported schema_version {0} (this build reads 1, 2 and 3)")]
     Version(u64),
     #[error("invalid field {field}: {reason}")]
     Field { field: String, reason: String },
@@ -103,8 +132,8 @@ pub enum WireError {
     Envelope(String),
 }
 
-/// The message as it is on the wire, v1 or v2: v2's fields are optional here, and which must be
-/// there is decided by the version.
+/// The message as it is on the wire, v1, v2 or v3: the later versions' fields are optional here,
+/// and which must (or may) be there is decided by the version.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -120,6 +149,15 @@ struct Raw {
     frame_height: u32,
     model: RawModel,
     detections: Vec<Detection>,
+    #[serde(default)]
+    tracker: Option<RawTracker>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracker {
+    session: String,
+    tracks: Vec<Track>,
 }
 
 #[derive(Deserialize)]
@@ -131,9 +169,9 @@ struct RawModel {
     keypoints: Option<u32>,
 }
 
-/// What the detector writes: v2 with every field.
+/// What the detector writes: v3 (`tracker` left out when the frame was not tracked).
 #[derive(Serialize)]
-struct V2<'a> {
+struct V3<'a> {
     schema_version: u32,
     camera_id: &'a str,
     run_id: String,
@@ -145,6 +183,14 @@ struct V2<'a> {
     frame_height: u32,
     model: &'a ModelInfo,
     detections: &'a [Detection],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracker: Option<TrackerOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct TrackerOut<'a> {
+    session: String,
+    tracks: &'a [Track],
 }
 
 impl FrameMessage {
@@ -153,9 +199,9 @@ impl FrameMessage {
         self.detections.iter().filter(|d| d.class == PERSON_CLASS).count()
     }
 
-    /// The message as JSON, in wire schema v2.
+    /// The message as JSON, in wire schema v3.
     pub fn to_json(&self) -> Vec<u8> {
-        let v2 = V2 {
+        let v3 = V3 {
             schema_version: SCHEMA_VERSION,
             camera_id: &self.camera_id,
             run_id: self.run_id.hyphenated().to_string(),
@@ -166,11 +212,12 @@ impl FrameMessage {
             frame_height: self.frame_height,
             model: &self.model,
             detections: &self.detections,
+            tracker: self.tracker.as_ref().map(|t| TrackerOut { session: t.session.hyphenated().to_string(), tracks: &t.tracks }),
         };
-        serde_json::to_vec(&v2).expect("a FrameMessage always serializes")
+        serde_json::to_vec(&v3).expect("a FrameMessage always serializes")
     }
 
-    /// Parses and checks a v1 or v2 payload. A message of another version is reported as such
+    /// Parses and checks a v1, v2 or v3 payload. A message of another version is reported as such
     /// rather than as a pile of field errors; that second look is taken only when parsing fails.
     pub fn from_json(payload: &[u8]) -> Result<Self, WireError> {
         match serde_json::from_slice::<Raw>(payload) {
@@ -197,7 +244,7 @@ struct Versioned {
 
 fn version_error(v: Option<Versioned>) -> Option<WireError> {
     match v?.schema_version?.as_u64() {
-        Some(n) if n != 1 && n != 2 => Some(WireError::Version(n)),
+        Some(n) if !(1..=3).contains(&n) => Some(WireError::Version(n)),
         _ => None,
     }
 }
@@ -208,10 +255,13 @@ impl Raw {
         let run_id = match (self.schema_version, &self.run_id, self.model.keypoints) {
             (1, None, None) => V1_RUN_ID,
             (1, _, _) => return Err(field("run_id/model.keypoints", "are not part of schema_version 1")),
-            (2, Some(id), Some(_)) => parse_run_id(id)?,
-            (2, _, _) => return Err(field("run_id/model.keypoints", "are required in schema_version 2")),
+            (2 | 3, Some(id), Some(_)) => parse_run_id(id, "run_id")?,
+            (v @ (2 | 3), _, _) => return Err(field("run_id/model.keypoints", &format!("are required in schema_version {v}"))),
             (v, _, _) => return Err(WireError::Version(v.into())),
         };
+        if self.schema_version < 3 && self.tracker.is_some() {
+            return Err(field("tracker", &format!("is not part of schema_version {}", self.schema_version)));
+        }
         if !is_label(&self.camera_id, MAX_LABEL_CHARS) {
             return Err(field("camera_id", "must be 1 to 128 characters, none of them control characters"));
         }
@@ -260,6 +310,7 @@ impl Raw {
                 return Err(field(&at("keypoints"), "must be finite"));
             }
         }
+        let tracker = self.tracker.map(|t| check_tracker(t, self.detections.len())).transpose()?;
         Ok(FrameMessage {
             schema_version: self.schema_version,
             camera_id: self.camera_id,
@@ -271,13 +322,48 @@ impl Raw {
             frame_height: self.frame_height,
             model: ModelInfo { name: self.model.name, sha256: self.model.sha256, keypoints: keypoints as u32 },
             detections: self.detections,
+            tracker,
         })
     }
 }
 
-/// A run id as the schema writes it: lowercase, hyphenated, not the nil UUID (that is v1's).
-fn parse_run_id(s: &str) -> Result<Uuid, WireError> {
-    let bad = || field("run_id", "must be a lowercase hyphenated UUID other than the nil UUID");
+/// A frame's tracks: a valid session, at most [`MAX_DETECTIONS`] tracks (one per detection fed
+/// to the tracker, and the detector keeps that many), each with its own id and its own detection.
+fn check_tracker(t: RawTracker, detections: usize) -> Result<Tracker, WireError> {
+    let session = parse_run_id(&t.session, "tracker.session")?;
+    if t.tracks.len() > MAX_DETECTIONS {
+        return Err(field("tracker.tracks", &format!("must be at most {MAX_DETECTIONS}, got {}", t.tracks.len())));
+    }
+    let (mut ids, mut named) = (std::collections::HashSet::new(), vec![false; detections]);
+    for (i, track) in t.tracks.iter().enumerate() {
+        let at = |name: &str| format!("tracker.tracks[{i}].{name}");
+        if !(1..=i64::MAX as u64).contains(&track.id) {
+            return Err(field(&at("id"), "must be within 1 and 2^63 - 1"));
+        }
+        if !ids.insert(track.id) {
+            return Err(field(&at("id"), &format!("{} is another track's of this frame", track.id)));
+        }
+        if !(0.0..=1.0).contains(&track.score) {
+            return Err(field(&at("score"), "must be within 0 and 1"));
+        }
+        let b = track.bbox;
+        if ![b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) || b.x2 < b.x1 || b.y2 < b.y1 {
+            return Err(field(&at("bbox"), "must be finite with x1 <= x2 and y1 <= y2"));
+        }
+        if let Some(d) = track.detection {
+            match named.get_mut(d) {
+                None => return Err(field(&at("detection"), &format!("must index this message's {detections} detections, got {d}"))),
+                Some(true) => return Err(field(&at("detection"), &format!("detection {d} is another track's"))),
+                Some(seen) => *seen = true,
+            }
+        }
+    }
+    Ok(Tracker { session, tracks: t.tracks })
+}
+
+/// A UUID as the schema writes it: lowercase, hyphenated, not the nil UUID (that is v1's run).
+fn parse_run_id(s: &str, name: &str) -> Result<Uuid, WireError> {
+    let bad = || field(name, "must be a lowercase hyphenated UUID other than the nil UUID");
     let id = Uuid::try_parse(s).map_err(|_| bad())?;
     if id.is_nil() || id.hyphenated().to_string() != s {
         return Err(bad());

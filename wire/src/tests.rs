@@ -4,7 +4,7 @@ use super::*;
 
 fn sample() -> FrameMessage {
     FrameMessage {
-        schema_version: 2,
+        schema_version: 3,
         camera_id: "cam-1".into(),
         run_id: Uuid::parse_str("01937f5e-8a2b-7c3d-9e4f-a1b2c3d4e5f6").unwrap(),
         frame_seq: 7,
@@ -19,6 +19,14 @@ fn sample() -> FrameMessage {
             bbox: BBox { x1: 1.0, y1: 2.0, x2: 30.0, y2: 80.0 },
             keypoints: Some(vec![[5.0, 6.0, 0.5]; 17]),
         }],
+        tracker: Some(Tracker {
+            session: Uuid::parse_str("01937f5e-8a2b-7c3d-9e4f-0000000000aa").unwrap(),
+            tracks: vec![
+                Track { id: 4, bbox: BBox { x1: 1.5, y1: 2.5, x2: 30.5, y2: 80.5 }, score: 0.9, detection: Some(0) },
+                // Matched to a detection scoring below --conf, which the message does not carry.
+                Track { id: 2, bbox: BBox { x1: 100.0, y1: 20.0, x2: 140.0, y2: 90.0 }, score: 0.2, detection: None },
+            ],
+        }),
     }
 }
 
@@ -26,9 +34,17 @@ fn sample_json() -> Value {
     serde_json::from_slice(&sample().to_json()).unwrap()
 }
 
-/// The sample as an older detector wrote it: no run id, no keypoint count.
-fn sample_v1() -> Value {
+/// The sample as a v2 detector wrote it: no tracker.
+fn sample_v2() -> Value {
     let mut v = sample_json();
+    v["schema_version"] = 2.into();
+    v.as_object_mut().unwrap().remove("tracker");
+    v
+}
+
+/// The sample as an older detector wrote it: no run id, no keypoint count, no tracker.
+fn sample_v1() -> Value {
+    let mut v = sample_v2();
     v["schema_version"] = 1.into();
     v.as_object_mut().unwrap().remove("run_id");
     v["model"].as_object_mut().unwrap().remove("keypoints");
@@ -46,6 +62,9 @@ fn round_trips_and_writes_milliseconds() {
     let text = String::from_utf8(json.clone()).unwrap();
     assert!(text.contains("\"captured_at\":\"2026-11-22T10:00:00.123Z\""), "{text}");
     assert!(text.contains("\"run_id\":\"01937f5e-8a2b-7c3d-9e4f-a1b2c3d4e5f6\""), "{text}");
+    assert!(text.contains("\"session\":\"01937f5e-8a2b-7c3d-9e4f-0000000000aa\""), "{text}");
+    // A track without a detection leaves the field out.
+    assert!(text.contains("\"score\":0.2}"), "{text}");
     assert_eq!(FrameMessage::from_json(&json).unwrap(), m);
     assert_eq!(FrameMessage::from_value(sample_json()).unwrap(), m);
 }
@@ -60,24 +79,47 @@ fn v1_messages_are_read_into_the_v1_run() {
     let mut v = sample_v1();
     v["detections"] = json!([]);
     assert_eq!(parse(&v).unwrap().model.keypoints, 0);
-    // Written again, it is v2 of the nil run: only the sink's reading decides that.
-    assert!(String::from_utf8(m.to_json()).unwrap().contains("\"schema_version\":2"));
+    // Written again, it is v3 of the nil run: only the sink's reading decides that.
+    assert!(String::from_utf8(m.to_json()).unwrap().contains("\"schema_version\":3"));
+}
+
+#[test]
+fn v2_messages_are_read_untracked_and_may_not_carry_tracks() {
+    let m = parse(&sample_v2()).unwrap();
+    assert_eq!((m.schema_version, m.tracker.as_ref()), (2, None));
+    assert_eq!((m.run_id, &m.detections), (sample().run_id, &sample().detections));
+    // v3's schema takes v2's messages as they are (the registry's BACKWARD), but not with tracks.
+    let validator = jsonschema::validator_for(&serde_json::from_str(JSON_SCHEMA).unwrap()).unwrap();
+    assert!(validator.is_valid(&sample_v2()));
+    let mut v = sample_json();
+    v["schema_version"] = 2.into();
+    assert!(parse(&v).unwrap_err().to_string().contains("tracker: is not part of schema_version 2"));
+    // An untracked v3 frame (a detector without --track) writes no tracker, and reads back as one.
+    let untracked = FrameMessage { tracker: None, ..sample() };
+    assert!(!String::from_utf8(untracked.to_json()).unwrap().contains("tracker"));
+    assert_eq!(FrameMessage::from_json(&untracked.to_json()).unwrap(), untracked);
+    // A track's detection may be null as well as absent.
+    let mut v = sample_json();
+    v["tracker"]["tracks"][1]["detection"] = Value::Null;
+    assert_eq!(parse(&v).unwrap(), sample());
 }
 
 #[test]
 fn each_version_has_its_own_required_fields() {
-    let mut v = sample_json();
-    v.as_object_mut().unwrap().remove("run_id");
-    assert!(parse(&v).unwrap_err().to_string().contains("required in schema_version 2"));
-    let mut v = sample_json();
-    v["model"].as_object_mut().unwrap().remove("keypoints");
-    assert!(parse(&v).unwrap_err().to_string().contains("required in schema_version 2"));
+    for (version, mut v) in [(3, sample_json()), (2, sample_v2())] {
+        v.as_object_mut().unwrap().remove("run_id");
+        assert!(parse(&v).unwrap_err().to_string().contains(&format!("required in schema_version {version}")));
+    }
+    for (version, mut v) in [(3, sample_json()), (2, sample_v2())] {
+        v["model"].as_object_mut().unwrap().remove("keypoints");
+        assert!(parse(&v).unwrap_err().to_string().contains(&format!("required in schema_version {version}")));
+    }
     let mut v = sample_v1();
     v["run_id"] = sample_json()["run_id"].clone();
     assert!(parse(&v).unwrap_err().to_string().contains("not part of schema_version 1"));
     let mut v = sample_json();
-    v["schema_version"] = 3.into();
-    assert!(matches!(parse(&v), Err(WireError::Version(3))));
+    v["schema_version"] = 4.into();
+    assert!(matches!(parse(&v), Err(WireError::Version(4))));
     // Another version is named even when the rest does not parse either.
     let err = FrameMessage::from_json(br#"{"schema_version": 9}"#).unwrap_err();
     assert!(matches!(err, WireError::Version(9)), "{err}");
@@ -115,6 +157,8 @@ fn json_schema_and_checks_agree_on_every_bound() {
     let det =
         |n_kps: usize| json!({"class": "person", "score": 0.5, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "keypoints": kps(n_kps)});
     let dets = |n: usize| json!(vec![det(17); n]);
+    let track = |id: u64| json!({"id": id, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "score": 0.5});
+    let tracks = |n: u64| json!((1..=n).map(track).collect::<Vec<_>>());
     let max_kps_model = json!({"name": "m", "sha256": "0123abcd", "keypoints": MAX_KEYPOINTS});
     let i64_max = json!(i64::MAX);
     let past_i64 = json!(i64::MAX as u64 + 1);
@@ -139,7 +183,7 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("frame_seq at 2^63", vec![("/frame_seq", past_i64.clone())], false, false),
         ("frame_seq negative", vec![("/frame_seq", json!(-1))], false, false),
         ("pts_ms at -2^63", vec![("/pts_ms", json!(i64::MIN))], true, true),
-        ("pts_ms at 2^63", vec![("/pts_ms", past_i64)], false, false),
+        ("pts_ms at 2^63", vec![("/pts_ms", past_i64.clone())], false, false),
         ("frame_width 0", vec![("/frame_width", json!(0))], false, false),
         ("frame_width 1", vec![("/frame_width", json!(1))], true, true),
         ("frame_height at 2^31 - 1", vec![("/frame_height", json!(i32::MAX))], true, true),
@@ -155,7 +199,7 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("score below 0", vec![("/detections/0/score", json!(-0.001))], false, false),
         ("300 detections", vec![("/detections", dets(MAX_DETECTIONS))], true, true),
         ("301 detections", vec![("/detections", dets(MAX_DETECTIONS + 1))], false, false),
-        ("no detections", vec![("/detections", json!([]))], true, true),
+        ("no detections", vec![("/detections", json!([])), ("/tracker/tracks/0/detection", Value::Null)], true, true),
         (
             "133 keypoints, as the model says",
             vec![("/model", max_kps_model.clone()), ("/detections", json!([det(MAX_KEYPOINTS)]))],
@@ -180,6 +224,34 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("an unknown field", vec![("/extra", json!(1))], false, false),
         ("an unknown model field", vec![("/model/extra", json!(1))], false, false),
         ("schema_version 1 with v2's fields", vec![("/schema_version", json!(1))], false, false),
+        ("schema_version 4", vec![("/schema_version", json!(4))], false, false),
+        ("session uppercase", vec![("/tracker/session", json!("01937F5E-8A2B-7C3D-9E4F-0000000000AA"))], false, false),
+        ("session nil", vec![("/tracker/session", json!("00000000-0000-0000-0000-000000000000"))], false, false),
+        ("a tracker without a session", vec![("/tracker", json!({"tracks": []}))], false, false),
+        ("a tracker with no tracks", vec![("/tracker/tracks", json!([]))], true, true),
+        ("an unknown tracker field", vec![("/tracker/extra", json!(1))], false, false),
+        ("an unknown track field", vec![("/tracker/tracks/0/extra", json!(1))], false, false),
+        ("track id 0", vec![("/tracker/tracks/0/id", json!(0))], false, false),
+        ("track id 1", vec![("/tracker/tracks/0/id", json!(1))], true, true),
+        ("track id at 2^63 - 1", vec![("/tracker/tracks/0/id", i64_max.clone())], true, true),
+        ("track id at 2^63", vec![("/tracker/tracks/0/id", past_i64.clone())], false, false),
+        ("track score above 1", vec![("/tracker/tracks/0/score", json!(1.001))], false, false),
+        ("track score below 0", vec![("/tracker/tracks/0/score", json!(-0.001))], false, false),
+        ("track score 1", vec![("/tracker/tracks/0/score", json!(1.0))], true, true),
+        ("track detection -1", vec![("/tracker/tracks/0/detection", json!(-1))], false, false),
+        ("track detection 300", vec![("/tracker/tracks/0/detection", json!(MAX_DETECTIONS))], false, false),
+        ("track detection a string", vec![("/tracker/tracks/0/detection", json!("0"))], false, false),
+        ("300 tracks", vec![("/tracker/tracks", tracks(MAX_DETECTIONS as u64))], true, true),
+        ("301 tracks", vec![("/tracker/tracks", tracks(MAX_DETECTIONS as u64 + 1))], false, false),
+        // Rules JSON Schema cannot state (they compare fields), or that the registry would not take
+        // as a compatible change of v2's schema (a condition on schema_version at the root).
+        ("track detection 299 of 1 detection", vec![("/tracker/tracks/0/detection", json!(MAX_DETECTIONS - 1))], true, false),
+        ("track detection 1 of 1 detection", vec![("/tracker/tracks/0/detection", json!(1))], true, false),
+        ("two tracks on one detection", vec![("/tracker/tracks/1/detection", json!(0))], true, false),
+        ("two tracks of one id", vec![("/tracker/tracks/1/id", json!(4))], true, false),
+        ("a track box with x2 < x1", vec![("/tracker/tracks/0/bbox/x2", json!(-5.0))], true, false),
+        ("a track box with y2 < y1", vec![("/tracker/tracks/0/bbox/y2", json!(-5.0))], true, false),
+        ("schema_version 2 with a tracker", vec![("/schema_version", json!(2))], true, false),
         // JSON Schema cannot compare two fields: only the checks can.
         ("18 keypoints for a 17-keypoint model", vec![("/detections/0/keypoints", kps(18))], true, false),
         ("a box with x2 < x1", vec![("/detections/0/bbox/x2", json!(-5.0))], true, false),
@@ -217,10 +289,16 @@ fn json_schema_matches_the_type() {
     assert_eq!(keys(&schema["properties"]), keys(&msg));
     let mut required: Vec<String> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     required.sort();
-    assert_eq!(required, keys(&msg));
+    assert_eq!(required, keys(&msg).into_iter().filter(|k| k != "tracker").collect::<Vec<_>>(), "all but the tracker");
     assert_eq!(keys(&schema["properties"]["model"]["properties"]), keys(&msg["model"]));
     assert_eq!(keys(&schema["definitions"]["detection"]["properties"]), keys(&msg["detections"][0]));
-    assert_eq!(schema["properties"]["schema_version"]["const"], SCHEMA_VERSION);
+    assert_eq!(schema["properties"]["schema_version"]["enum"], json!([2, SCHEMA_VERSION]), "v2's messages are v3's too");
+    let tracker = &schema["properties"]["tracker"];
+    assert_eq!(keys(&tracker["properties"]), keys(&msg["tracker"]));
+    assert_eq!(keys(&schema["definitions"]["track"]["properties"]), keys(&msg["tracker"]["tracks"][0]));
+    assert_eq!(tracker["properties"]["tracks"]["maxItems"], MAX_DETECTIONS);
+    assert_eq!(schema["definitions"]["track"]["properties"]["detection"]["maximum"], MAX_DETECTIONS - 1);
+    assert_eq!(tracker["properties"]["session"]["not"]["const"], Uuid::nil().to_string());
     let p = &schema["properties"];
     assert_eq!(p["detections"]["maxItems"], MAX_DETECTIONS);
     assert_eq!(p["model"]["properties"]["keypoints"]["maximum"], MAX_KEYPOINTS);
