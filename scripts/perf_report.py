@@ -7,6 +7,7 @@ else in that file is left as it is.
 """
 
 import os
+import re
 import sys
 
 import matplotlib
@@ -113,6 +114,44 @@ def enforcement(rows):
     return [table(rounds, ["round", "build", "foreign_key", "sink_rows_per_s"]), "", line + ".", ""]
 
 
+def fold_partitions(plan):
+    """A plan with its per-partition scans of one shape folded into the first and a count: with
+    400 daily partitions they are thousands of lines saying the same."""
+    def depth(line):
+        return len(line) - len(line.lstrip())
+
+    def shape(block):
+        return [re.sub(r"p\d{8}|\b[a-z]_\d+\b|\(cost=[^)]*\)|\(actual[^)]*\)|\d+", "#", line) for line in block]
+
+    out, last, repeats, at = [], None, 0, 0
+
+    def flush():
+        if repeats:
+            out.append(" " * at + f"... {repeats} more partitions scanned the same way")
+
+    i = 0
+    while i < len(plan):
+        if re.search(r"->  .* on \w+_p\d{8}", plan[i]):
+            j = i + 1
+            while j < len(plan) and depth(plan[j]) > depth(plan[i]):
+                j += 1
+            block = plan[i:j]
+            if shape(block) == last:
+                repeats += 1
+            else:
+                flush()
+                out.extend(block)
+                last, repeats, at = shape(block), 0, depth(plan[i])
+            i = j
+        else:
+            flush()
+            out.append(plan[i])
+            last, repeats = None, 0
+            i += 1
+    flush()
+    return out
+
+
 def replay_section():
     got = read("replay_partitions")
     if not got:
@@ -121,7 +160,7 @@ def replay_section():
     drains = [r for r in rows if "pass" in r and "drain_s" in r]
     stores = [r for r in rows if "frames_held" in r]
     last = next((r for r in rows if "many_over_one" in r), {})
-    plans = [line.rstrip("\n")[4:] for line in open(os.path.join(PERF, "replay_partitions.txt")) if line.startswith("  | ")]
+    plans = fold_partitions([line.rstrip("\n")[4:] for line in open(os.path.join(PERF, "replay_partitions.txt")) if line.startswith("  | ")])
     return "\n".join([
         "### Replays against daily partitions",
         "",
