@@ -7,9 +7,13 @@
 //! decides its output, so that processing the same file again with the same settings is the same
 //! run (a harmless replay), while another file, another model or other thresholds are another
 //! run: a UUIDv8 made of the SHA-256 of the file's content, the model file's SHA-256, the score
-//! and IoU thresholds, the classes kept and the detection cap. The content rather than the path,
-//! so that a copied or renamed file is still the same run. A file played with `--realtime` is a
-//! camera (its frames are released and dropped by the clock), so its run is new at every start.
+//! and IoU thresholds, the classes kept and the detection cap; with `--track`, also the tracker's
+//! settings and the camera's `--max-fps`, since a frame's tracks are part of what is stored of it
+//! (a file processed without `--track`, then with it, is two runs: the second's frames would
+//! otherwise be conflicting replays of the first's, and their tracks never stored). Untracked runs
+//! keep the ids they had before tracking existed. The content rather than the path, so that a
+//! copied or renamed file is still the same run. A file played with `--realtime` is a camera (its
+//! frames are released and dropped by the clock), so its run is new at every start.
 
 use std::io::Read;
 use std::path::Path;
@@ -32,13 +36,37 @@ pub struct Settings<'a> {
     pub max_detections: usize,
 }
 
-/// The run of a camera reading `uri`, of this kind, played in real time or not.
-pub fn run_of(uri: &str, kind: SourceKind, realtime: bool, settings: &Settings) -> Result<Uuid, DetectorError> {
+/// What decides a tracked camera's tracks besides its detections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracking {
+    /// The camera's `--max-fps`: which frames the tracker sees.
+    pub max_fps: f64,
+    pub tracker: analytics::Config,
+}
+
+impl Tracking {
+    /// One line per setting, for a derivation.
+    fn described(&self) -> String {
+        let buffer = match self.tracker.track_buffer {
+            analytics::TrackBuffer::Frames(n) => format!("frames={n}"),
+            analytics::TrackBuffer::Seconds(s) => format!("seconds={s}"),
+        };
+        let analytics::Config { track_high_thresh, track_low_thresh, new_track_thresh, match_thresh, fuse_score, .. } = self.tracker;
+        format!(
+            "max-fps={}\nbuffer={buffer}\nhigh={track_high_thresh}\nlow={track_low_thresh}\nnew={new_track_thresh}\nmatch={match_thresh}\n\
+             fuse-score={fuse_score}\n",
+            self.max_fps
+        )
+    }
+}
+
+/// The run of a camera reading `uri`, of this kind, played in real time or not, tracked or not.
+pub fn run_of(uri: &str, kind: SourceKind, realtime: bool, settings: &Settings, tracking: Option<Tracking>) -> Result<Uuid, DetectorError> {
     if kind == SourceKind::Live || realtime {
         return Ok(live_run());
     }
     let content = file_sha256(Path::new(uri)).map_err(|e| DetectorError::source(uri, Blame::User, format!("cannot read: {e}")))?;
-    Ok(file_run(&content, settings))
+    Ok(file_run(&content, settings, tracking))
 }
 
 /// A live source's run: new now, ordered by time.
@@ -46,13 +74,14 @@ pub fn live_run() -> Uuid {
     Uuid::now_v7()
 }
 
-/// A file's run, from its content's SHA-256 (hex) and the settings.
-pub fn file_run(content_sha256: &str, settings: &Settings) -> Uuid {
+/// A file's run, from its content's SHA-256 (hex), the settings and the tracking, if any.
+pub fn file_run(content_sha256: &str, settings: &Settings, tracking: Option<Tracking>) -> Uuid {
     let mut classes = settings.classes.clone();
     classes.sort_unstable();
     classes.dedup();
-    // One line per input, versioned, so that the derivation can change without reusing ids.
-    let described = format!(
+    // One line per input, versioned, so that the derivation can change without reusing ids. The
+    // tracking's lines only when tracked, so that an untracked run's id is what it always was.
+    let mut described = format!(
         "yolo-pipeline file run v1\ncontent-sha256={content_sha256}\nmodel-sha256={}\nconf={}\niou={}\nclasses={}\nmax-detections={}\n",
         settings.model_sha256,
         settings.conf,
@@ -60,30 +89,25 @@ pub fn file_run(content_sha256: &str, settings: &Settings) -> Uuid {
         classes.join(","),
         settings.max_detections
     );
+    if let Some(t) = tracking {
+        described.push_str("tracked\n");
+        described.push_str(&t.described());
+    }
     let digest = Sha256::digest(described.as_bytes());
     Uuid::new_v8(digest[..16].try_into().expect("16 bytes"))
 }
 
 /// A camera's tracker session (`--track`): the tracker's ids start at 1 at each session, so a
 /// person is `(camera_id, run_id, session, id)`. A file's run (not live, not `--realtime`) gives a
-/// session derived from the run and from what decides its tracks besides the detections: the
-/// camera's `--max-fps` (which frames the tracker sees; the run leaves it out) and the tracker's
-/// settings. Processing the file again is then the same session with the same tracks, a replay;
-/// another buffer or rate is another session. A live run's session is new at every start.
-pub fn tracker_session(run: Uuid, live: bool, max_fps: f64, tracker: &analytics::Config) -> Uuid {
+/// session derived from the run alone, which a tracked run derives from everything that decides
+/// its tracks: processing the file again is the same session with the same tracks, a replay. A
+/// live run's session is new at every start.
+pub fn tracker_session(run: Uuid, live: bool) -> Uuid {
     if live {
         return Uuid::now_v7();
     }
-    let buffer = match tracker.track_buffer {
-        analytics::TrackBuffer::Frames(n) => format!("frames={n}"),
-        analytics::TrackBuffer::Seconds(s) => format!("seconds={s}"),
-    };
-    let analytics::Config { track_high_thresh, track_low_thresh, new_track_thresh, match_thresh, fuse_score, .. } = tracker;
-    let described = format!(
-        "yolo-pipeline tracker session v1\nrun={run}\nmax-fps={max_fps}\nbuffer={buffer}\nhigh={track_high_thresh}\nlow={track_low_thresh}\n\
-         new={new_track_thresh}\nmatch={match_thresh}\nfuse-score={fuse_score}\n"
-    );
-    let digest = Sha256::digest(described.as_bytes());
+    // v2: v1 also hashed the rate and the tracker's settings, which the run now holds.
+    let digest = Sha256::digest(format!("yolo-pipeline tracker session v2\nrun={run}\n").as_bytes());
     Uuid::new_v8(digest[..16].try_into().expect("16 bytes"))
 }
 
@@ -112,45 +136,69 @@ mod tests {
 
     #[test]
     fn a_file_run_is_the_same_for_the_same_file_and_settings_only() {
-        let base = file_run("aa", &settings());
-        assert_eq!(base, file_run("aa", &settings()), "the same file again: the same run");
+        let base = file_run("aa", &settings(), None);
+        assert_eq!(base, file_run("aa", &settings(), None), "the same file again: the same run");
         assert_eq!(base.get_version_num(), 8);
         let differs = [
-            file_run("ab", &settings()),
-            file_run("aa", &Settings { conf: 0.3, ..settings() }),
-            file_run("aa", &Settings { iou: 0.5, ..settings() }),
-            file_run("aa", &Settings { model_sha256: "8d5f3e", ..settings() }),
-            file_run("aa", &Settings { classes: vec!["person", "dog"], ..settings() }),
-            file_run("aa", &Settings { max_detections: 100, ..settings() }),
+            file_run("ab", &settings(), None),
+            file_run("aa", &Settings { conf: 0.3, ..settings() }, None),
+            file_run("aa", &Settings { iou: 0.5, ..settings() }, None),
+            file_run("aa", &Settings { model_sha256: "8d5f3e", ..settings() }, None),
+            file_run("aa", &Settings { classes: vec!["person", "dog"], ..settings() }, None),
+            file_run("aa", &Settings { max_detections: 100, ..settings() }, None),
         ];
         for (i, other) in differs.iter().enumerate() {
             assert_ne!(*other, base, "case {i}");
         }
         // The order in which classes are given does not decide the output.
-        let two = |c| file_run("aa", &Settings { classes: c, ..settings() });
+        let two = |c| file_run("aa", &Settings { classes: c, ..settings() }, None);
         assert_eq!(two(vec!["dog", "person"]), two(vec!["person", "dog", "dog"]));
     }
 
+    fn tracking(max_fps: f64, tracker: analytics::Config) -> Option<Tracking> {
+        Some(Tracking { max_fps, tracker })
+    }
+
     #[test]
-    fn a_files_tracker_session_is_its_runs_at_the_same_rate_and_tracker_settings_only() {
-        let (run, other_run) = (file_run("aa", &settings()), file_run("ab", &settings()));
+    fn tracking_makes_another_run_and_leaves_untracked_runs_as_they_were() {
+        // The id this run had before tracking was part of the derivation (worked out apart from
+        // this code, from the description's text): stored untracked frames stay the same run.
+        let untracked = file_run("aa", &settings(), None);
+        assert_eq!(untracked.to_string(), "d1cb52af-8c1e-87d0-b258-c40f7f64779d");
         let tracker = analytics::Config::default();
-        let base = tracker_session(run, false, 0.0, &tracker);
-        assert_eq!(base, tracker_session(run, false, 0.0, &tracker), "the same file again: the same session");
+        let base = file_run("aa", &settings(), tracking(0.0, tracker));
+        assert_ne!(base, untracked, "tracked, the same file is another run: its frames carry tracks");
+        assert_eq!(base, file_run("aa", &settings(), tracking(0.0, tracker)), "the same file tracked again: the same run");
         assert_eq!(base.get_version_num(), 8);
-        assert_ne!(base, run, "not the run's own id");
         let differs = [
-            tracker_session(other_run, false, 0.0, &tracker),
-            tracker_session(run, false, 5.0, &tracker),
-            tracker_session(run, false, 0.0, &analytics::Config { track_buffer: analytics::TrackBuffer::Frames(60), ..tracker }),
-            tracker_session(run, false, 0.0, &analytics::Config { track_buffer: analytics::TrackBuffer::Seconds(30.0), ..tracker }),
-            tracker_session(run, false, 0.0, &analytics::Config { match_thresh: 0.7, ..tracker }),
+            file_run("ab", &settings(), tracking(0.0, tracker)),
+            file_run("aa", &Settings { conf: 0.3, ..settings() }, tracking(0.0, tracker)),
+            // The rate decides which frames the tracker sees, so the tracks: another run.
+            file_run("aa", &settings(), tracking(5.0, tracker)),
+            file_run("aa", &settings(), tracking(0.0, analytics::Config { track_buffer: analytics::TrackBuffer::Frames(60), ..tracker })),
+            file_run(
+                "aa",
+                &settings(),
+                tracking(0.0, analytics::Config { track_buffer: analytics::TrackBuffer::Seconds(30.0), ..tracker }),
+            ),
+            file_run("aa", &settings(), tracking(0.0, analytics::Config { match_thresh: 0.7, ..tracker })),
         ];
         for (i, other) in differs.iter().enumerate() {
             assert_ne!(*other, base, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_files_tracker_session_is_its_runs() {
+        let tracked = |content| file_run(content, &settings(), tracking(0.0, analytics::Config::default()));
+        let (run, other_run) = (tracked("aa"), tracked("ab"));
+        let base = tracker_session(run, false);
+        assert_eq!(base, tracker_session(run, false), "the same file again: the same session");
+        assert_eq!(base.get_version_num(), 8);
+        assert_ne!(base, run, "not the run's own id");
+        assert_ne!(base, tracker_session(other_run, false));
         // A live camera's tracker starts a new session every time.
-        let (a, b) = (tracker_session(run, true, 0.0, &tracker), tracker_session(run, true, 0.0, &tracker));
+        let (a, b) = (tracker_session(run, true), tracker_session(run, true));
         assert!(a != b && a.get_version_num() == 7, "{a} {b}");
     }
 

@@ -17,7 +17,7 @@ use crate::capture::{Capture, Downstream, Policy, Prepared};
 use crate::config::{Camera, Config};
 use crate::decode::{Decoder, MAX_DET};
 use crate::error::DetectorError;
-use crate::identity::{self, Settings};
+use crate::identity::{self, Settings, Tracking};
 use crate::infer::Model;
 use crate::publish::{Output, Publisher};
 use crate::source::{Source, SourceKind, SourceOptions};
@@ -90,7 +90,10 @@ pub fn prepare<'a>(cfg: &'a Config, cameras: &'a [Camera], stop: &AtomicBool) ->
     let run_ids = cameras
         .iter()
         .zip(&sources)
-        .map(|(c, s)| identity::run_of(&c.source, s.kind, c.realtime, &settings))
+        .map(|(c, s)| {
+            let tracking = cfg.tracker().map(|tracker| Tracking { max_fps: c.max_fps, tracker });
+            identity::run_of(&c.source, s.kind, c.realtime, &settings, tracking)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // The recorder before the first metric is made.
     let metrics = cfg.metrics_addr.map(|_| Metrics::install(stats::BUCKETS).map_err(DetectorError::Config)).transpose()?;

@@ -29,7 +29,7 @@ impl Tracker {
         let live = kind == SourceKind::Live || camera.realtime;
         Tracker {
             tracker: analytics::ByteTracker::new(config),
-            session: identity::tracker_session(run, live, camera.max_fps, &config),
+            session: identity::tracker_session(run, live),
             by_pts: kind != SourceKind::Live,
         }
     }

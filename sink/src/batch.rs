@@ -39,7 +39,7 @@ impl Batch {
             }
             None => {
                 self.keys.insert(row.key(), self.frames.len());
-                self.rows += 1 + row.msg.detections.len();
+                self.rows += row.rows();
                 self.frames.push(row);
             }
         }
@@ -51,7 +51,7 @@ impl Batch {
         self.opened.get_or_insert_with(Instant::now);
     }
 
-    /// Rows to write: frames plus detections.
+    /// Rows to write: frames, detections and track observations.
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -94,7 +94,7 @@ impl Batch {
 
     fn reindex(&mut self) {
         self.keys = self.frames.iter().enumerate().map(|(i, r)| (r.key(), i)).collect();
-        self.rows = self.frames.iter().map(|r| 1 + r.msg.detections.len()).sum();
+        self.rows = self.frames.iter().map(Row::rows).sum();
     }
 
     /// Splits the batch into at most `n` parts that each hold whole partitions with their claims,
@@ -104,7 +104,7 @@ impl Batch {
     pub fn split(self, n: usize, claims: BTreeMap<i32, Claim>) -> Vec<(Batch, Vec<Claim>)> {
         let mut rows: BTreeMap<i32, usize> = claims.keys().map(|p| (*p, 0)).collect();
         for r in &self.frames {
-            *rows.get_mut(&r.partition).expect("a row's partition is claimed") += 1 + r.msg.detections.len();
+            *rows.get_mut(&r.partition).expect("a row's partition is claimed") += r.rows();
         }
         let mut by_size: Vec<(i32, usize)> = rows.into_iter().collect();
         by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

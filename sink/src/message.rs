@@ -33,6 +33,11 @@ impl Row {
         FrameKey { camera_id: self.msg.camera_id.clone(), run_id: self.msg.run_id, frame_seq: self.msg.frame_seq as i64 }
     }
 
+    /// The rows the frame is stored as: its own, its detections' and its tracks'.
+    pub fn rows(&self) -> usize {
+        1 + self.msg.detections.len() + self.msg.tracker.as_ref().map_or(0, |t| t.tracks.len())
+    }
+
     /// People in the frame (`person_count`).
     pub fn people(&self) -> usize {
         self.msg.people()

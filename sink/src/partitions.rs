@@ -1,6 +1,7 @@
-//! The store's upkeep (migrations 3 and 4): `frames` and `detections` are partitioned by UTC day;
-//! the days are made ahead of time and dropped past the retention by the sinks themselves, at start
-//! and every hour, one sink at a time (a session advisory lock: the others skip the pass). Why not
+//! The store's upkeep (migrations 3 to 5): `frames`, `detections` and `track_observations` are
+//! partitioned by UTC day; the days are made ahead of time and dropped past the retention by the
+//! sinks themselves, at start and every hour, one sink at a time (a session advisory lock: the
+//! others skip the pass). Why not
 //! pg_partman: it is an extension to install in the server and a job to schedule for what comes
 //! down to a few statements a day, and the sink already holds what decides them. The policy (days
 //! ahead, days kept) is one row of `store_policy`, set with `sink policy`, so sinks side by side
@@ -18,8 +19,8 @@
 //!   kept), each in a short transaction, then drops them; the default partition's rows before the
 //!   cutoff are deleted in batches.
 //! - A frame's key is forgotten only once no partition that could hold its rows remains (a key
-//!   without its rows would let a replay store the frame again), in batches after the DDL; so is
-//!   the per-minute rollup before the cutoff.
+//!   without its rows would let a replay store the frame again), in batches after the DDL; so are
+//!   the per-minute rollup before the cutoff and the tracks last seen before it.
 //!
 //! Each DDL transaction waits at most `LOCK_WAIT` for its locks (a long query on the tables holds
 //! it off; it is tried again, then at the next pass) and says how long it took.
@@ -34,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::error::SinkError;
 use crate::rollup;
-use crate::tables::{DETECTIONS, FRAMES, FRAME_KEYS};
+use crate::tables::{DETECTIONS, FRAMES, FRAME_KEYS, TRACK_OBSERVATIONS};
 use crate::telemetry;
 
 /// The store's policy: one row of `store_policy`.
@@ -196,6 +197,7 @@ pub struct Report {
     pub deleted_from_default: u64,
     pub keys_forgotten: u64,
     pub minutes_forgotten: u64,
+    pub tracks_forgotten: u64,
     /// The longest DDL transaction: the most any query or write waited for this pass.
     pub longest_lock: Duration,
     /// Rows left in each table's default partition: frames of days not made.
@@ -209,13 +211,14 @@ impl std::fmt::Display for Report {
         }
         write!(
             f,
-            "store maintained created={:?} dropped={:?} moved_from_default={} deleted_from_default={} keys_forgotten={} minutes_forgotten={} longest_lock_ms={} in_default={}",
+            "store maintained created={:?} dropped={:?} moved_from_default={} deleted_from_default={} keys_forgotten={} minutes_forgotten={} tracks_forgotten={} longest_lock_ms={} in_default={}",
             self.created,
             self.dropped,
             self.moved_from_default,
             self.deleted_from_default,
             self.keys_forgotten,
             self.minutes_forgotten,
+            self.tracks_forgotten,
             self.longest_lock.as_millis(),
             self.in_default.iter().map(|(_, n)| n).sum::<u64>()
         )
@@ -249,7 +252,7 @@ async fn pass(conn: &mut PoolConnection<Postgres>) -> Result<Report, SinkError> 
     let policy = policy(conn).await?;
     let mut report = Report::default();
     let mut forget = None;
-    for table in [FRAMES.name, DETECTIONS.name] {
+    for table in [FRAMES.name, DETECTIONS.name, TRACK_OBSERVATIONS.name] {
         let existing = partitions_of(conn, table).await?;
         let default = existing.iter().find(|p| p.bound == Bound::Default).map(|p| p.name.clone());
         let in_default: Vec<NaiveDate> = match &default {
@@ -280,7 +283,10 @@ async fn pass(conn: &mut PoolConnection<Postgres>) -> Result<Report, SinkError> 
         if table == FRAMES.name {
             forget = plan.forget_keys_before;
             if let Some(cutoff) = plan.cutoff {
-                report.minutes_forgotten = batched(conn, rollup::TABLE, "minute", cutoff).await?;
+                report.minutes_forgotten = batched(conn, rollup::MINUTES, "minute", cutoff).await?;
+                // A track is forgotten once its last observation is past the cutoff; one that
+                // straddles it keeps its whole summary while its early observations go.
+                report.tracks_forgotten = batched(conn, rollup::TRACKS, "last_seen", cutoff).await?;
             }
         }
     }

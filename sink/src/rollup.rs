@@ -1,8 +1,11 @@
-//! The per-minute rollup, `people_minutes` (migration 4): frames and people per camera, minute and
-//! run. The sink adds to it in the transaction that stores the frames, from the frames that
-//! transaction stores new (a replay adds nothing), so it is exactly as right as `frames` itself.
-//! The views `people_per_minute` and `runs` and the dashboards read it: a day of one camera is
-//! 1,440 rows, whatever the frame rate.
+//! The rollups the sink adds to in the transaction that stores the frames, from the frames that
+//! transaction stores new (a replay adds nothing), so they are exactly as right as the rows they sum:
+//! - `people_minutes` (migration 4): frames and people per camera, minute and run. The views
+//!   `people_per_minute` and `runs` and the dashboards read it: a day of one camera is 1,440 rows,
+//!   whatever the frame rate.
+//! - `tracks` (migration 5): one row per track, `(camera_id, run_id, tracker_session, track_id)`,
+//!   with its first and last capture times, frames and best score: equal to a `GROUP BY` over
+//!   `track_observations`, at one row per person instead of one per person and frame.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,8 @@ use uuid::Uuid;
 use crate::error::SinkError;
 use crate::message::Row;
 
-pub const TABLE: &str = "people_minutes";
+pub const MINUTES: &str = "people_minutes";
+pub const TRACKS: &str = "tracks";
 
 /// One row of the rollup, or what a batch adds to it.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +104,78 @@ pub async fn add(conn: &mut PgConnection, minutes: &[Minute]) -> Result<(), Sink
     Ok(())
 }
 
+/// One row of `tracks`, or what a batch adds to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackSeen {
+    pub camera_id: String,
+    pub run_id: Uuid,
+    pub session: Uuid,
+    pub track_id: i64,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub frames: i32,
+    pub best_score: f32,
+}
+
+/// What these frames add to `tracks`, one entry per track.
+pub fn tracks<'a>(frames: impl Iterator<Item = &'a Row>) -> Vec<TrackSeen> {
+    let mut by: BTreeMap<(&str, Uuid, Uuid, u64), TrackSeen> = BTreeMap::new();
+    for r in frames {
+        let Some(tracker) = &r.msg.tracker else { continue };
+        let at = r.msg.captured_at;
+        for t in &tracker.tracks {
+            by.entry((&r.msg.camera_id, r.msg.run_id, tracker.session, t.id))
+                .and_modify(|s| {
+                    s.first = s.first.min(at);
+                    s.last = s.last.max(at);
+                    s.frames += 1;
+                    s.best_score = s.best_score.max(t.score);
+                })
+                .or_insert_with(|| TrackSeen {
+                    camera_id: r.msg.camera_id.clone(),
+                    run_id: r.msg.run_id,
+                    session: tracker.session,
+                    // Validation bounds ids to bigint.
+                    track_id: t.id as i64,
+                    first: at,
+                    last: at,
+                    frames: 1,
+                    best_score: t.score,
+                });
+        }
+    }
+    // In key order, so that two transactions adding to the same tracks lock them in one order.
+    by.into_values().collect()
+}
+
+/// Adds to `tracks`, in the caller's transaction.
+pub async fn add_tracks(conn: &mut PgConnection, tracks: &[TrackSeen]) -> Result<(), SinkError> {
+    if tracks.is_empty() {
+        return Ok(());
+    }
+    let at = |f: fn(&TrackSeen) -> DateTime<Utc>| tracks.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO tracks (camera_id, run_id, tracker_session, track_id, first_seen, last_seen, frames, best_score)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::bigint[], $5::timestamptz[], $6::timestamptz[], $7::int[], $8::real[])
+         ON CONFLICT (camera_id, run_id, tracker_session, track_id) DO UPDATE SET
+             first_seen = least(tracks.first_seen, EXCLUDED.first_seen),
+             last_seen = greatest(tracks.last_seen, EXCLUDED.last_seen),
+             frames = tracks.frames + EXCLUDED.frames,
+             best_score = greatest(tracks.best_score, EXCLUDED.best_score)",
+    )
+    .bind(tracks.iter().map(|t| t.camera_id.as_str()).collect::<Vec<_>>())
+    .bind(tracks.iter().map(|t| t.run_id).collect::<Vec<_>>())
+    .bind(tracks.iter().map(|t| t.session).collect::<Vec<_>>())
+    .bind(tracks.iter().map(|t| t.track_id).collect::<Vec<_>>())
+    .bind(at(|t| t.first))
+    .bind(at(|t| t.last))
+    .bind(tracks.iter().map(|t| t.frames).collect::<Vec<_>>())
+    .bind(tracks.iter().map(|t| t.best_score).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +208,27 @@ mod tests {
             [(at("2026-12-02T10:00:00Z"), 1, 2, 7, 5), (at("2026-12-02T10:00:00Z"), 2, 1, 1, 1), (at("2026-12-02T10:01:00Z"), 1, 1, 0, 0)]
         );
         assert_eq!((m[0].first, m[0].last), (at("2026-12-02T10:00:10Z"), at("2026-12-02T10:00:50Z")));
+    }
+
+    #[test]
+    fn tracks_add_up_per_camera_run_session_and_id() {
+        let track =
+            |id: u64, score: f32| wire::Track { id, bbox: wire::BBox { x1: 0.0, y1: 0.0, x2: 1.0, y2: 1.0 }, score, detection: None };
+        let session = |s: u128, tracks: Vec<wire::Track>| Some(wire::Tracker { session: Uuid::from_u128(s), tracks });
+        let mut rows = [row(0, 0, 0, 0), row(1, 0, 0, 1), row(2, 0, 0, 2), row(3, 0, 0, 3)];
+        rows[0].msg.captured_at = at("2026-12-02T10:00:10Z");
+        rows[0].msg.tracker = session(7, vec![track(1, 0.3), track(2, 0.9)]);
+        rows[1].msg.captured_at = at("2026-12-02T10:00:11Z");
+        rows[1].msg.tracker = session(7, vec![track(1, 0.8)]);
+        // A restarted tracker's id 1 is another person.
+        rows[2].msg.captured_at = at("2026-12-02T10:00:12Z");
+        rows[2].msg.tracker = session(8, vec![track(1, 0.5)]);
+        // Not tracked: nothing.
+        rows[3].msg.captured_at = at("2026-12-02T10:00:13Z");
+        let t = tracks(rows.iter());
+        let got: Vec<(u128, i64, i32, f32)> = t.iter().map(|t| (t.session.as_u128(), t.track_id, t.frames, t.best_score)).collect();
+        assert_eq!(got, [(7, 1, 2, 0.8), (7, 2, 1, 0.9), (8, 1, 1, 0.5)]);
+        assert_eq!((t[0].first, t[0].last), (at("2026-12-02T10:00:10Z"), at("2026-12-02T10:00:11Z")));
+        assert!(tracks(rows[3..].iter()).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 use crate::error::SinkError;
-use crate::tables::{Table, DETECTIONS, FRAMES, FRAME_KEYS};
+use crate::tables::{Table, DETECTIONS, FRAMES, FRAME_KEYS, TRACK_OBSERVATIONS};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
@@ -28,7 +28,7 @@ pub async fn check(pool: &PgPool) -> Result<i64, SinkError> {
         if exists { sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await? } else { None };
     match applied {
         Some(v) if v == known => {
-            for table in [&FRAME_KEYS, &FRAMES, &DETECTIONS] {
+            for table in [&FRAME_KEYS, &FRAMES, &DETECTIONS, &TRACK_OBSERVATIONS] {
                 check_table(pool, table).await?;
             }
             Ok(v)

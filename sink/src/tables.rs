@@ -1,14 +1,15 @@
-//! The three tables the sink writes, each described once: its columns, their types, which of them
-//! key a row and which are the frame's content, and how each value comes out of a message. The
-//! binary COPY streams, the staging tables, the UNNEST insert, the SQL that compares a replayed
-//! frame with the stored one, and the same comparison within a batch are all derived from these
-//! lists, so a column is added in one place (and in a migration; a test checks the two agree).
+//! The four tables the sink writes a frame into, each described once: its columns, their types,
+//! which of them key a row and which are the frame's content, and how each value comes out of a
+//! message. The binary COPY streams, the staging tables, the UNNEST insert, the SQL that compares a
+//! replayed frame with the stored one, and the same comparison within a batch are all derived from
+//! these lists, so a column is added in one place (and in a migration; a test checks the two
+//! agree). The rollups the write transaction adds to (`people_minutes`, `tracks`) are `rollup`'s.
 //!
-//! `frames` and `detections` are partitioned by `captured_at` (see `partitions`), and a
-//! partitioned table's unique keys must include that column. The natural key must hold across
-//! partitions, though: a file processed again is the same run with new capture times. So it is
-//! `frame_keys`' primary key, an unpartitioned table of keys only, into which every frame's key
-//! goes first, in the same transaction.
+//! `frames`, `detections` and `track_observations` are partitioned by `captured_at` (see
+//! `partitions`), and a partitioned table's unique keys must include that column. The natural key
+//! must hold across partitions, though: a file processed again is the same run with new capture
+//! times. So it is `frame_keys`' primary key, an unpartitioned table of keys only, into which every
+//! frame's key goes first, in the same transaction.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -53,6 +54,15 @@ pub enum Value<'a> {
     Float4(f32),
     Timestamptz(DateTime<Utc>),
     Keypoints(Option<&'a [[f32; 3]]>),
+    /// SQL NULL, in a nullable column of any kind (a frame not tracked, a detection without track).
+    Null,
+}
+
+impl<'a> Value<'a> {
+    /// The value, or NULL.
+    fn or_null<T>(v: Option<T>, f: impl FnOnce(T) -> Value<'a>) -> Value<'a> {
+        v.map_or(Value::Null, f)
+    }
 }
 
 /// What a column is to a replayed frame.
@@ -70,15 +80,17 @@ pub struct Column {
     pub name: &'static str,
     pub kind: Kind,
     pub role: Role,
-    /// The value for a frame (`index` 0) or for its `index`-th detection.
+    /// The value for a frame (`index` 0), for its `index`-th detection or its `index`-th track.
     pub value: for<'a> fn(&'a Row, usize) -> Value<'a>,
 }
 
-/// Which rows a table holds: one per frame message, or one per detection in it.
+/// Which rows a table holds: one per frame message, one per detection in it, or one per track of
+/// its tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Per {
     Frame,
     Detection,
+    Track,
 }
 
 pub struct Table {
@@ -119,6 +131,7 @@ pub static FRAMES: Table = Table {
         col("model_sha256", Text, Content, |r, _| Value::Text(&r.msg.model.sha256)),
         col("kafka_partition", Int4, Delivery, |r, _| Value::Int4(r.partition)),
         col("kafka_offset", Int8, Delivery, |r, _| Value::Int8(r.offset)),
+        col("tracker_session", Uuid, Content, |r, _| Value::or_null(r.msg.tracker.as_ref(), |t| Value::Uuid(t.session))),
     ],
 };
 
@@ -138,8 +151,42 @@ pub static DETECTIONS: Table = Table {
         col("y2", Float4, Content, |r, i| Value::Float4(r.msg.detections[i].bbox.y2)),
         col("keypoints", Keypoints, Content, |r, i| Value::Keypoints(r.msg.detections[i].keypoints.as_deref())),
         CAPTURED_AT,
+        // A linear search: a frame has at most 300 tracks, and the detector lists them in the
+        // order of its detections, so the match is near the front.
+        col("track_id", Int8, Content, |r, i| {
+            let track = r.msg.tracker.as_ref().and_then(|t| t.tracks.iter().find(|k| k.detection == Some(i)));
+            Value::or_null(track, |k| Value::Int8(k.id as i64))
+        }),
     ],
 };
+
+/// The `index`-th track of a tracked frame (`rows` yields only indexes of tracks that exist).
+fn track(r: &Row, index: usize) -> &wire::Track {
+    &r.msg.tracker.as_ref().expect("a tracked frame").tracks[index]
+}
+
+// Validation bounds track ids to bigint and a detection index to MAX_DETECTIONS.
+pub static TRACK_OBSERVATIONS: Table = Table {
+    name: "track_observations",
+    per: Per::Track,
+    columns: &[
+        CAMERA_ID,
+        RUN_ID,
+        FRAME_SEQ,
+        col("track_id", Int8, Key, |r, i| Value::Int8(track(r, i).id as i64)),
+        col("tracker_session", Uuid, Content, |r, _| Value::Uuid(r.msg.tracker.as_ref().expect("a tracked frame").session)),
+        col("x1", Float4, Content, |r, i| Value::Float4(track(r, i).bbox.x1)),
+        col("y1", Float4, Content, |r, i| Value::Float4(track(r, i).bbox.y1)),
+        col("x2", Float4, Content, |r, i| Value::Float4(track(r, i).bbox.x2)),
+        col("y2", Float4, Content, |r, i| Value::Float4(track(r, i).bbox.y2)),
+        col("score", Float4, Content, |r, i| Value::Float4(track(r, i).score)),
+        col("det_index", Int4, Content, |r, i| Value::or_null(track(r, i).detection, |d| Value::Int4(d as i32))),
+        CAPTURED_AT,
+    ],
+};
+
+/// The tables of a frame's parts, written with its frame row or not at all.
+pub static PARTS: [&Table; 2] = [&DETECTIONS, &TRACK_OBSERVATIONS];
 
 impl Table {
     /// `a, b, c` (optionally each prefixed `p.`), for the columns with these roles.
@@ -157,46 +204,93 @@ impl Table {
         match self.per {
             Per::Frame => Box::new(frames.iter().map(|r| (r, 0))),
             Per::Detection => Box::new(frames.iter().flat_map(|r| (0..r.msg.detections.len()).map(move |i| (r, i)))),
+            Per::Track => {
+                Box::new(frames.iter().flat_map(|r| (0..r.msg.tracker.as_ref().map_or(0, |t| t.tracks.len())).map(move |i| (r, i))))
+            }
         }
     }
 
-    fn content_of<'a>(&'a self, row: &'a Row, index: usize) -> impl Iterator<Item = Value<'a>> + 'a {
-        self.columns.iter().filter(|c| c.role == Content).map(move |c| (c.value)(row, index))
+    /// The key columns that tell one frame's rows apart (`det_index`, `track_id`).
+    fn own_key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.role == Key && !FRAMES.columns.iter().any(|f| f.name == c.name))
+    }
+
+    /// Those columns, each prefixed, as a list.
+    fn own_key(&self, prefix: &str) -> String {
+        self.own_key_columns().map(|c| format!("{prefix}{}", c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    fn content_of<'a>(&'a self, row: &'a Row, index: usize) -> Vec<Value<'a>> {
+        self.columns.iter().filter(|c| c.role == Content).map(|c| (c.value)(row, index)).collect()
+    }
+
+    /// A frame's rows of this table: each one's own key and content.
+    fn keyed<'a>(&'a self, frame: &'a Row) -> Vec<(Vec<Value<'a>>, Vec<Value<'a>>)> {
+        self.rows(std::slice::from_ref(frame))
+            .map(|(r, i)| (self.own_key_columns().map(|c| (c.value)(r, i)).collect(), self.content_of(r, i)))
+            .collect()
+    }
+
+    /// Whether two deliveries of one frame carry the same rows of this table: the same own keys,
+    /// each with the same content, in whatever order the message lists them.
+    fn same_rows(&self, a: &Row, b: &Row) -> bool {
+        let (ra, rb) = (self.keyed(a), self.keyed(b));
+        // Own keys are unique within a frame (validation), so equal counts and every row of one
+        // among the other's are the same set.
+        ra.len() == rb.len() && ra.iter().all(|x| rb.contains(x))
     }
 }
 
-/// Whether two deliveries of one frame carry the same content: the frame's content columns and
-/// every detection's.
+/// Whether two deliveries of one frame carry the same content: the frame's content columns, and
+/// every detection's and every track's.
 pub fn same_content(a: &Row, b: &Row) -> bool {
-    FRAMES.content_of(a, 0).eq(FRAMES.content_of(b, 0))
-        && a.msg.detections.len() == b.msg.detections.len()
-        && (0..a.msg.detections.len()).all(|i| DETECTIONS.content_of(a, i).eq(DETECTIONS.content_of(b, i)))
+    FRAMES.content_of(a, 0) == FRAMES.content_of(b, 0) && PARTS.iter().all(|t| t.same_rows(a, b))
 }
 
-/// The frames of `stage` whose stored twin in `frames` has other content. Run in the statement
-/// that inserts the new keys, it sees `frame_keys` as it was before them: only frames that were
-/// already stored join, and each is looked up at its stored capture time, so that a lookup reads
-/// one daily partition of `frames` and of `detections`, however many there are. (The `LIMIT`
-/// keeps the planner from turning the lookups into one join that reads every partition.) The
-/// staged detections are gathered per frame once, in one pass over the stage.
-pub fn conflicts_sql(stage_frames: &str, stage_detections: &str) -> String {
+/// The frames of the staging tables (each table's name followed by `stage`) whose stored twin in
+/// `frames` has other content. Run in the statement that inserts the new keys, it sees
+/// `frame_keys` as it was before them: only frames that were already stored join, and each is
+/// looked up at its stored capture time, so that a lookup reads one daily partition of `frames`
+/// and of each part's table, however many there are. (The `LIMIT` keeps the planner from turning
+/// the lookups into one join that reads every partition.) The staged parts are gathered per frame
+/// once, in one pass over each stage, with their own keys, in the order of those keys.
+pub fn conflicts_sql(stage: &str) -> String {
     let key = FRAMES.list("", &[Key]);
     let content = |t: &Table, p: &str| t.list(&format!("{p}."), &[Content]);
     let same_key = |a: &str, b: &str| {
         FRAMES.columns.iter().filter(|c| c.role == Key).map(|c| format!("{a}.{0} = {b}.{0}", c.name)).collect::<Vec<_>>().join(" AND ")
     };
-    let gathered = format!("array_agg(ROW({}) ORDER BY d.det_index)", content(&DETECTIONS, "d"));
+    let gathered = |t: &Table| format!("array_agg(ROW({}, {}) ORDER BY {})", t.own_key("d."), content(t, "d"), t.own_key("d."));
+    let staged: String = PARTS
+        .iter()
+        .map(|t| {
+            format!(
+                "\n             LEFT JOIN (SELECT {key}, {} AS gathered FROM {}{stage} d GROUP BY {key}) s_{} USING ({key})",
+                gathered(t),
+                t.name,
+                t.name
+            )
+        })
+        .collect();
+    let differs: String = PARTS
+        .iter()
+        .map(|t| {
+            format!(
+                "\n            OR (SELECT {} FROM {} d WHERE {} AND d.captured_at = f.captured_at) IS DISTINCT FROM s_{}.gathered",
+                gathered(t),
+                t.name,
+                same_key("d", "f"),
+                t.name
+            )
+        })
+        .collect();
     format!(
-        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {stage_frames} s JOIN {keys} k USING ({key})
-             LEFT JOIN (SELECT {key}, {gathered} AS detections FROM {stage_detections} d GROUP BY {key}) sd USING ({key}),
+        "SELECT s.camera_id, s.run_id, s.frame_seq FROM {frames}{stage} s JOIN {keys} k USING ({key}){staged},
              LATERAL (SELECT * FROM {frames} f WHERE {f_is_s} AND f.captured_at = k.captured_at LIMIT 1) f
-         WHERE ROW({fc}) IS DISTINCT FROM ROW({sc})
-            OR (SELECT {gathered} FROM {detections} d WHERE {d_is_f} AND d.captured_at = f.captured_at) IS DISTINCT FROM sd.detections",
+         WHERE ROW({fc}) IS DISTINCT FROM ROW({sc}){differs}",
         keys = FRAME_KEYS.name,
         frames = FRAMES.name,
-        detections = DETECTIONS.name,
         f_is_s = same_key("f", "s"),
-        d_is_f = same_key("d", "f"),
         fc = content(&FRAMES, "f"),
         sc = content(&FRAMES, "s"),
     )
@@ -229,13 +323,29 @@ mod tests {
         Row { msg, partition: 0, offset: 0, key: None, payload: Vec::new() }
     }
 
+    /// A tracker session 5 with tracks of these ids and detections.
+    fn tracker(tracks: &[(u64, Option<usize>)]) -> wire::Tracker {
+        let tracks = tracks
+            .iter()
+            .map(|&(id, detection)| wire::Track { id, bbox: wire::BBox { x1: 0.5, y1: 0.5, x2: 1.0, y2: 1.5 }, score: 0.4, detection })
+            .collect();
+        wire::Tracker { session: Uuid::from_u128(5), tracks }
+    }
+
     #[test]
-    fn rows_come_per_frame_or_per_detection() {
+    fn rows_come_per_frame_per_detection_or_per_track() {
         let frames = vec![row(2, 0.5), row(0, 0.5), row(3, 0.5)];
         assert_eq!(FRAMES.rows(&frames).count(), 3);
         let dets: Vec<usize> = DETECTIONS.rows(&frames).map(|(_, i)| i).collect();
         assert_eq!(dets, [0, 1, 0, 1, 2]);
-        assert_eq!((FRAMES.columns.len(), DETECTIONS.columns.len()), (12, 12));
+        assert_eq!((FRAMES.columns.len(), DETECTIONS.columns.len(), TRACK_OBSERVATIONS.columns.len()), (13, 13, 12));
+        let mut tracked = vec![row(2, 0.5), row(1, 0.5)];
+        tracked[0].msg.tracker = Some(tracker(&[(4, Some(1)), (9, None), (2, Some(0))]));
+        let tracks: Vec<usize> = TRACK_OBSERVATIONS.rows(&tracked).map(|(_, i)| i).collect();
+        assert_eq!(tracks, [0, 1, 2], "the untracked frame has none");
+        let track_ids: Vec<Value> = DETECTIONS.rows(&tracked).map(|(r, i)| (DETECTIONS.columns[12].value)(r, i)).collect();
+        assert_eq!(track_ids, [Value::Int8(2), Value::Int8(4), Value::Null], "each detection's track, none untracked");
+        assert_eq!((FRAMES.columns[12].value)(&tracked[1], 0), Value::Null, "a frame not tracked");
         assert_eq!(FRAMES.list("s.", &[Key]), "s.camera_id, s.run_id, s.frame_seq");
     }
 
@@ -257,13 +367,47 @@ mod tests {
     }
 
     #[test]
+    fn the_tracker_is_content() {
+        let tracked = |tracks: &[(u64, Option<usize>)]| {
+            let mut r = row(2, 0.5);
+            r.msg.tracker = Some(tracker(tracks));
+            r
+        };
+        let a = tracked(&[(1, Some(0)), (3, None)]);
+        assert!(same_content(&a, &tracked(&[(1, Some(0)), (3, None)])));
+        assert!(same_content(&a, &tracked(&[(3, None), (1, Some(0))])), "the order tracks are listed in is not content");
+        assert!(!same_content(&a, &row(2, 0.5)), "tracked, then not");
+        assert!(!same_content(&row(2, 0.5), &a), "not tracked, then tracked");
+        assert!(!same_content(&a, &tracked(&[(1, Some(0))])), "a track fewer");
+        assert!(!same_content(&a, &tracked(&[(1, Some(0)), (4, None)])), "another id");
+        assert!(!same_content(&a, &tracked(&[(1, Some(1)), (3, None)])), "another detection");
+        assert!(!same_content(&a, &tracked(&[(1, Some(0)), (3, Some(1))])), "a low-score track that now names a detection");
+        let mut b = tracked(&[(1, Some(0)), (3, None)]);
+        b.msg.tracker.as_mut().unwrap().session = Uuid::from_u128(6);
+        assert!(!same_content(&a, &b), "another session");
+        let mut c = tracked(&[(1, Some(0)), (3, None)]);
+        c.msg.tracker.as_mut().unwrap().tracks[1].bbox.x2 = 1.25;
+        assert!(!same_content(&a, &c), "a Kalman box");
+        assert!(same_content(&tracked(&[]), &tracked(&[])), "tracked with nobody");
+        assert!(!same_content(&tracked(&[]), &row(2, 0.5)), "tracked with nobody is not untracked");
+    }
+
+    #[test]
     fn the_conflict_query_compares_content_only_and_reads_one_day() {
-        let sql = conflicts_sql("frames_stage", "detections_stage");
-        assert!(sql.contains("ROW(f.pts_ms, f.frame_width, f.frame_height, f.person_count, f.model_sha256)"), "{sql}");
-        assert!(sql.contains("ROW(d.class, d.score, d.x1, d.y1, d.x2, d.y2, d.keypoints)"), "{sql}");
+        let sql = conflicts_sql("_stage");
+        assert!(sql.contains("ROW(f.pts_ms, f.frame_width, f.frame_height, f.person_count, f.model_sha256, f.tracker_session)"), "{sql}");
+        assert!(
+            sql.contains("ROW(d.det_index, d.class, d.score, d.x1, d.y1, d.x2, d.y2, d.keypoints, d.track_id) ORDER BY d.det_index"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ROW(d.track_id, d.tracker_session, d.x1, d.y1, d.x2, d.y2, d.score, d.det_index) ORDER BY d.track_id"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM detections_stage d GROUP BY") && sql.contains("FROM track_observations_stage d GROUP BY"), "{sql}");
         assert!(!sql.contains("kafka_offset"), "{sql}");
         // Stored rows are found at the key's capture time: one partition each.
         assert!(sql.contains("JOIN frame_keys k USING (camera_id, run_id, frame_seq)"), "{sql}");
-        assert!(sql.contains("f.captured_at = k.captured_at") && sql.contains("d.captured_at = f.captured_at"), "{sql}");
+        assert!(sql.contains("f.captured_at = k.captured_at") && sql.matches("d.captured_at = f.captured_at").count() == 2, "{sql}");
     }
 }

@@ -9,11 +9,11 @@
 //!    then reads again from the stored offset;
 //! 2. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
 //!    frame delivered again) redoes the part through the staging merge, which inserts only frames
-//!    not stored yet, with their own detections. Rows the database refuses for what they hold (a
+//!    not stored yet, with their own detections and track observations. Rows the database refuses for what they hold (a
 //!    CHECK a DBA added, a character the database encoding lacks, a key conflict the merge meets)
 //!    are found by bisecting the part with savepoints, sent to the dead-letter topic with the
 //!    database's error, and the rest is stored: one bad row never stops its partition;
-//! 3. adds the frames it stored new to the per-minute rollup (`rollup`);
+//! 3. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks);
 //! 4. commits.
 //!
 //! An error that may pass (classified in `error`) retries the part with backoff while the loop
@@ -34,7 +34,7 @@ use crate::batch::Batch;
 use crate::config::WriteMode;
 use crate::dead_letters::DeadLetters;
 use crate::error::{DbFault, SinkError};
-use crate::message::FrameKey;
+use crate::message::{FrameKey, Row};
 use crate::offsets::{self, Claim};
 use crate::rollup;
 use crate::telemetry;
@@ -303,8 +303,9 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
             Some(m.new.into_iter().collect())
         }
     };
-    let stored = part.batch.frames.iter().filter(|r| new.as_ref().is_none_or(|keys| keys.contains(&r.key())));
-    rollup::add(&mut tx, &rollup::minutes(stored)).await?;
+    let stored: Vec<&Row> = part.batch.frames.iter().filter(|r| new.as_ref().is_none_or(|keys| keys.contains(&r.key()))).collect();
+    rollup::add(&mut tx, &rollup::minutes(stored.iter().copied())).await?;
+    rollup::add_tracks(&mut tx, &rollup::tracks(stored.iter().copied())).await?;
     tx.commit().await?;
     Ok(Attempt::Written(w))
 }
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn empty_streams_for_a_frame_without_people() {
         let mut batch = Batch::default();
-        assert_eq!(copy_streams(&batch.frames), Streams { keys: None, frames: None, detections: None });
+        assert_eq!(copy_streams(&batch.frames), Streams { keys: None, frames: None, parts: [None, None] });
         let msg = wire::FrameMessage {
             schema_version: 2,
             camera_id: "cam".into(),
@@ -364,8 +365,8 @@ mod tests {
             tracker: None,
         };
         batch.push(crate::message::Row::new(msg, crate::message::Consumed { partition: 2, offset: 41, key: None, payload: None }));
-        // A frame with nobody in it is a frames row and no detections stream at all.
+        // A frame with nobody in it is a frames row and no detections or tracks stream at all.
         let streams = copy_streams(&batch.frames);
-        assert!(streams.keys.is_some() && streams.frames.is_some() && streams.detections.is_none());
+        assert!(streams.keys.is_some() && streams.frames.is_some() && streams.parts == [None, None]);
     }
 }

@@ -270,6 +270,26 @@ pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMes
     }
 }
 
+/// The frame as `detector --track` sends it: in tracker `session`, its detection `i` matched to
+/// track `first_id + i` (a Kalman box a little off the detection's), and one more track after
+/// those, kept alive by a weak detection that is none of the frame's (no `detection`).
+pub fn tracked_frame(mut m: wire::FrameMessage, session: uuid::Uuid, first_id: u64) -> wire::FrameMessage {
+    let mut tracks: Vec<wire::Track> = m
+        .detections
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let b = d.bbox;
+            let bbox = wire::BBox { x1: b.x1 - 0.25, y1: b.y1 + 0.5, x2: b.x2 + 0.75, y2: b.y2 - 0.125 };
+            wire::Track { id: first_id + i as u64, bbox, score: d.score, detection: Some(i) }
+        })
+        .collect();
+    let weak = wire::BBox { x1: 700.0, y1: 300.0 + (m.frame_seq % 5) as f32, x2: 740.5, y2: 420.0 };
+    tracks.push(wire::Track { id: first_id + m.detections.len() as u64, bbox: weak, score: 0.125, detection: None });
+    m.tracker = Some(wire::Tracker { session, tracks });
+    m
+}
+
 /// The message as an older detector wrote it: wire v1, without run id or keypoint count.
 pub fn v1_json(msg: &wire::FrameMessage) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_slice(&msg.to_json()).expect("JSON");
@@ -699,6 +719,16 @@ pub async fn wait_for_count(conn: &mut PgConnection, sql: &'static str, want: i6
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the sink has accounted for every message in the topic (stored, replayed or
+/// dead-lettered), so that "nothing was added" is a finding and not a race.
+pub async fn wait_accounted(conn: &mut PgConnection, topic: &str) -> Result<i64> {
+    let size = topic_size(topic)?;
+    let done =
+        wait_for_count(conn, "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets", size, Duration::from_secs(240)).await?;
+    ensure!(done == size, "the sink accounted for {done} of {size} messages");
+    Ok(size)
 }
 
 /// Messages in a topic now: the sum of its partitions' high watermarks (from offset 0).

@@ -1,7 +1,7 @@
-//! Migrations 2, 3 and 4 on a database that holds data from before them, and a topic an older
-//! detector wrote: old rows keep working (in the nil run, in the history partition), the keys and
-//! the view are right, and the sink drains v1 and current (v3) messages side by side. Also: a database whose tables do not match the sink's
-//! description of them is refused at start.
+//! Migrations 2 to 5 on a database that holds data from before them, and a topic an older detector
+//! wrote: old rows keep working (in the nil run, in the history partition, untracked), the keys and
+//! the view are right, and the sink drains v1 and current (v3) messages side by side. Also: a
+//! database whose tables do not match the sink's description of them is refused at start.
 
 use std::process::Command;
 use std::time::Duration;
@@ -129,6 +129,78 @@ async fn a_frame_from_the_future_does_not_stretch_history_over_the_coming_days()
     let made = count(&mut conn, "SELECT count(*) FROM pg_class WHERE relname LIKE 'frames_p%'").await?;
     assert!(made >= 7, "daily partitions made after history: {made}\n{log}");
     assert!(log.contains("rows in the default partitions"), "{log}");
+    Ok(())
+}
+
+/// A frame's detections as SQL would write them with the columns of migration 2 on.
+async fn insert_detection_rows(conn: &mut PgConnection, m: &wire::FrameMessage) -> Result<()> {
+    for (i, d) in m.detections.iter().enumerate() {
+        let kps: Vec<String> = d.keypoints.iter().flatten().map(|[x, y, s]| format!("{{{x},{y},{s}}}")).collect();
+        sqlx::query(
+            "INSERT INTO detections (camera_id, run_id, frame_seq, det_index, class, score, x1, y1, x2, y2, keypoints, captured_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::real[], $12)",
+        )
+        .bind(&m.camera_id)
+        .bind(m.run_id)
+        .bind(m.frame_seq as i64)
+        .bind(i as i32)
+        .bind(&d.class)
+        .bind(d.score)
+        .bind(d.bbox.x1)
+        .bind(d.bbox.y1)
+        .bind(d.bbox.x2)
+        .bind(d.bbox.y2)
+        .bind(format!("{{{}}}", kps.join(",")))
+        .bind(m.captured_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Migration 5 on a store holding frames and detections: they stay, untracked (NULL session and
+/// track), and read as such: the same frame delivered again without a tracker is a replay. Tracked
+/// frames after it are stored with their tracks, the days of `track_observations` made beside the
+/// others'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_5_keeps_stored_frames_as_untracked() -> Result<()> {
+    let (topic, db) = (unique("mig5"), TestDb::create("mig5").await?);
+    create_topic(&topic, 1).await?;
+    migrate_to(&db, 4).await?;
+    let mut conn = db.connect().await?;
+    let old = synthetic_frame("gate", 0, 2);
+    sqlx::query("INSERT INTO frame_keys VALUES ($1, $2, $3, $4)")
+        .bind(&old.camera_id)
+        .bind(old.run_id)
+        .bind(old.frame_seq as i64)
+        .bind(old.captured_at)
+        .execute(&mut conn)
+        .await?;
+    insert_frame_row(&mut conn, &old).await?;
+    insert_detection_rows(&mut conn, &old).await?;
+
+    migrate(&db.url)?;
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE tracker_session IS NULL").await?, 1);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM detections WHERE track_id IS NULL").await?, 2);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM track_observations").await?, 0);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM tracks").await?, 0);
+
+    // The stored frame again as it was (no tracker), and a tracked frame after it.
+    let tracked = tracked_frame(synthetic_frame("gate", 1, 2), uuid::Uuid::now_v7(), 1);
+    produce(&topic, [("gate", old.to_json()), ("gate", tracked.to_json())])?;
+    let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
+    wait_accounted(&mut conn, &topic).await?;
+    let log = sink.stop()?;
+    assert_eq!(log_field(&log, "progress", "replayed"), Some(1), "{log}");
+    assert_eq!(log_field(&log, "progress", "conflicts"), Some(0), "{log}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM frames WHERE tracker_session IS NULL").await?, 1);
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM detections WHERE track_id IS NOT NULL").await?, 2, "{log}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM track_observations").await?, 3, "two people and a weak track");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM tracks").await?, 3);
+    // The sink's first pass made the observations' days: the frame's holds them.
+    let places: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM track_observations").fetch_all(&mut conn).await?;
+    assert_eq!(places, [format!("track_observations_p{}", tracked.captured_at.format("%Y%m%d"))]);
     Ok(())
 }
 

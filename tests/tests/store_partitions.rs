@@ -1,8 +1,9 @@
-//! `frames` and `detections` partitioned by capture day (migrations 3 and 4), kept by the sink: days
-//! made ahead, rows of days not made in the default partition and moved out when their day is
-//! made, frames from clocks far off refused with a reason, retention (the store's policy) that
-//! drops whole days and forgets their keys and rollup minutes, and the natural key holding across
-//! partitions (a replay with other capture times, as a file processed again, adds no row).
+//! `frames`, `detections` and `track_observations` partitioned by capture day (migrations 3 to 5),
+//! kept by the sink: days made ahead, rows of days not made in the default partition and moved out
+//! when their day is made, frames from clocks far off refused with a reason, retention (the store's
+//! policy) that drops whole days and forgets their keys, rollup minutes and tracks, and the natural
+//! key holding across partitions (a replay with other capture times, as a file processed again,
+//! adds no row).
 
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
     let days = |n: i64| now + chrono::Duration::days(n);
     // A day five days back made by hand, as an older sink with a longer retention would have.
     let (from, to) = (days(-5).date_naive(), days(-4).date_naive());
-    for table in ["frames", "detections"] {
+    for table in ["frames", "detections", "track_observations"] {
         let sql = format!(
             "CREATE TABLE {} PARTITION OF {table} FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')",
             day(table, days(-5))
@@ -49,15 +50,17 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
     }
     // Frames 0..6: now, yesterday, 5 and 6 days back (admitted: within a week), and three from
-    // cameras whose clocks are wrong: 40 days ahead, 10 days back, 10 years ahead.
+    // cameras whose clocks are wrong: 40 days ahead, 10 days back, 10 years ahead. Each tracked,
+    // with tracks of its own (its person and a weak one): frame n's are tracks 2n + 1 and 2n + 2.
     let at = [days(0), days(-1), days(-5), days(-6), days(40), days(-10), days(3653)];
+    let session = uuid::Uuid::now_v7();
     let frames: Vec<wire::FrameMessage> = at
         .iter()
         .enumerate()
         .map(|(seq, t)| {
             let mut m = synthetic_frame("yard", seq as u64, 1);
             m.captured_at = *t;
-            m
+            tracked_frame(m, session, 2 * seq as u64 + 1)
         })
         .collect();
     produce(&topic, frames.iter().map(|m| (m.camera_id.as_str(), m.to_json())))?;
@@ -98,7 +101,7 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
 
     // A pass makes the day the default partition holds a row of, and moves the row there.
     let report = sink_cmd(&db.url, &["maintain"])?;
-    assert!(report.contains(&day("frames", days(-6))) && report.contains("moved_from_default=2"), "{report}");
+    assert!(report.contains(&day("frames", days(-6))) && report.contains("moved_from_default=4"), "{report}");
     assert_eq!(places(&mut conn).await?[3], place(3, day("frames", days(-6)), day("detections", days(-6))));
 
     // Two days kept before today, from the next pass on (the sink's start).
@@ -128,6 +131,11 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
     assert_eq!(keys, [0, 1], "the keys of the frames retention dropped are forgotten, the others kept");
     let minutes: Vec<i64> = sqlx::query_scalar("SELECT frames::bigint FROM people_minutes ORDER BY minute").fetch_all(&mut conn).await?;
     assert_eq!(minutes, [1, 1], "the rollup keeps the days kept, each frame counted once:\n{log}");
+    let observed: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT frame_seq FROM track_observations ORDER BY 1").fetch_all(&mut conn).await?;
+    assert_eq!(observed, [0, 1], "the observations go with their days");
+    let tracks: Vec<(i64, i32)> = sqlx::query_as("SELECT track_id, frames FROM tracks ORDER BY 1").fetch_all(&mut conn).await?;
+    assert_eq!(tracks, [(1, 1), (2, 1), (3, 1), (4, 1)], "tracks last seen before the cutoff are forgotten, replays add nothing:\n{log}");
     assert_eq!(log_field(&log, "progress", "replayed"), Some(3), "{log}");
     assert_eq!(log_field(&log, "progress", "conflicts"), Some(0), "{log}");
     Ok(())

@@ -88,7 +88,7 @@ impl CopyBinary {
             Value::Float4(x) => self.float4(*x),
             Value::Timestamptz(t) => self.timestamptz(t),
             Value::Keypoints(Some(k)) => self.float4_rows(k),
-            Value::Keypoints(None) => self.null(),
+            Value::Keypoints(None) | Value::Null => self.null(),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The statements a part's transaction runs, every one derived from the table descriptions in
 //! `tables`: binary COPY or INSERT from UNNEST straight into the tables, and the staging merge that
-//! inserts only frames not stored yet, each with its own detections, and reports the stored
-//! frames whose content differs. Either way a frame's key goes into `frame_keys` first: that is
-//! where a stored key makes the direct path fail and the merge skip the frame.
+//! inserts only frames not stored yet, each with its own detections and tracks, and reports the
+//! stored frames whose content differs. Either way a frame's key goes into `frame_keys` first: that
+//! is where a stored key makes the direct path fail and the merge skip the frame.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -11,21 +11,22 @@ use super::binary;
 use crate::batch::Batch;
 use crate::error::SinkError;
 use crate::message::{FrameKey, Row};
-use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES, FRAME_KEYS};
+use crate::tables::{conflicts_sql, Kind, Role, Table, Value, DETECTIONS, FRAMES, FRAME_KEYS, PARTS, TRACK_OBSERVATIONS};
 
 /// COPY streams of a batch's rows, one per table; `None` for a table with no row.
 #[derive(Debug, PartialEq)]
 pub struct Streams {
     pub keys: Option<Vec<u8>>,
     pub frames: Option<Vec<u8>>,
-    pub detections: Option<Vec<u8>>,
+    /// One per table of [`PARTS`], in its order.
+    pub parts: [Option<Vec<u8>>; 2],
 }
 
 pub fn copy_streams(frames: &[Row]) -> Streams {
     Streams {
         keys: binary::encode(&FRAME_KEYS, frames),
         frames: binary::encode(&FRAMES, frames),
-        detections: binary::encode(&DETECTIONS, frames),
+        parts: PARTS.map(|t| binary::encode(t, frames)),
     }
 }
 
@@ -39,21 +40,30 @@ pub struct Merged {
 }
 
 /// Every row by COPY straight into the tables: fails whole on a key that is already stored.
+/// Frames and detections written (track observations go with them, uncounted).
 pub async fn copy_direct(conn: &mut PgConnection, streams: &Streams) -> Result<(u64, u64), SinkError> {
     copy(conn, FRAME_KEYS.name, &FRAME_KEYS, &streams.keys).await?;
-    Ok((copy(conn, FRAMES.name, &FRAMES, &streams.frames).await?, copy(conn, DETECTIONS.name, &DETECTIONS, &streams.detections).await?))
+    let frames = copy(conn, FRAMES.name, &FRAMES, &streams.frames).await?;
+    let [detections, observations] = &streams.parts;
+    let detections = copy(conn, DETECTIONS.name, &DETECTIONS, detections).await?;
+    copy(conn, TRACK_OBSERVATIONS.name, &TRACK_OBSERVATIONS, observations).await?;
+    Ok((frames, detections))
 }
 
 /// Every row by INSERT from UNNEST straight into the tables: fails whole on a stored key.
 pub async fn unnest_direct(conn: &mut PgConnection, batch: &Batch) -> Result<(u64, u64), SinkError> {
     unnest(conn, &FRAME_KEYS, batch).await?;
-    Ok((unnest(conn, &FRAMES, batch).await?, unnest(conn, &DETECTIONS, batch).await?))
+    let frames = unnest(conn, &FRAMES, batch).await?;
+    let detections = unnest(conn, &DETECTIONS, batch).await?;
+    unnest(conn, &TRACK_OBSERVATIONS, batch).await?;
+    Ok((frames, detections))
 }
 
 /// Through the staging tables: loads them, then inserts the frames not stored yet with their own
-/// detections, in one statement that also returns the stored frames whose content differs.
+/// detections and track observations, in one statement that also returns the stored frames whose
+/// content differs.
 pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged, SinkError> {
-    for (table, data) in [(&FRAMES, &streams.frames), (&DETECTIONS, &streams.detections)] {
+    for (table, data) in std::iter::once((&FRAMES, &streams.frames)).chain(PARTS.iter().copied().zip(&streams.parts)) {
         // Per-connection temporary tables, emptied at every commit (and here, for a retry within
         // one transaction). Emptied by DELETE, not TRUNCATE: a TRUNCATE gives the table a new file,
         // which invalidates the merge's cached plan, and planning it again at every batch costs
@@ -72,16 +82,17 @@ pub async fn merge(conn: &mut PgConnection, streams: &Streams) -> Result<Merged,
     Ok(Merged { frames: frames as u64, detections: detections as u64, new: keys((n1, n2, n3)), conflicts: keys((c1, c2, c3)) })
 }
 
-/// One statement: the keys not stored yet in, their frames and detections in, and the stored
-/// frames that conflict.
+/// One statement: the keys not stored yet in, their frames, detections and track observations in,
+/// and the stored frames that conflict.
 fn merge_sql() -> String {
-    let (keys, frames, detections) = (FRAME_KEYS.name, FRAMES.name, DETECTIONS.name);
+    let (keys, frames, detections, observations) = (FRAME_KEYS.name, FRAMES.name, DETECTIONS.name, TRACK_OBSERVATIONS.name);
     let key = FRAMES.list("", &[Role::Key]);
     let ordered = |c: &str, from: &str| format!("ARRAY(SELECT {c} FROM {from} ORDER BY {key})");
     format!(
         "WITH new AS (INSERT INTO {keys} ({kcols}) SELECT {kcols} FROM {frames}_stage ON CONFLICT DO NOTHING RETURNING {key}),
               fr AS (INSERT INTO {frames} ({fcols}) SELECT {fstage} FROM {frames}_stage f JOIN new USING ({key}) RETURNING 1),
               dets AS (INSERT INTO {detections} ({dcols}) SELECT {dstage} FROM {detections}_stage d JOIN new USING ({key}) RETURNING 1),
+              obs AS (INSERT INTO {observations} ({ocols}) SELECT {ostage} FROM {observations}_stage o JOIN new USING ({key})),
               conflicts AS ({conflicts})
          SELECT (SELECT count(*) FROM fr), (SELECT count(*) FROM dets), {c}, {r}, {s}, {nc}, {nr}, {ns}",
         kcols = FRAME_KEYS.all(),
@@ -89,7 +100,9 @@ fn merge_sql() -> String {
         fstage = FRAMES.list("f.", &[Role::Key, Role::Content, Role::Delivery]),
         dcols = DETECTIONS.all(),
         dstage = DETECTIONS.list("d.", &[Role::Key, Role::Content, Role::Delivery]),
-        conflicts = conflicts_sql(&format!("{frames}_stage"), &format!("{detections}_stage")),
+        ocols = TRACK_OBSERVATIONS.all(),
+        ostage = TRACK_OBSERVATIONS.list("o.", &[Role::Key, Role::Content, Role::Delivery]),
+        conflicts = conflicts_sql("_stage"),
         c = ordered("camera_id", "conflicts"),
         r = ordered("run_id", "conflicts"),
         s = ordered("frame_seq", "conflicts"),
@@ -106,14 +119,14 @@ async fn copy(conn: &mut PgConnection, into: &str, table: &Table, data: &Option<
     Ok(copy.finish().await?)
 }
 
-/// One column's values as one array parameter.
+/// One column's values as one array parameter; `None` is NULL (a nullable column's).
 enum ColumnArray<'a> {
-    Text(Vec<&'a str>),
-    Uuid(Vec<Uuid>),
-    Int4(Vec<i32>),
-    Int8(Vec<i64>),
-    Float4(Vec<f32>),
-    Timestamptz(Vec<chrono::DateTime<chrono::Utc>>),
+    Text(Vec<Option<&'a str>>),
+    Uuid(Vec<Option<Uuid>>),
+    Int4(Vec<Option<i32>>),
+    Int8(Vec<Option<i64>>),
+    Float4(Vec<Option<f32>>),
+    Timestamptz(Vec<Option<chrono::DateTime<chrono::Utc>>>),
     /// As `{{x,y,s},...}` literals: a 2-D array cannot be bound as an element of UNNEST's arrays.
     Keypoints(Vec<Option<String>>),
 }
@@ -133,14 +146,27 @@ impl<'a> ColumnArray<'a> {
 
     fn push(&mut self, v: Value<'a>) {
         match (self, v) {
-            (ColumnArray::Text(a), Value::Text(x)) => a.push(x),
-            (ColumnArray::Uuid(a), Value::Uuid(x)) => a.push(x),
-            (ColumnArray::Int4(a), Value::Int4(x)) => a.push(x),
-            (ColumnArray::Int8(a), Value::Int8(x)) => a.push(x),
-            (ColumnArray::Float4(a), Value::Float4(x)) => a.push(x),
-            (ColumnArray::Timestamptz(a), Value::Timestamptz(x)) => a.push(x),
+            (ColumnArray::Text(a), Value::Text(x)) => a.push(Some(x)),
+            (ColumnArray::Uuid(a), Value::Uuid(x)) => a.push(Some(x)),
+            (ColumnArray::Int4(a), Value::Int4(x)) => a.push(Some(x)),
+            (ColumnArray::Int8(a), Value::Int8(x)) => a.push(Some(x)),
+            (ColumnArray::Float4(a), Value::Float4(x)) => a.push(Some(x)),
+            (ColumnArray::Timestamptz(a), Value::Timestamptz(x)) => a.push(Some(x)),
             (ColumnArray::Keypoints(a), Value::Keypoints(x)) => a.push(x.map(keypoints_literal)),
+            (array, Value::Null) => array.push_null(),
             (_, v) => unreachable!("a column's values are of its kind, got {v:?}"),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            ColumnArray::Text(a) => a.push(None),
+            ColumnArray::Uuid(a) => a.push(None),
+            ColumnArray::Int4(a) => a.push(None),
+            ColumnArray::Int8(a) => a.push(None),
+            ColumnArray::Float4(a) => a.push(None),
+            ColumnArray::Timestamptz(a) => a.push(None),
+            ColumnArray::Keypoints(a) => a.push(None),
         }
     }
 }
@@ -203,5 +229,6 @@ mod tests {
         assert!(sql.contains("FROM detections_stage d JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
         assert!(sql.contains("INSERT INTO frame_keys (camera_id, run_id, frame_seq, captured_at) SELECT"), "{sql}");
         assert!(sql.contains("FROM frames_stage f JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
+        assert!(sql.contains("FROM track_observations_stage o JOIN new USING (camera_id, run_id, frame_seq)"), "{sql}");
     }
 }
