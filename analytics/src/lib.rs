@@ -12,5 +12,5 @@ pub mod zones;
 pub use bytetrack::{ByteTracker, Config, Detection, TrackBuffer, TrackedBox};
 pub use zones::{
     Counter, Direction, Event, EventKey, EventKind, FrameTime, InputError, Keypoint, LineConfig, Observation, Occupancy, Output, RuleError,
-    Rules, RulesConfig, Sample, Side, Span, ZoneConfig,
+    Rules, RulesConfig, Sample, Side, Span, ZoneAlert, ZoneConfig,
 };

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::geometry::{Point, Polygon, Segment};
 
@@ -34,7 +34,9 @@ const ENGINE_VERSION: u32 = 1;
 const LEFT_ANKLE: usize = 15;
 const RIGHT_ANKLE: usize = 16;
 
-/// A length of time, in frames (differences of frame seq numbers) or seconds (of frame times).
+/// A length of time, in frames or seconds (of frame times). Frames are those given to the
+/// [`Counter`], i.e. the frames the tracker processed, as ByteTrack's buffer counts them: not seq
+/// numbers, which also count the frames `--max-fps` skipped or a live camera dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Span {
@@ -44,10 +46,10 @@ pub enum Span {
 
 impl Span {
     /// Whether `to` is more than this span after `from`.
-    fn exceeded(self, from: FrameTime, to: FrameTime) -> bool {
+    fn exceeded(self, from: At, to: At) -> bool {
         match self {
-            Span::Frames(n) => to.seq - from.seq > u64::from(n),
-            Span::Seconds(s) => to.time - from.time > s,
+            Span::Frames(n) => to.given - from.given > u64::from(n),
+            Span::Seconds(s) => to.frame.time - from.frame.time > s,
         }
     }
 
@@ -97,6 +99,23 @@ pub struct ZoneConfig {
     pub enter_frames: u32,
     #[serde(default = "default_exit_grace")]
     pub exit_grace: Span,
+    /// Alert thresholds on the zone's metrics: not rules (no event depends on them), so not part
+    /// of the rule version.
+    #[serde(default)]
+    pub alert: ZoneAlert,
+}
+
+/// When a zone's metrics should alert (the detector exports these as gauges beside the zone's
+/// occupancy, and Prometheus' rules compare; docs/monitoring.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneAlert {
+    /// Crowded: more than this many tracks inside ...
+    pub crowd_people: Option<u32>,
+    /// ... for this many seconds without a break (0 when left out).
+    pub crowd_seconds: Option<u64>,
+    /// Someone inside for longer than this many seconds.
+    pub dwell_s: Option<f64>,
 }
 
 /// A named directed segment in source pixels; `in_side` is the side a track enters to cross in.
@@ -196,6 +215,12 @@ impl RulesConfig {
                 return Err(err(rule, "enter_frames is 0, needs at least 1".into()));
             }
             z.exit_grace.check(1, false).map_err(|p| err(rule.clone(), format!("exit_grace {p}")))?;
+            if z.alert.crowd_seconds.is_some() && z.alert.crowd_people.is_none() {
+                return Err(err(rule, "alert.crowd_seconds needs alert.crowd_people".into()));
+            }
+            if let Some(d) = z.alert.dwell_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
+                return Err(err(rule, format!("alert.dwell_s is {d}, needs a finite number > 0")));
+            }
             zones.push(Zone { name: z.name.clone(), polygon, enter_frames: z.enter_frames, exit_grace: z.exit_grace });
         }
         let mut lines = Vec::new();
@@ -379,12 +404,31 @@ pub struct Observation {
     pub keypoints: Option<[Keypoint; 17]>,
 }
 
+impl Observation {
+    /// An observation from what the wire and the store keep (single precision): the tracker's
+    /// box, and the keypoints of the detection it matched, which count only in COCO's layout of
+    /// 17. The detector's live counter and a recount both build theirs here, so both see the same.
+    pub fn from_f32(track: u64, xyxy: [f32; 4], keypoints: Option<&[[f32; 3]]>) -> Self {
+        let keypoints = keypoints
+            .filter(|k| k.len() == 17)
+            .map(|k| std::array::from_fn(|i| Keypoint { x: f64::from(k[i][0]), y: f64::from(k[i][1]), score: f64::from(k[i][2]) }));
+        Observation { track, xyxy: xyxy.map(f64::from), keypoints }
+    }
+}
+
 /// A frame's seq number (increasing) and time in seconds (not decreasing; the epoch is the
 /// caller's: the file's start, or Unix time).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameTime {
     pub seq: u64,
     pub time: f64,
+}
+
+/// A frame as the counter's spans see it: and how many frames the counter was given before it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct At {
+    frame: FrameTime,
+    given: u64,
 }
 
 /// An anchor point at a frame: what explains a crossing.
@@ -418,8 +462,9 @@ pub enum Event {
     LineCross { track: u64, line: String, direction: Direction, before: Sample, after: Sample, confirmed: FrameTime },
 }
 
-/// An event's kind as stored (`as_str`); a crossing's kind carries its direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An event's kind as stored and sent (`as_str`); a crossing's kind carries its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     TrackStart,
     TrackEnd,
@@ -501,7 +546,7 @@ pub struct Output {
 /// Frames given in an order or shape the rules cannot follow (a store's data can be wrong).
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputError {
-    /// A frame whose seq is not above the last one's, or whose time is below it.
+    /// A frame whose seq is not above the last one's.
     OutOfOrder {
         last: FrameTime,
         got: FrameTime,
@@ -535,7 +580,7 @@ enum ZoneState {
     },
     Inside {
         entered: FrameTime,
-        last_inside: FrameTime,
+        last_inside: At,
     },
 }
 
@@ -547,12 +592,12 @@ struct LineState {
     /// the first sample, how many.
     run: Option<(Side, Sample, u32)>,
     /// Where the last counted crossing was confirmed.
-    last_crossing: Option<FrameTime>,
+    last_crossing: Option<At>,
 }
 
 #[derive(Debug, Clone)]
 struct TrackState {
-    last_seen: FrameTime,
+    last_seen: At,
     zones: Vec<ZoneState>,
     lines: Vec<LineState>,
 }
@@ -565,22 +610,30 @@ pub struct Counter {
     rules: Rules,
     tracks: BTreeMap<u64, TrackState>,
     last: Option<FrameTime>,
+    /// Frames given so far.
+    given: u64,
     /// The second being sampled and each zone's most tracks inside so far in it.
     second: Option<(i64, Vec<u32>)>,
 }
 
 impl Counter {
     pub fn new(rules: Rules) -> Self {
-        Counter { rules, tracks: BTreeMap::new(), last: None, second: None }
+        Counter { rules, tracks: BTreeMap::new(), last: None, given: 0, second: None }
     }
 
-    /// Applies one frame: the observations of the tracks it saw (any order, each track once).
-    pub fn update(&mut self, at: FrameTime, observations: &[Observation]) -> Result<Output, InputError> {
+    /// Applies one frame: the observations of the tracks it saw (any order, each track once). A
+    /// frame whose time is below the last one's is taken at the last one's time: a file's pts
+    /// can step back, a camera's clock can be set back, and neither may end a presence early or
+    /// make a dwell negative (live and recounted events do the same, as both come here).
+    pub fn update(&mut self, mut at: FrameTime, observations: &[Observation]) -> Result<Output, InputError> {
         if !at.time.is_finite() {
             return Err(InputError::TimeNotFinite(at));
         }
-        if let Some(last) = self.last.filter(|l| at.seq <= l.seq || at.time < l.time) {
-            return Err(InputError::OutOfOrder { last, got: at });
+        if let Some(last) = self.last {
+            if at.seq <= last.seq {
+                return Err(InputError::OutOfOrder { last, got: at });
+            }
+            at.time = at.time.max(last.time);
         }
         let mut seen: Vec<&Observation> = observations.iter().collect();
         seen.sort_by_key(|o| o.track);
@@ -588,6 +641,8 @@ impl Counter {
             return Err(InputError::DuplicateTrack { seq: at.seq, track: w[0].track });
         }
         self.last = Some(at);
+        let now = At { frame: at, given: self.given };
+        self.given += 1;
         let mut out = Output::default();
 
         let second = at.time.floor() as i64;
@@ -601,20 +656,20 @@ impl Counter {
             let state = self.tracks.get_mut(&track).expect("a known track");
             for (zone, z) in self.rules.zones.iter().zip(state.zones.iter_mut()) {
                 if let ZoneState::Inside { entered, last_inside } = *z {
-                    if zone.exit_grace.exceeded(last_inside, at) {
+                    if zone.exit_grace.exceeded(last_inside, now) {
                         out.events.push(exit(track, zone, entered, last_inside));
                         *z = ZoneState::Outside { run: None };
                     }
                 }
             }
-            if self.rules.track_end.exceeded(state.last_seen, at) {
+            if self.rules.track_end.exceeded(state.last_seen, now) {
                 let state = self.tracks.remove(&track).expect("a known track");
                 self.end(track, state, &mut out.events);
             }
         }
 
         for o in seen {
-            if self.tracks.get(&o.track).is_some_and(|s| self.rules.track_end.exceeded(s.last_seen, at)) {
+            if self.tracks.get(&o.track).is_some_and(|s| self.rules.track_end.exceeded(s.last_seen, now)) {
                 // Seen again after its end (a track end shorter than the tracker's buffer): it
                 // ended, and starts anew.
                 let state = self.tracks.remove(&o.track).expect("a known track");
@@ -624,18 +679,18 @@ impl Counter {
             let state = self.tracks.entry(o.track).or_insert_with(|| {
                 out.events.push(Event::TrackStart { track: o.track, at });
                 TrackState {
-                    last_seen: at,
+                    last_seen: now,
                     zones: vec![ZoneState::Outside { run: None }; rules.zones.len()],
                     lines: vec![LineState { settled: None, run: None, last_crossing: None }; rules.lines.len()],
                 }
             });
-            state.last_seen = at;
+            state.last_seen = now;
             let p = rules.anchor(o);
             for (zone, z) in rules.zones.iter().zip(state.zones.iter_mut()) {
-                update_zone(o.track, zone, z, at, zone.polygon.covers(p), &mut out.events);
+                update_zone(o.track, zone, z, now, zone.polygon.covers(p), &mut out.events);
             }
             for (line, l) in rules.lines.iter().zip(state.lines.iter_mut()) {
-                update_line(o.track, line, l, Sample { at, point: p }, &mut out.events);
+                update_line(o.track, line, l, now, p, &mut out.events);
             }
         }
 
@@ -665,7 +720,26 @@ impl Counter {
                 events.push(exit(track, zone, entered, last_inside));
             }
         }
-        events.push(Event::TrackEnd { track, at: state.last_seen });
+        events.push(Event::TrackEnd { track, at: state.last_seen.frame });
+    }
+
+    /// Each zone's name, the tracks inside it now (entered and not exited) and the longest of
+    /// their presences so far, in seconds up to the last frame: the live metrics.
+    pub fn presences(&self) -> Vec<(&str, u32, f64)> {
+        let now = self.last.map_or(0.0, |l| l.time);
+        self.rules
+            .zones
+            .iter()
+            .enumerate()
+            .map(|(i, zone)| {
+                let entered = self.tracks.values().filter_map(|s| match s.zones[i] {
+                    ZoneState::Inside { entered, .. } => Some(entered.time),
+                    ZoneState::Outside { .. } => None,
+                });
+                let (n, longest) = entered.fold((0, 0.0_f64), |(n, l), e| (n + 1, l.max(now - e)));
+                (zone.name.as_str(), n, longest)
+            })
+            .collect()
     }
 
     fn inside_counts(&self) -> Vec<u32> {
@@ -683,15 +757,17 @@ impl Counter {
     }
 }
 
-fn exit(track: u64, zone: &Zone, entered: FrameTime, last_inside: FrameTime) -> Event {
-    Event::ZoneExit { track, zone: zone.name.clone(), at: last_inside, entered, dwell: last_inside.time - entered.time }
+fn exit(track: u64, zone: &Zone, entered: FrameTime, last_inside: At) -> Event {
+    let at = last_inside.frame;
+    Event::ZoneExit { track, zone: zone.name.clone(), at, entered, dwell: at.time - entered.time }
 }
 
-fn update_zone(track: u64, zone: &Zone, z: &mut ZoneState, at: FrameTime, inside: bool, events: &mut Vec<Event>) {
+fn update_zone(track: u64, zone: &Zone, z: &mut ZoneState, now: At, inside: bool, events: &mut Vec<Event>) {
+    let at = now.frame;
     let run = match *z {
-        ZoneState::Inside { entered, last_inside } if !zone.exit_grace.exceeded(last_inside, at) => {
+        ZoneState::Inside { entered, last_inside } if !zone.exit_grace.exceeded(last_inside, now) => {
             if inside {
-                *z = ZoneState::Inside { entered, last_inside: at };
+                *z = ZoneState::Inside { entered, last_inside: now };
             }
             return;
         }
@@ -709,13 +785,14 @@ fn update_zone(track: u64, zone: &Zone, z: &mut ZoneState, at: FrameTime, inside
     let (first, n) = run.map_or((at, 1), |(first, n)| (first, n + 1));
     if n >= zone.enter_frames {
         events.push(Event::ZoneEnter { track, zone: zone.name.clone(), at: first, confirmed: at });
-        *z = ZoneState::Inside { entered: first, last_inside: at };
+        *z = ZoneState::Inside { entered: first, last_inside: now };
     } else {
         *z = ZoneState::Outside { run: Some((first, n)) };
     }
 }
 
-fn update_line(track: u64, line: &Line, l: &mut LineState, now: Sample, events: &mut Vec<Event>) {
+fn update_line(track: u64, line: &Line, l: &mut LineState, at: At, point: Point, events: &mut Vec<Event>) {
+    let now = Sample { at: at.frame, point };
     let Some(side) = line.side(now.point) else {
         l.run = None; // the dead band breaks a hold
         return;
@@ -734,13 +811,13 @@ fn update_line(track: u64, line: &Line, l: &mut LineState, now: Sample, events: 
         return;
     }
     if let Some((_, before)) = l.settled {
-        if l.last_crossing.is_some_and(|c| !line.cooldown.exceeded(c, now.at)) {
+        if l.last_crossing.is_some_and(|c| !line.cooldown.exceeded(c, at)) {
             return; // waits while the side holds
         }
         if line.segment.crossed_within(before.point, first.point) {
             let direction = if side == line.in_side { Direction::In } else { Direction::Out };
             events.push(Event::LineCross { track, line: line.name.clone(), direction, before, after: first, confirmed: now.at });
-            l.last_crossing = Some(now.at);
+            l.last_crossing = Some(at);
         }
     }
     l.settled = Some((side, now));
@@ -763,7 +840,10 @@ mod tests {
 
     fn zone(enter_frames: u32, exit_grace: Span) -> RulesConfig {
         let polygon = vec![[0.0, 0.0], [100.0, 0.0], [100.0, 100.0], [0.0, 100.0]];
-        RulesConfig { zones: vec![ZoneConfig { name: "z".into(), polygon, enter_frames, exit_grace }], ..RulesConfig::default() }
+        RulesConfig {
+            zones: vec![ZoneConfig { name: "z".into(), polygon, enter_frames, exit_grace, alert: ZoneAlert::default() }],
+            ..RulesConfig::default()
+        }
     }
 
     /// A line across the screen at y = 100 from x = 0 to 200; "in" is downwards on screen (the
@@ -1021,9 +1101,47 @@ mod tests {
         let mut counter = Counter::new(Rules::new(&RulesConfig::default()).unwrap());
         counter.update(at(5), &[]).unwrap();
         assert!(matches!(counter.update(at(5), &[]), Err(InputError::OutOfOrder { .. })));
-        assert!(matches!(counter.update(FrameTime { seq: 6, time: 0.1 }, &[]), Err(InputError::OutOfOrder { .. })));
         assert!(matches!(counter.update(FrameTime { seq: 6, time: f64::NAN }, &[]), Err(InputError::TimeNotFinite(_))));
         assert_eq!(counter.update(at(6), &[obs(3, 0.0, 0.0), obs(3, 1.0, 1.0)]), Err(InputError::DuplicateTrack { seq: 6, track: 3 }));
+    }
+
+    /// A clock set back (or a file's pts stepping back) holds the time where it was: a presence
+    /// neither ends early nor gets a negative dwell.
+    #[test]
+    fn a_frame_earlier_than_the_last_is_taken_at_the_last_time() {
+        let mut counter = Counter::new(Rules::new(&zone(1, Span::Seconds(1.0))).unwrap());
+        let mut events = Vec::new();
+        for (seq, time) in [(1, 100.0), (2, 100.5), (3, 40.0), (4, 40.5)] {
+            events.extend(counter.update(FrameTime { seq, time }, &[obs(1, 50.0, 50.0)]).unwrap().events);
+        }
+        events.extend(counter.finish().events);
+        let exit = events.iter().find_map(|e| match e {
+            Event::ZoneExit { at, dwell, .. } => Some((at.seq, at.time, *dwell)),
+            _ => None,
+        });
+        assert_eq!(exit, Some((4, 100.5, 0.5)));
+    }
+
+    /// Every third frame processed (--max-fps, a live camera dropping): spans in frames count the
+    /// frames given, as ByteTrack's buffer does, not seq numbers, which would end a track or a
+    /// presence the tracker still holds.
+    #[test]
+    fn frame_spans_count_the_frames_given_not_seq_numbers() {
+        let config = RulesConfig { track_end: Span::Frames(4), ..zone(1, Span::Frames(2)) };
+        let mut counter = Counter::new(Rules::new(&config).unwrap());
+        let mut events = Vec::new();
+        // Seen at the 1st and 2nd frames given, unseen at the 3rd to 5th, seen at the 6th: 4
+        // frames after its last is within the end (4) but past the grace (2). In seq numbers it
+        // would be 12, past both.
+        for (i, seen) in [true, true, false, false, false, true].into_iter().enumerate() {
+            let seq = 3 * i as u64;
+            let o = if seen { vec![obs(1, 50.0, 50.0)] } else { vec![] };
+            events.extend(counter.update(at(seq), &o).unwrap().events);
+        }
+        events.extend(counter.finish().events);
+        let kinds: Vec<(EventKind, u64)> = events.iter().map(|e| (e.key().kind, e.key().frame)).collect();
+        use EventKind::*;
+        assert_eq!(kinds, [(TrackStart, 0), (ZoneEnter, 0), (ZoneExit, 3), (ZoneEnter, 15), (ZoneExit, 15), (TrackEnd, 15)]);
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct Camera {
     pub read_timeout_s: u64,
     /// The crowd alert: more than `people` in view for `seconds` (none: no alert).
     pub crowd: Option<Crowd>,
+    /// Zones and lines over its tracks (`[camera.rules]` in the cameras file; none from flags).
+    pub rules: analytics::RulesConfig,
 }
 
 /// A crowd alert's threshold for one camera.
@@ -206,6 +208,7 @@ impl std::fmt::Debug for Camera {
             .field("open_timeout_s", &self.open_timeout_s)
             .field("read_timeout_s", &self.read_timeout_s)
             .field("crowd", &self.crowd)
+            .field("rules", &self.rules)
             .finish()
     }
 }
@@ -232,6 +235,8 @@ struct CameraEntry {
     read_timeout_s: Option<u64>,
     crowd_people: Option<u32>,
     crowd_seconds: Option<u64>,
+    /// The zone and line rules (docs/analytics.md); they need --track.
+    rules: Option<analytics::RulesConfig>,
 }
 
 impl Camera {
@@ -252,6 +257,7 @@ impl Camera {
                 return Err(format!("{flag} must be within 1 and 3600, got {v}"));
             }
         }
+        self.rules.validate().map_err(|e| format!("rules: {e}"))?;
         if (self.looped || self.realtime) && SourceKind::of(&self.source) != SourceKind::File {
             return Err(
                 "--loop and --realtime (loop, realtime) apply to video files only (a live source is real time already, and is reopened when it ends)"
@@ -327,6 +333,10 @@ impl Config {
             self.kafka.check().map_err(DetectorError::Config)?;
         }
         let cameras = self.cameras()?;
+        let has_rules = |c: &&Camera| !c.rules.zones.is_empty() || !c.rules.lines.is_empty();
+        if let (false, Some(c)) = (self.track, cameras.iter().find(has_rules)) {
+            return Err(DetectorError::Config(format!("camera {}'s zones and lines (rules) count tracks: they need --track", c.id)));
+        }
         if let (None, Some(c)) = (self.metrics_addr, cameras.iter().find(|c| c.crowd.is_some())) {
             return Err(DetectorError::Config(format!(
                 "camera {}'s crowd alert (--crowd-people, crowd_people) needs --metrics-addr: the alert is a Prometheus rule on the detector's metrics",
@@ -368,6 +378,7 @@ impl Config {
             open_timeout_s: self.open_timeout_s,
             read_timeout_s: self.read_timeout_s,
             crowd: self.crowd_people.map(|people| Crowd { people, seconds: self.crowd_seconds }),
+            rules: analytics::RulesConfig::default(),
         };
         let Some(path) = &self.cameras else {
             // clap requires one of --source and --cameras.
@@ -401,6 +412,7 @@ impl Config {
                     (Some(people), seconds) => Some(Crowd { people, seconds }),
                     (None, _) => None,
                 },
+                rules: e.rules.unwrap_or_default(),
                 ..defaults
             };
             camera.validate().map_err(|why| in_file(format!("line {line}: camera {:?}: {why}", camera.id)))?;
@@ -566,6 +578,46 @@ mod tests {
         }
         let missing = Config::parse_from(["detector", "--cameras", "/nonexistent/cams.toml"]).validate().unwrap_err();
         assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+
+    const RULES: &str = "[[camera]]\nid = \"door\"\nsource = \"door.mp4\"\n\
+        [camera.rules]\ntrack_end = { seconds = 4.0 }\n\
+        [[camera.rules.zones]]\nname = \"queue\"\npolygon = [[0, 0], [100, 0], [100, 50]]\nalert = { crowd_people = 3, dwell_s = 60.0 }\n\
+        [[camera.rules.lines]]\nname = \"entrance\"\nfrom = [0, 300]\nto = [400, 300]\nin_side = \"left\"\n";
+
+    #[test]
+    fn a_camera_has_zones_and_lines_under_its_rules() {
+        let cams = cameras_from(RULES, &["--track"]).unwrap();
+        let rules = &cams[0].rules;
+        assert_eq!((rules.zones.len(), rules.lines.len()), (1, 1));
+        assert_eq!(rules.track_end, analytics::Span::Seconds(4.0));
+        assert_eq!(rules.zones[0].alert, analytics::ZoneAlert { crowd_people: Some(3), crowd_seconds: None, dwell_s: Some(60.0) });
+        assert_eq!(rules.lines[0].in_side, analytics::Side::Left);
+        let plain = cameras_from("[[camera]]\nid = \"a\"\nsource = \"a.mp4\"\n", &[]).unwrap();
+        assert_eq!(plain[0].rules, analytics::RulesConfig::default(), "no rules");
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_camera_and_the_rule() {
+        let cases = [
+            (RULES.to_string(), vec![], "camera door's zones and lines (rules) count tracks: they need --track"),
+            (RULES.replace("[100, 50]", "[200, 0]"), vec!["--track"], "camera \"door\": rules: zone \"queue\": polygon"),
+            (
+                RULES.replace("to = [400, 300]", "to = [0, 300]"),
+                vec!["--track"],
+                "rules: line \"entrance\": from and to are the same point",
+            ),
+            (RULES.replace("\"entrance\"", "\"queue\""), vec!["--track"], "line \"queue\": the name is used by another zone or line"),
+            (RULES.replace("in_side = \"left\"", "in_side = \"up\""), vec!["--track"], "unknown variant `up`"),
+            (RULES.replace("dwell_s = 60.0", "dwell_s = 0.0"), vec!["--track"], "alert.dwell_s is 0"),
+            (RULES.replace("crowd_people = 3", "crowd_seconds = 3"), vec!["--track"], "alert.crowd_seconds needs alert.crowd_people"),
+            (RULES.replace("track_end", "track_ends"), vec!["--track"], "unknown field `track_ends`"),
+        ];
+        for (toml, flags, needle) in cases {
+            let err = cameras_from(&toml, &flags).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
     }
 
     #[test]

@@ -98,10 +98,11 @@ pub fn file_run(content_sha256: &str, settings: &Settings, tracking: Option<Trac
 }
 
 /// A camera's tracker session (`--track`): the tracker's ids start at 1 at each session, so a
-/// person is `(camera_id, run_id, session, id)`. A file's run (not live, not `--realtime`) gives a
-/// session derived from the run alone, which a tracked run derives from everything that decides
-/// its tracks: processing the file again is the same session with the same tracks, a replay. A
-/// live run's session is new at every start.
+/// person is `(camera_id, run_id, session, id)`. A file's session is a UUIDv8 derived from its run
+/// alone, which a tracked run derives from everything that decides its tracks: processing the file
+/// again is the same session with the same tracks, a replay (a `--realtime` file's run, and so its
+/// session, is new at every start). A live source's session is a new UUIDv7 at every start. The
+/// version is the session's clock (`wire::Clock::of_session`): a file's frames are timed by pts.
 pub fn tracker_session(run: Uuid, live: bool) -> Uuid {
     if live {
         return Uuid::now_v7();
@@ -200,6 +201,9 @@ mod tests {
         // A live camera's tracker starts a new session every time.
         let (a, b) = (tracker_session(run, true), tracker_session(run, true));
         assert!(a != b && a.get_version_num() == 7, "{a} {b}");
+        // A --realtime file's run is new at each start, and so is its session, timed by pts (v8).
+        let (a, b) = (tracker_session(live_run(), false), tracker_session(live_run(), false));
+        assert!(a != b && a.get_version_num() == 8, "{a} {b}");
     }
 
     #[test]

@@ -339,6 +339,31 @@ pub struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
+    /// Sends one message to the output.
+    fn emit(&self, output: &mut Output, msg: &wire::FrameMessage, camera: usize, closed: &mut bool) -> Result<(), DetectorError> {
+        match output {
+            Output::Kafka(k) => k.send(msg, camera, self.policies[camera], self.stop, &self.heartbeat)?,
+            Output::Stdout(_) if *closed => {}
+            Output::Stdout(out) => {
+                let mut line = msg.to_json();
+                line.push(b'\n');
+                match out.write_all(&line) {
+                    Ok(()) => {
+                        let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
+                        self.stats[camera].published(msg.people(), since);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        tracing::info!("standard output closed by its reader: stopping");
+                        *closed = true;
+                        self.stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(DetectorError::Output(format!("stdout: {e}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Decodes and publishes every inferred frame until inference has stopped; the messages
     /// delivered.
     pub fn run(&self, mut output: Output, rx: Receiver<Inferred>) -> Result<u64, DetectorError> {
@@ -353,6 +378,7 @@ impl Publisher<'_> {
         // queue was seen).
         let mut trackers: Vec<Option<Tracker>> =
             self.cameras.iter().zip(self.run_ids).map(|(c, run)| cfg.tracker().map(|t| Tracker::new(t, c, *run))).collect();
+        let mut held: Vec<Option<wire::FrameMessage>> = vec![None; self.cameras.len()];
         let mut snapshots: Vec<Option<Snapshots>> =
             self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::configured(d, cfg, &c.id))).collect();
         loop {
@@ -392,25 +418,11 @@ impl Publisher<'_> {
             if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
                 s.offer(image, &msg);
             }
-            match &mut output {
-                Output::Kafka(k) => k.send(&msg, camera, self.policies[camera], self.stop, &self.heartbeat)?,
-                Output::Stdout(_) if closed => {}
-                Output::Stdout(out) => {
-                    let mut line = msg.to_json();
-                    line.push(b'\n');
-                    match out.write_all(&line) {
-                        Ok(()) => {
-                            let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
-                            stats[camera].published(msg.people(), since);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                            tracing::info!("standard output closed by its reader: stopping");
-                            closed = true;
-                            self.stop.store(true, Ordering::Relaxed);
-                        }
-                        Err(e) => return Err(DetectorError::Output(format!("stdout: {e}"))),
-                    }
-                }
+            // A tracked camera's message waits for its next frame, so that the last one can carry
+            // the end of the session (its tracks' ends and open presences' exits).
+            let out = if trackers[camera].is_some() { held[camera].replace(msg) } else { Some(msg) };
+            if let Some(msg) = out {
+                self.emit(&mut output, &msg, camera, &mut closed)?;
             }
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
@@ -423,6 +435,23 @@ impl Publisher<'_> {
                     reconnects = total(stats, |c| &c.reconnects),
                     "progress"
                 );
+            }
+        }
+        // Every camera's frames are through: each tracker's session ends in its last message.
+        for (camera, (tracker, held)) in trackers.into_iter().zip(held).enumerate() {
+            if let (Some(tracker), Some(mut msg)) = (tracker, held) {
+                let rules = msg.tracker.as_mut().and_then(|t| t.rules.as_mut()).expect("a tracked frame has its rules' output");
+                rules.append(tracker.finish());
+                // No frame is left to carry more: the stored tracks let a recount add the rest.
+                let left_out = rules.split_at_bound();
+                if !left_out.is_empty() {
+                    tracing::warn!(
+                        camera = %self.cameras[camera].id,
+                        left_out = left_out.len(),
+                        "the session's last message cannot carry all its end events; `sink recount` with the same rules stores them"
+                    );
+                }
+                self.emit(&mut output, &msg, camera, &mut closed)?;
             }
         }
         match output {

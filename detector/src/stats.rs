@@ -22,6 +22,12 @@ pub const DELIVERY_FAILURES: &str = "detector_delivery_failures_total";
 pub const CROWD_PEOPLE: &str = "detector_crowd_people";
 pub const CROWD_SECONDS: &str = "detector_crowd_seconds";
 pub const DRIFT: &str = "detector_stream_drift_seconds";
+pub const ZONE_OCCUPANCY: &str = "detector_zone_occupancy";
+pub const ZONE_DWELL_LONGEST: &str = "detector_zone_dwell_longest_seconds";
+pub const ZONE_EVENTS: &str = "detector_zone_events_total";
+pub const ZONE_CROWD_PEOPLE: &str = "detector_zone_crowd_people";
+pub const ZONE_CROWD_SECONDS: &str = "detector_zone_crowd_seconds";
+pub const ZONE_DWELL_ALERT: &str = "detector_zone_dwell_alert_seconds";
 
 /// Histogram buckets of the metrics that have them.
 pub const BUCKETS: &[(&str, &[f64])] = &[
@@ -194,9 +200,70 @@ pub fn describe() {
     describe_counter!(DELIVERY_FAILURES, "Messages Kafka will not take (a deleted topic, a revoked ACL, a message too large)");
     describe_gauge!(CROWD_PEOPLE, "The camera's crowd alert: more than this many people in view...");
     describe_gauge!(CROWD_SECONDS, "...for at least this many seconds");
+    describe_gauge!(ZONE_OCCUPANCY, "Tracks inside the zone now (entered and not yet exited, under the camera's rules)");
+    describe_gauge!(ZONE_DWELL_LONGEST, Unit::Seconds, "The longest presence now open in the zone (0 when it is empty)");
+    describe_counter!(ZONE_EVENTS, "Zone and line events: zone_enter, zone_exit, line_in, line_out (rule: the zone or line)");
+    describe_gauge!(ZONE_CROWD_PEOPLE, "The zone's crowd alert: more than this many tracks inside...");
+    describe_gauge!(ZONE_CROWD_SECONDS, "...for at least this many seconds");
+    describe_gauge!(ZONE_DWELL_ALERT, Unit::Seconds, "The zone's dwell alert: someone inside longer than this");
     describe_gauge!(
         DRIFT,
         Unit::Seconds,
         "Live cameras: how far behind the stream's own clock the newest frame was decoded (beyond --max-frame-age-s frames are dropped as stale)"
     );
+}
+
+/// A camera's zones as metrics: each zone's occupancy and longest open presence (labels: camera
+/// and zone, bounded by the cameras file), its alert thresholds, and the events per rule and kind.
+pub struct ZoneStats {
+    camera: String,
+    /// Per zone, in the rules' order: occupancy, longest dwell.
+    zones: Vec<(Gauge, Gauge)>,
+}
+
+impl ZoneStats {
+    pub fn new(camera: &str, rules: &analytics::RulesConfig) -> Self {
+        let zones = rules
+            .zones
+            .iter()
+            .map(|z| {
+                let labels = [("camera", camera.to_string()), ("zone", z.name.clone())];
+                if let Some(people) = z.alert.crowd_people {
+                    metrics::gauge!(ZONE_CROWD_PEOPLE, &labels).set(f64::from(people));
+                    metrics::gauge!(ZONE_CROWD_SECONDS, &labels).set(z.alert.crowd_seconds.unwrap_or(0) as f64);
+                }
+                if let Some(dwell) = z.alert.dwell_s {
+                    metrics::gauge!(ZONE_DWELL_ALERT, &labels).set(dwell);
+                }
+                (metrics::gauge!(ZONE_OCCUPANCY, &labels), metrics::gauge!(ZONE_DWELL_LONGEST, &labels))
+            })
+            .collect();
+        ZoneStats { camera: camera.to_string(), zones }
+    }
+
+    /// After a frame: each zone's presences (`Counter::presences`, in the rules' order) and the
+    /// events reported.
+    pub fn observe(&self, presences: &[(&str, u32, f64)], events: &[wire::Event]) {
+        for ((occupancy, longest), (_, inside, dwell)) in self.zones.iter().zip(presences) {
+            occupancy.set(f64::from(*inside));
+            longest.set(*dwell);
+        }
+        self.count(events);
+    }
+
+    /// The session ended: no one is inside any more.
+    pub fn ended(&self, events: &[wire::Event]) {
+        for (occupancy, longest) in &self.zones {
+            occupancy.set(0.0);
+            longest.set(0.0);
+        }
+        self.count(events);
+    }
+
+    fn count(&self, events: &[wire::Event]) {
+        for e in events.iter().filter(|e| !e.rule.is_empty()) {
+            let labels = [("camera", self.camera.clone()), ("rule", e.rule.clone()), ("kind", e.kind.as_str().to_string())];
+            metrics::counter!(ZONE_EVENTS, &labels).increment(1);
+        }
+    }
 }

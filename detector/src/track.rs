@@ -5,6 +5,10 @@
 //! lowers `conf` to), while the message keeps only those above `--conf`, exactly what `predict`
 //! gives: a track matched to a detection at or below `--conf` is in the message with no
 //! `detection`. See docs/tracking.md.
+//!
+//! The camera's zone and line rules (`analytics::Counter`) then count the tracks, as a recount of
+//! the stored tracks does (the same observations: the tracker's box and the published
+//! detection's keypoints); their events ride in the frame's message. See docs/analytics.md.
 
 use uuid::Uuid;
 
@@ -12,30 +16,42 @@ use crate::capture::FrameMeta;
 use crate::config::Camera;
 use crate::identity;
 use crate::source::SourceKind;
+use crate::stats::ZoneStats;
 
 pub struct Tracker {
     tracker: analytics::ByteTracker,
     session: Uuid,
-    /// A file's frames (and an image's) are timed by their pts, the same at any speed; a live
-    /// camera's by their capture time, since a reopened stream starts its pts again.
-    by_pts: bool,
+    clock: wire::Clock,
+    counter: analytics::Counter,
+    version: u64,
+    zones: ZoneStats,
+    /// Events and samples past a message's bound, for the next frame's message (a crowd on many
+    /// zones at once; `wire::MAX_EVENTS`).
+    backlog: wire::RulesOutput,
 }
 
 impl Tracker {
-    /// The tracker of `camera`, whose run is `run`.
+    /// The tracker of `camera`, whose run is `run` (its rules were validated with the config).
     pub fn new(config: analytics::Config, camera: &Camera, run: Uuid) -> Self {
-        let kind = SourceKind::of(&camera.source);
-        // As the run: a file played in real time is a camera, its frames dropped by the clock.
-        let live = kind == SourceKind::Live || camera.realtime;
+        let live = SourceKind::of(&camera.source) == SourceKind::Live;
+        let session = identity::tracker_session(run, live);
+        let rules = analytics::Rules::new(&camera.rules).expect("rules validated with the config");
+        tracing::info!(camera = %camera.id, %session, rule_version = format!("{:016x}", rules.version()), zones = camera.rules.zones.len(), lines = camera.rules.lines.len(), "tracking");
+        let version = rules.version();
         Tracker {
             tracker: analytics::ByteTracker::new(config),
-            session: identity::tracker_session(run, live),
-            by_pts: kind != SourceKind::Live,
+            session,
+            clock: wire::Clock::of_session(session),
+            version,
+            counter: analytics::Counter::new(rules),
+            zones: ZoneStats::new(&camera.id, &camera.rules),
+            backlog: wire::RulesOutput::empty(version),
         }
     }
 
-    /// Tracks a frame's decoded detections; returns those the message carries (score above
-    /// `conf`, in their order) and the frame's tracks, each naming its detection among those.
+    /// Tracks a frame's decoded detections and counts its tracks; returns the detections the
+    /// message carries (score above `conf`, in their order) and the frame's tracker: its tracks,
+    /// each naming its detection among those, and the rules' events.
     pub fn track(
         &mut self,
         decoded: Vec<wire::Detection>,
@@ -51,11 +67,37 @@ impl Tracker {
                 class: class_names.iter().position(|n| *n == d.class).unwrap_or_default() as u32,
             })
             .collect();
-        let time = if self.by_pts { meta.pts_ms as f64 / 1000.0 } else { meta.captured_at.timestamp_micros() as f64 / 1e6 };
+        let time = self.clock.time(meta.pts_ms, meta.captured_at);
         let tracked = self.tracker.update(&fed, time);
         let (published, tracks) = publishable(decoded, &tracked, conf);
-        (published, wire::Tracker { session: self.session, tracks })
+        let seen: Vec<analytics::Observation> = tracks.iter().map(|t| observation(t, &published)).collect();
+        // Frames come in order, each track once: the counter cannot refuse them.
+        let output = self.counter.update(analytics::FrameTime { seq: meta.seq, time }, &seen).expect("frames in order");
+        let new = wire::RulesOutput::new(self.version, &output);
+        self.zones.observe(&self.counter.presences(), &new.events);
+        let mut rules = std::mem::replace(&mut self.backlog, wire::RulesOutput::empty(self.version));
+        rules.append(new);
+        self.backlog = rules.split_at_bound();
+        (published, wire::Tracker { session: self.session, tracks, rules: Some(rules) })
     }
+
+    /// Ends the session (the camera's last frame was tracked): what its rules report then, every
+    /// open presence's exit and every track's end, after what still waits in the backlog, to ride
+    /// in that last frame's message.
+    pub fn finish(self) -> wire::RulesOutput {
+        let ended = wire::RulesOutput::new(self.version, &self.counter.finish());
+        self.zones.ended(&ended.events);
+        let mut rules = self.backlog;
+        rules.append(ended);
+        rules
+    }
+}
+
+/// What the rules see of a track: its box, and the keypoints of the published detection it
+/// matched (none for a low-score track, as none are stored for it).
+pub fn observation(t: &wire::Track, published: &[wire::Detection]) -> analytics::Observation {
+    let keypoints = t.detection.and_then(|d| published[d].keypoints.as_deref());
+    analytics::Observation::from_f32(t.id, [t.bbox.x1, t.bbox.y1, t.bbox.x2, t.bbox.y2], keypoints)
 }
 
 /// The detections above `conf` (what `predict` gives: its threshold is strict), and the tracks

@@ -38,6 +38,42 @@ pub enum Command {
     /// One pass of the store's upkeep now (what `sink run` does hourly), then exit: for a
     /// scheduler, when sinks run with `--maintain false`.
     Maintain(DbArgs),
+    /// Count a camera's stored tracks again with rules (zones and lines, maybe edited since) and
+    /// store their events under those rules' version, beside the events stored before; then
+    /// exit. Each tracker session with frames in the time range is recounted whole.
+    Recount(RecountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecountArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// The camera whose tracks to recount.
+    #[arg(long)]
+    pub camera: String,
+
+    /// The rules: a TOML file with the keys of a camera's [camera.rules] in the detector's cameras
+    /// file (zones, lines, ankle_score, track_end). See docs/analytics.md.
+    #[arg(long, value_name = "FILE")]
+    pub rules: std::path::PathBuf,
+
+    /// Sessions with frames captured at or after this time (RFC 3339) [default: the first].
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// ... and before this time (RFC 3339) [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl RecountArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) if from >= to => Err(format!("--from {from} is not before --to {to}")),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -6,11 +6,13 @@ mod consume;
 mod dead_letters;
 mod decide;
 mod error;
+mod events;
 mod message;
 mod offsets;
 mod partition;
 mod partitions;
 mod pipeline;
+mod recount;
 mod rollup;
 mod schema;
 mod tables;
@@ -62,6 +64,14 @@ async fn run(cli: Cli) -> Result<(), SinkError> {
             let pool = connect(&db, 1, &[]).await?;
             schema::check(&pool).await?;
             println!("{}", partitions::maintain(&pool).await?);
+            Ok(())
+        }
+        Command::Recount(args) => {
+            args.validate().map_err(SinkError::Config)?;
+            let rules = recount::load_rules(&args.rules)?;
+            let pool = connect(&args.db, 2, &[]).await?;
+            schema::check(&pool).await?;
+            println!("{}", recount::run(&pool, &args.camera, &rules, args.from, args.to.unwrap_or_else(chrono::Utc::now)).await?);
             Ok(())
         }
         Command::Run(args) => {

@@ -34,6 +34,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 
 use crate::error::SinkError;
+use crate::events;
 use crate::rollup;
 use crate::tables::{DETECTIONS, FRAMES, FRAME_KEYS, TRACK_OBSERVATIONS};
 use crate::telemetry;
@@ -198,6 +199,8 @@ pub struct Report {
     pub keys_forgotten: u64,
     pub minutes_forgotten: u64,
     pub tracks_forgotten: u64,
+    /// Zone events and occupancy samples dated before the cutoff.
+    pub events_forgotten: u64,
     /// The longest DDL transaction: the most any query or write waited for this pass.
     pub longest_lock: Duration,
     /// Rows left in each table's default partition: frames of days not made.
@@ -211,7 +214,7 @@ impl std::fmt::Display for Report {
         }
         write!(
             f,
-            "store maintained created={:?} dropped={:?} moved_from_default={} deleted_from_default={} keys_forgotten={} minutes_forgotten={} tracks_forgotten={} longest_lock_ms={} in_default={}",
+            "store maintained created={:?} dropped={:?} moved_from_default={} deleted_from_default={} keys_forgotten={} minutes_forgotten={} tracks_forgotten={} events_forgotten={} longest_lock_ms={} in_default={}",
             self.created,
             self.dropped,
             self.moved_from_default,
@@ -219,6 +222,7 @@ impl std::fmt::Display for Report {
             self.keys_forgotten,
             self.minutes_forgotten,
             self.tracks_forgotten,
+            self.events_forgotten,
             self.longest_lock.as_millis(),
             self.in_default.iter().map(|(_, n)| n).sum::<u64>()
         )
@@ -287,6 +291,9 @@ async fn pass(conn: &mut PoolConnection<Postgres>) -> Result<Report, SinkError> 
                 // A track is forgotten once its last observation is past the cutoff; one that
                 // straddles it keeps its whole summary while its early observations go.
                 report.tracks_forgotten = batched(conn, rollup::TRACKS, "last_seen", cutoff).await?;
+                for table in events::TABLES {
+                    report.events_forgotten += batched(conn, table, "captured_at", cutoff).await?;
+                }
             }
         }
     }

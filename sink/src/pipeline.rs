@@ -46,6 +46,7 @@ struct Totals {
     fenced: u64,
     batches: u64,
     redone: u64,
+    events: u64,
     last_commit_ms: f64,
 }
 
@@ -370,7 +371,7 @@ impl Sink<'_> {
         match verdict {
             Verdict::Frame(frame) => {
                 self.parts.account(msg.partition, msg.offset)?;
-                self.batch.push(Row::new(frame, msg));
+                self.batch.push(Row::new(*frame, msg));
                 Ok(None)
             }
             Verdict::Invalid(reason) => {
@@ -502,6 +503,7 @@ impl Sink<'_> {
         t.dead_letters += w.refused;
         t.fenced += done.fenced.len() as u64;
         t.redone += w.redone;
+        t.events += w.events;
         t.batches += 1;
         metrics::counter!(telemetry::FRAMES).increment(w.frames);
         metrics::counter!(telemetry::DETECTIONS).increment(w.detections);
@@ -511,6 +513,7 @@ impl Sink<'_> {
         metrics::counter!(telemetry::DEAD_LETTERS).increment(w.refused);
         metrics::counter!(telemetry::FENCED).increment(done.fenced.len() as u64);
         metrics::counter!(telemetry::REDONE).increment(w.redone);
+        metrics::counter!(telemetry::ZONE_EVENTS).increment(w.events);
         metrics::counter!(telemetry::BATCHES).increment(1);
         metrics::histogram!(telemetry::BATCH_ROWS).record(done.rows as f64);
         metrics::histogram!(telemetry::BATCH_SECONDS).record(done.took.as_secs_f64());
@@ -539,6 +542,7 @@ impl Sink<'_> {
             fenced = t.fenced,
             batches = t.batches,
             redone_through_staging = t.redone,
+            zone_events = t.events,
             avg_batch_frames = (t.frames + t.replayed + t.conflicts).checked_div(t.batches).unwrap_or(0),
             rows_per_s = format!("{:.0}", (t.frames + t.detections) as f64 / secs),
             last_commit_ms = format!("{:.1}", t.last_commit_ms),

@@ -214,7 +214,7 @@ mod tests {
     fn tracks_add_up_per_camera_run_session_and_id() {
         let track =
             |id: u64, score: f32| wire::Track { id, bbox: wire::BBox { x1: 0.0, y1: 0.0, x2: 1.0, y2: 1.0 }, score, detection: None };
-        let session = |s: u128, tracks: Vec<wire::Track>| Some(wire::Tracker { session: Uuid::from_u128(s), tracks });
+        let session = |s: u128, tracks: Vec<wire::Track>| Some(wire::Tracker { session: Uuid::from_u128(s), tracks, rules: None });
         let mut rows = [row(0, 0, 0, 0), row(1, 0, 0, 1), row(2, 0, 0, 2), row(3, 0, 0, 3)];
         rows[0].msg.captured_at = at("2026-12-02T10:00:10Z");
         rows[0].msg.tracker = session(7, vec![track(1, 0.3), track(2, 0.9)]);

@@ -329,7 +329,7 @@ mod tests {
             .iter()
             .map(|&(id, detection)| wire::Track { id, bbox: wire::BBox { x1: 0.5, y1: 0.5, x2: 1.0, y2: 1.5 }, score: 0.4, detection })
             .collect();
-        wire::Tracker { session: Uuid::from_u128(5), tracks }
+        wire::Tracker { session: Uuid::from_u128(5), tracks, rules: None }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const FENCED: &str = "sink_partitions_fenced_total";
 pub const DEAD_LETTERS: &str = "sink_dead_letters_total";
 pub const BATCHES: &str = "sink_batches_total";
 pub const REDONE: &str = "sink_batches_redone_total";
+pub const ZONE_EVENTS: &str = "sink_zone_events_written_total";
 pub const BATCH_ROWS: &str = "sink_batch_rows";
 pub const BATCH_SECONDS: &str = "sink_batch_write_seconds";
 pub const LAG: &str = "sink_consumer_lag_messages";
@@ -85,6 +86,7 @@ pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
     describe_gauge!(DEFAULT_PARTITION_ROWS, "Rows in the table's default partition after the last pass: frames of days with no partition");
     describe_counter!(BATCHES, "Batches committed to PostgreSQL");
     describe_counter!(REDONE, "Batches redone through staging tables after a key conflict");
+    describe_counter!(ZONE_EVENTS, "Zone and line events (wire v3's tracker.rules) stored new; a replayed event is not counted");
     describe_histogram!(BATCH_ROWS, "Rows (frames + detections) per batch");
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to make one batch durable, retries included");
     describe_histogram!(CAPTURE_TO_COMMIT, Unit::Seconds, "From a frame's capture to the commit that stored it");

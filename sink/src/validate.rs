@@ -16,7 +16,7 @@ use crate::telemetry;
 /// What became of one payload.
 #[derive(Debug)]
 pub enum Verdict {
-    Frame(wire::FrameMessage),
+    Frame(Box<wire::FrameMessage>),
     /// Refused, with the reason for the dead-letter topic.
     Invalid(String),
     /// The registry could not be asked, or does not know the schema id yet: try this message again
@@ -70,7 +70,7 @@ impl Validator {
             }
         };
         match checked {
-            Ok(frame) => Verdict::Frame(frame),
+            Ok(frame) => Verdict::Frame(Box::new(frame)),
             Err(e) => Verdict::Invalid(e.to_string()),
         }
     }

@@ -13,7 +13,8 @@
 //!    CHECK a DBA added, a character the database encoding lacks, a key conflict the merge meets)
 //!    are found by bisecting the part with savepoints, sent to the dead-letter topic with the
 //!    database's error, and the rest is stored: one bad row never stops its partition;
-//! 3. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks);
+//! 3. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks),
+//!    and the zone and line events of the frames it accepted, new or replayed (`events`);
 //! 4. commits.
 //!
 //! An error that may pass (classified in `error`) retries the part with backoff while the loop
@@ -34,6 +35,7 @@ use crate::batch::Batch;
 use crate::config::WriteMode;
 use crate::dead_letters::DeadLetters;
 use crate::error::{DbFault, SinkError};
+use crate::events;
 use crate::message::{FrameKey, Row};
 use crate::offsets::{self, Claim};
 use crate::rollup;
@@ -53,6 +55,8 @@ pub struct Written {
     pub refused: u64,
     /// Parts whose direct write failed and went through staging.
     pub redone: u64,
+    /// Zone and line events stored new.
+    pub events: u64,
 }
 
 impl std::ops::AddAssign for Written {
@@ -63,6 +67,7 @@ impl std::ops::AddAssign for Written {
         self.conflicts.extend(other.conflicts);
         self.refused += other.refused;
         self.redone += other.redone;
+        self.events += other.events;
     }
 }
 
@@ -306,6 +311,8 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
     let stored: Vec<&Row> = part.batch.frames.iter().filter(|r| new.as_ref().is_none_or(|keys| keys.contains(&r.key()))).collect();
     rollup::add(&mut tx, &rollup::minutes(stored.iter().copied())).await?;
     rollup::add_tracks(&mut tx, &rollup::tracks(stored.iter().copied())).await?;
+    let accepted = part.batch.frames.iter().filter(|r| !w.conflicts.contains(&r.key()));
+    w.events = events::add(&mut tx, &events::Rows::of(accepted)).await?;
     tx.commit().await?;
     Ok(Attempt::Written(w))
 }

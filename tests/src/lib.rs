@@ -286,7 +286,7 @@ pub fn tracked_frame(mut m: wire::FrameMessage, session: uuid::Uuid, first_id: u
         .collect();
     let weak = wire::BBox { x1: 700.0, y1: 300.0 + (m.frame_seq % 5) as f32, x2: 740.5, y2: 420.0 };
     tracks.push(wire::Track { id: first_id + m.detections.len() as u64, bbox: weak, score: 0.125, detection: None });
-    m.tracker = Some(wire::Tracker { session, tracks });
+    m.tracker = Some(wire::Tracker { session, tracks, rules: None });
     m
 }
 

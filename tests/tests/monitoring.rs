@@ -2,10 +2,11 @@
 //! broker and database, scraped by a real Prometheus with the repo's config and alert rules
 //! (`scripts/services.sh start monitoring`, which also runs Alertmanager and PostgreSQL's exporter;
 //! the broker carries the JMX exporter agent). A crowd alert with a low threshold fires and reaches
-//! Alertmanager, which delivers it to a webhook this test runs on loopback; a camera taken away
-//! fires CameraDown. Every PromQL query of the Grafana dashboards returns series from this
-//! Prometheus, and every SQL panel runs on the test database. Alone in its file: it runs the
-//! shared monitoring services.
+//! Alertmanager, which delivers it to a webhook this test runs on loopback; so does a zone's crowd
+//! alert (the detector tracks, with one zone over the whole frame); a camera taken away fires
+//! CameraDown. Every PromQL query of the Grafana dashboards returns series from this Prometheus,
+//! and every SQL panel runs on the test database. Alone in its file: it runs the shared
+//! monitoring services.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -90,12 +91,14 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result
     let rtsp_port = free_port()?;
     let server = start_rtsp_server(&mp4, rtsp_port)?;
     let cameras = dir.join("cameras.toml");
-    // "door" plays the sample as a camera, with a threshold that its people pass at once; "gate"
-    // is a live stream that will go away.
+    // "door" plays the sample as a camera, with thresholds that its people pass at once, in view
+    // and in its one zone (the whole frame); "gate" is a live stream that will go away.
     std::fs::write(
         &cameras,
         format!(
             "[[camera]]\nid = \"door\"\nsource = \"{}\"\nrealtime = true\nloop = true\nmax_fps = 4\ncrowd_people = 0\ncrowd_seconds = 10\n\n\
+             [[camera.rules.zones]]\nname = \"all\"\npolygon = [[0, 0], [768, 0], [768, 576], [0, 576]]\n\
+             alert = {{ crowd_people = 0, crowd_seconds = 5 }}\n\n\
              [[camera]]\nid = \"gate\"\nsource = \"rtsp://127.0.0.1:{rtsp_port}/stream\"\nmax_fps = 2\ncrowd_people = 50\nread_timeout_s = 3\n",
             sample("vtest.avi").display()
         ),
@@ -113,6 +116,7 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result
         &brokers(),
         "--metrics-addr",
         &detector_addr,
+        "--track",
     ]))?;
     // Prometheus finds the two processes in its file-discovered targets.
     let targets = state_dir().join("monitoring/targets");
@@ -131,6 +135,8 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result
     };
     let crowd_at = wait("the crowd alert at the webhook", Duration::from_secs(180), &|| delivered(&bodies, "CrowdInView", "door"))?;
     assert!(!delivered(&bodies, "CrowdInView", "gate"), "gate's threshold is 50 people");
+    let zone_crowd_at =
+        wait("the zone crowd alert at the webhook", Duration::from_secs(120), &|| delivered(&bodies, "ZoneCrowded", "door"))?;
 
     // Every scrape target answers: the two processes, the broker's JMX agent, the database's
     // exporter, Alertmanager and Prometheus itself.
@@ -177,7 +183,7 @@ async fn alerts_reach_alertmanager_and_every_dashboard_query_answers() -> Result
     let _ = sink.stop()?;
     ensure!(status.success(), "{stderr}");
     println!(
-        "monitoring: CrowdInView at the webhook {crowd_at:.0} s after the detector started; CameraDown {down_after:.0} s after the camera went away ({down_at:.0} s in); \
+        "monitoring: CrowdInView at the webhook {crowd_at:.0} s after the detector started, ZoneCrowded {zone_crowd_at:.0} s; CameraDown {down_after:.0} s after the camera went away ({down_at:.0} s in); \
          targets {up:?}; {} PromQL and {} SQL dashboard queries answered",
         checked.0, checked.1
     );

@@ -161,8 +161,9 @@ async fn framed_and_plain_are_stored_and_unknown_ids_dead_lettered() -> Result<(
 }
 
 /// Wire v3 is a compatible evolution of v2 under the subject's BACKWARD compatibility: on a
-/// subject holding v2's schema (as an older detector left it), the detector registers v3 as the
-/// second version and publishes tracked frames framed with it; one sink stores, from that one
+/// subject holding v2's schema (as an older detector left it) and v3's first form (tracks without
+/// events), the detector registers v3 as the third version and publishes tracked frames framed
+/// with it; one sink stores, from that one
 /// topic, a v2 message framed with v2's id and the detector's v3 ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_registers_after_v2_and_the_sink_stores_both() -> Result<()> {
@@ -174,19 +175,32 @@ async fn v3_registers_after_v2_and_the_sink_stores_both() -> Result<()> {
     let mut v2 = serde_json::from_slice::<serde_json::Value>(&synthetic_frame("cam-0", 0, 2).to_json())?;
     v2["schema_version"] = 2.into();
     produce(&topic, [("cam-0", frame(v2_id, v2.to_string().as_bytes()))])?;
+    // v3 as it was first registered, before its tracker carried the rules' events: the events
+    // are a compatible evolution of it too.
+    let mut first_v3: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
+    first_v3["properties"]["tracker"]["properties"].as_object_mut().unwrap().remove("rules");
+    let definitions = first_v3["definitions"].as_object_mut().unwrap();
+    definitions.remove("event");
+    definitions.remove("occupancy");
+    let first_v3_id = registry().register(&subject, &first_v3.to_string())?;
 
     let out = detect_to_kafka(&sample("basketball1.png"), "court", &topic, &["--schema-registry", &registry_url(), "--track"])?;
     let v3_id = schema_id_in(&out.stderr).expect("a schema id in the log");
-    assert_ne!(v3_id, v2_id);
-    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1,2]", "v3 is the subject's second version");
+    assert!(v3_id != v2_id && v3_id != first_v3_id);
+    assert_eq!(registry_get(&format!("/subjects/{subject}/versions"))?.trim(), "[1,2,3]", "v3 with events is the subject's third version");
     assert!(registry_get(&format!("/config/{subject}"))?.contains("BACKWARD"));
     let records = read_topic(&topic, Duration::from_secs(30))?;
     assert_eq!(records.len(), 2);
     let Envelope::Framed { schema_id, json } = Envelope::open(&records[1].payload)? else { panic!("not framed") };
     let tracked = wire::FrameMessage::from_json(json)?;
     assert_eq!((schema_id, tracked.schema_version), (v3_id, 3));
-    let tracks = tracked.tracker.expect("--track: the frame's tracks").tracks;
+    let tracker = tracked.tracker.expect("--track: the frame's tracks");
+    let tracks = &tracker.tracks;
     assert_eq!(tracks.iter().map(|t| (t.id, t.detection)).collect::<Vec<_>>(), [(1, Some(0)), (2, Some(1))], "{tracks:?}");
+    // An image is a session of one frame: its message starts and ends both tracks.
+    let events = tracker.rules.expect("the rules' output").events;
+    let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.kind.as_str(), e.track)).collect();
+    assert_eq!(kinds, [("track_start", 1), ("track_start", 2), ("track_end", 1), ("track_end", 2)], "{events:?}");
 
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &["--schema-registry", &registry_url()])?;
     let mut conn = db.connect().await?;

@@ -55,6 +55,10 @@ pub struct FrameMessage {
     pub tracker: Option<Tracker>,
 }
 
+/// Most events and occupancy samples in one message: far above what a frame reports (a track
+/// ends once; a zone's occupancy goes out once a second), far below what a hostile one could hold.
+pub const MAX_EVENTS: usize = 3000;
+
 /// A frame's tracks: a track is one person within its session, so a person is
 /// `(camera_id, run_id, session, id)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +66,161 @@ pub struct Tracker {
     /// One start of the camera's tracker (its ids start at 1 again): not the nil UUID.
     pub session: Uuid,
     pub tracks: Vec<Track>,
+    /// What the camera's zone and line rules reported on this frame; `None`: no rules ran.
+    pub rules: Option<RulesOutput>,
+}
+
+/// Which clock times a session's frames, for the tracker and the rules: a file's frames by their
+/// pts (the same at any decoding speed), a live camera's by their capture time (a reopened stream
+/// starts its pts again). The session says which: a live camera's is a UUIDv7 made at its start,
+/// a file's a UUIDv8 derived from its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Pts,
+    Capture,
+}
+
+impl Clock {
+    pub fn of_session(session: Uuid) -> Clock {
+        if session.get_version_num() == 7 {
+            Clock::Capture
+        } else {
+            Clock::Pts
+        }
+    }
+
+    /// A frame's time in seconds on this clock.
+    pub fn time(self, pts_ms: i64, captured_at: DateTime<Utc>) -> f64 {
+        match self {
+            Clock::Pts => pts_ms as f64 / 1000.0,
+            // Milliseconds, as the wire and so the store carry it: live and recounted agree.
+            Clock::Capture => captured_at.timestamp_millis() as f64 / 1000.0,
+        }
+    }
+}
+
+/// The capture time of the moment `time` (on the session's clock) of a message captured at
+/// `captured_at`, whose frame is at `frame_time`: exact on a live camera's clock, the file's own
+/// spacing of frames on a file's.
+pub fn captured_at_of(time: f64, frame_time: f64, captured_at: DateTime<Utc>) -> DateTime<Utc> {
+    captured_at + chrono::Duration::microseconds(((time - frame_time) * 1e6).round() as i64)
+}
+
+/// The rules' output on one frame: the events reported at it (dated at the frames that explain
+/// them, at or before this one) and the zones' occupancy of the seconds that ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesOutput {
+    /// The rule version the events are stored under (`analytics::Rules::version`); 16 hex digits
+    /// on the wire.
+    pub version: u64,
+    pub events: Vec<Event>,
+    pub occupancy: Vec<Occupancy>,
+}
+
+/// One event of the rules, with what explains it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub kind: analytics::EventKind,
+    pub track: u64,
+    /// The zone or line; empty (absent) for track start and end.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// The frame the event is dated at.
+    pub frame: u64,
+    /// That frame's time on the session's clock, seconds.
+    pub time: f64,
+    /// A zone exit's enter frame; a crossing's last frame on the old side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_frame: Option<u64>,
+    /// A zone enter's or a crossing's frame at which it counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_frame: Option<u64>,
+    /// A zone exit's time inside, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_s: Option<f64>,
+    /// A crossing's anchor points: the last on the old side, the first on the new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<[f64; 2]>,
+}
+
+impl From<&analytics::Event> for Event {
+    fn from(e: &analytics::Event) -> Self {
+        let key = e.key();
+        let mut out = Event {
+            kind: key.kind,
+            track: key.track,
+            rule: key.rule.to_string(),
+            frame: key.frame,
+            time: e.time(),
+            from_frame: None,
+            confirmed_frame: None,
+            dwell_s: None,
+            before: None,
+            after: None,
+        };
+        match e {
+            analytics::Event::TrackStart { .. } | analytics::Event::TrackEnd { .. } => {}
+            analytics::Event::ZoneEnter { confirmed, .. } => out.confirmed_frame = Some(confirmed.seq),
+            analytics::Event::ZoneExit { entered, dwell, .. } => (out.from_frame, out.dwell_s) = (Some(entered.seq), Some(*dwell)),
+            analytics::Event::LineCross { before, after, confirmed, .. } => {
+                out.from_frame = Some(before.at.seq);
+                out.confirmed_frame = Some(confirmed.seq);
+                out.before = Some([before.point.x, before.point.y]);
+                out.after = Some([after.point.x, after.point.y]);
+            }
+        }
+        out
+    }
+}
+
+/// A zone's most tracks inside at any frame of one second (`floor` of the session clock's time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Occupancy {
+    pub zone: String,
+    pub second: i64,
+    pub count: u32,
+}
+
+impl RulesOutput {
+    pub fn new(version: u64, output: &analytics::Output) -> Self {
+        RulesOutput {
+            version,
+            events: output.events.iter().map(Event::from).collect(),
+            occupancy: output.occupancy.iter().map(|o| Occupancy { zone: o.zone.clone(), second: o.second, count: o.count }).collect(),
+        }
+    }
+
+    /// Nothing to report, under `version`.
+    pub fn empty(version: u64) -> Self {
+        RulesOutput { version, events: Vec::new(), occupancy: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len() + self.occupancy.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts `later`'s events and samples after this output's.
+    pub fn append(&mut self, later: RulesOutput) {
+        self.events.extend(later.events);
+        self.occupancy.extend(later.occupancy);
+    }
+
+    /// Splits off what is past one message's bound ([`MAX_EVENTS`] events and samples together),
+    /// keeping the earliest events, then samples. What is split off can ride in a later message of
+    /// the session: an event names its own frame, a sample its own second.
+    pub fn split_at_bound(&mut self) -> RulesOutput {
+        let events = self.events.len().min(MAX_EVENTS);
+        let samples = self.occupancy.len().min(MAX_EVENTS - events);
+        RulesOutput { version: self.version, events: self.events.split_off(events), occupancy: self.occupancy.split_off(samples) }
+    }
 }
 
 /// A confirmed track matched on this frame.
@@ -158,6 +317,16 @@ struct Raw {
 struct RawTracker {
     session: String,
     tracks: Vec<Track>,
+    #[serde(default)]
+    rules: Option<RawRules>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    version: String,
+    events: Vec<Event>,
+    occupancy: Vec<Occupancy>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +360,15 @@ struct V3<'a> {
 struct TrackerOut<'a> {
     session: String,
     tracks: &'a [Track],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<RulesOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct RulesOut<'a> {
+    version: String,
+    events: &'a [Event],
+    occupancy: &'a [Occupancy],
 }
 
 impl FrameMessage {
@@ -212,7 +390,15 @@ impl FrameMessage {
             frame_height: self.frame_height,
             model: &self.model,
             detections: &self.detections,
-            tracker: self.tracker.as_ref().map(|t| TrackerOut { session: t.session.hyphenated().to_string(), tracks: &t.tracks }),
+            tracker: self.tracker.as_ref().map(|t| TrackerOut {
+                session: t.session.hyphenated().to_string(),
+                tracks: &t.tracks,
+                rules: t.rules.as_ref().map(|r| RulesOut {
+                    version: format!("{:016x}", r.version),
+                    events: &r.events,
+                    occupancy: &r.occupancy,
+                }),
+            }),
         };
         serde_json::to_vec(&v3).expect("a FrameMessage always serializes")
     }
@@ -310,7 +496,7 @@ impl Raw {
                 return Err(field(&at("keypoints"), "must be finite"));
             }
         }
-        let tracker = self.tracker.map(|t| check_tracker(t, self.detections.len())).transpose()?;
+        let tracker = self.tracker.map(|t| check_tracker(t, self.detections.len(), self.frame_seq)).transpose()?;
         Ok(FrameMessage {
             schema_version: self.schema_version,
             camera_id: self.camera_id,
@@ -329,7 +515,7 @@ impl Raw {
 
 /// A frame's tracks: a valid session, at most [`MAX_DETECTIONS`] tracks (one per detection fed
 /// to the tracker, and the detector keeps that many), each with its own id and its own detection.
-fn check_tracker(t: RawTracker, detections: usize) -> Result<Tracker, WireError> {
+fn check_tracker(t: RawTracker, detections: usize, frame_seq: u64) -> Result<Tracker, WireError> {
     let session = parse_run_id(&t.session, "tracker.session")?;
     if t.tracks.len() > MAX_DETECTIONS {
         return Err(field("tracker.tracks", &format!("must be at most {MAX_DETECTIONS}, got {}", t.tracks.len())));
@@ -358,7 +544,76 @@ fn check_tracker(t: RawTracker, detections: usize) -> Result<Tracker, WireError>
             }
         }
     }
-    Ok(Tracker { session, tracks: t.tracks })
+    let rules = t.rules.map(|r| check_rules(r, frame_seq)).transpose()?;
+    Ok(Tracker { session, tracks: t.tracks, rules })
+}
+
+/// The rules' output: a version of 16 hex digits, at most [`MAX_EVENTS`] events and samples, each
+/// event of its kind's shape, dated at or before its frame (the detector reports an event once
+/// the frames after it have confirmed it, never before), with names the store's keys can hold.
+fn check_rules(r: RawRules, frame_seq: u64) -> Result<RulesOutput, WireError> {
+    use analytics::EventKind::*;
+    let version = (r.version.len() == 16 && r.version.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| u64::from_str_radix(&r.version, 16).ok())
+        .flatten()
+        .ok_or_else(|| field("tracker.rules.version", "must be 16 lowercase hex digits"))?;
+    if r.events.len() + r.occupancy.len() > MAX_EVENTS {
+        return Err(field("tracker.rules", &format!("must hold at most {MAX_EVENTS} events and occupancy samples")));
+    }
+    for (i, e) in r.events.iter().enumerate() {
+        let at = |name: &str| format!("tracker.rules.events[{i}].{name}");
+        if !(1..=i64::MAX as u64).contains(&e.track) {
+            return Err(field(&at("track"), "must be within 1 and 2^63 - 1"));
+        }
+        if e.frame > frame_seq {
+            return Err(field(&at("frame"), &format!("{} is after the message's frame {frame_seq}", e.frame)));
+        }
+        let has_rule = !matches!(e.kind, TrackStart | TrackEnd);
+        if has_rule != is_label(&e.rule, MAX_LABEL_CHARS) {
+            let why = if has_rule {
+                "must name the zone or line: 1 to 128 characters, none of them control characters"
+            } else {
+                "must be absent for a track event"
+            };
+            return Err(field(&at("rule"), why));
+        }
+        let shape = (
+            e.from_frame.is_some(),
+            e.confirmed_frame.is_some(),
+            e.dwell_s.is_some(),
+            e.before.is_some() && e.after.is_some(),
+            e.before.is_some() || e.after.is_some(),
+        );
+        let expected = match e.kind {
+            TrackStart | TrackEnd => (false, false, false, false, false),
+            ZoneEnter => (false, true, false, false, false),
+            ZoneExit => (true, false, true, false, false),
+            LineIn | LineOut => (true, true, false, true, true),
+        };
+        if shape != expected {
+            return Err(field(&at("kind"), &format!("a {} event carries other fields", e.kind.as_str())));
+        }
+        let frames_ok = e.from_frame.is_none_or(|f| f <= e.frame) && e.confirmed_frame.is_none_or(|f| f >= e.frame && f <= frame_seq);
+        if !frames_ok {
+            return Err(field(&at("frame"), "from_frame must be at or before frame, confirmed_frame from frame to the message's"));
+        }
+        let numbers = [Some(e.time), e.dwell_s].into_iter().flatten().chain(e.before.into_iter().chain(e.after).flatten());
+        if numbers.into_iter().any(|v| !v.is_finite()) || e.dwell_s.is_some_and(|d| d < 0.0) {
+            return Err(field(&at("time"), "times, dwell and points must be finite, dwell >= 0"));
+        }
+    }
+    for (i, o) in r.occupancy.iter().enumerate() {
+        if !is_label(&o.zone, MAX_LABEL_CHARS) {
+            return Err(field(
+                &format!("tracker.rules.occupancy[{i}].zone"),
+                "must be 1 to 128 characters, none of them control characters",
+            ));
+        }
+        if o.count > i32::MAX as u32 {
+            return Err(field(&format!("tracker.rules.occupancy[{i}].count"), "must be at most 2^31 - 1"));
+        }
+    }
+    Ok(RulesOutput { version, events: r.events, occupancy: r.occupancy })
 }
 
 /// A UUID as the schema writes it: lowercase, hyphenated, not the nil UUID (that is v1's run).

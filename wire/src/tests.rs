@@ -26,7 +26,37 @@ fn sample() -> FrameMessage {
                 // Matched to a detection scoring below --conf, which the message does not carry.
                 Track { id: 2, bbox: BBox { x1: 100.0, y1: 20.0, x2: 140.0, y2: 90.0 }, score: 0.2, detection: None },
             ],
+            rules: Some(RulesOutput {
+                version: 0x8f3a_0000_0000_00c1,
+                events: vec![
+                    event(analytics::EventKind::TrackStart, 4, "", 7),
+                    Event { from_frame: Some(2), dwell_s: Some(0.3), ..event(analytics::EventKind::ZoneExit, 2, "queue", 5) },
+                    Event {
+                        from_frame: Some(3),
+                        confirmed_frame: Some(7),
+                        before: Some([10.0, 20.5]),
+                        after: Some([10.0, 30.0]),
+                        ..event(analytics::EventKind::LineIn, 2, "door", 4)
+                    },
+                ],
+                occupancy: vec![Occupancy { zone: "queue".into(), second: 0, count: 1 }],
+            }),
         }),
+    }
+}
+
+fn event(kind: analytics::EventKind, track: u64, rule: &str, frame: u64) -> Event {
+    Event {
+        kind,
+        track,
+        rule: rule.into(),
+        frame,
+        time: frame as f64 / 10.0,
+        from_frame: None,
+        confirmed_frame: None,
+        dwell_s: None,
+        before: None,
+        after: None,
     }
 }
 
@@ -67,6 +97,57 @@ fn round_trips_and_writes_milliseconds() {
     assert!(text.contains("\"score\":0.2}"), "{text}");
     assert_eq!(FrameMessage::from_json(&json).unwrap(), m);
     assert_eq!(FrameMessage::from_value(sample_json()).unwrap(), m);
+    assert!(text.contains("\"version\":\"8f3a0000000000c1\""), "{text}");
+    assert!(text.contains("{\"kind\":\"track_start\",\"track\":4,\"frame\":7,\"time\":0.7}"), "a track event has no rule: {text}");
+}
+
+#[test]
+fn a_session_says_its_clock() {
+    let at = DateTime::parse_from_rfc3339("2026-12-02T10:00:00.25Z").unwrap().with_timezone(&Utc);
+    let live = Uuid::now_v7();
+    let file = Uuid::new_v8([7; 16]);
+    assert_eq!((Clock::of_session(live), Clock::of_session(file)), (Clock::Capture, Clock::Pts));
+    assert_eq!(Clock::Pts.time(1500, at), 1.5);
+    assert_eq!(Clock::Capture.time(1500, at), at.timestamp() as f64 + 0.25);
+    // An event 2.5 s before a frame captured at `at` was captured 2.5 s before it.
+    assert_eq!(captured_at_of(1.0, 3.5, at), at - chrono::Duration::milliseconds(2500));
+}
+
+#[test]
+fn rules_output_past_the_bound_is_split_off_in_order() {
+    let event = |track| Event {
+        kind: analytics::EventKind::TrackStart,
+        track: track + 1,
+        rule: String::new(),
+        frame: 1,
+        time: 0.1,
+        from_frame: None,
+        confirmed_frame: None,
+        dwell_s: None,
+        before: None,
+        after: None,
+    };
+    let second = |second| Occupancy { zone: "z".into(), second, count: 1 };
+    let mut out =
+        RulesOutput { version: 9, events: (0..MAX_EVENTS as u64 - 2).map(event).collect(), occupancy: (0..5).map(second).collect() };
+    let rest = out.split_at_bound();
+    assert_eq!((out.events.len(), out.occupancy.len(), out.len()), (MAX_EVENTS - 2, 2, MAX_EVENTS));
+    assert_eq!((rest.version, rest.events.len(), &rest.occupancy), (9, 0, &(2..5).map(second).collect::<Vec<_>>()));
+    // Carried into the next frame's output, before its own.
+    let mut next = rest;
+    next.append(RulesOutput { version: 9, events: vec![event(7)], occupancy: vec![second(5)] });
+    assert_eq!(next.occupancy.iter().map(|o| o.second).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert!(next.split_at_bound().is_empty(), "within the bound");
+    let mut many = RulesOutput { version: 9, events: (0..MAX_EVENTS as u64 + 3).map(event).collect(), occupancy: vec![second(0)] };
+    let rest = many.split_at_bound();
+    assert_eq!(
+        (many.len(), rest.events.iter().map(|e| e.track).collect::<Vec<_>>(), rest.occupancy.len()),
+        (MAX_EVENTS, (MAX_EVENTS as u64 + 1..MAX_EVENTS as u64 + 4).collect::<Vec<_>>(), 1)
+    );
+    let mut m = sample();
+    m.tracker.as_mut().unwrap().rules = Some(many);
+    let checked = parse(&serde_json::from_slice::<Value>(&m.to_json()).unwrap());
+    assert!(checked.is_ok(), "a message at the bound is valid: {checked:?}");
 }
 
 #[test]
@@ -159,6 +240,7 @@ fn json_schema_and_checks_agree_on_every_bound() {
     let dets = |n: usize| json!(vec![det(17); n]);
     let track = |id: u64| json!({"id": id, "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "score": 0.5});
     let tracks = |n: u64| json!((1..=n).map(track).collect::<Vec<_>>());
+    let events = |n: u64| json!((1..=n).map(|t| json!({"kind": "track_start", "track": t, "frame": 7, "time": 0.7})).collect::<Vec<_>>());
     let max_kps_model = json!({"name": "m", "sha256": "0123abcd", "keypoints": MAX_KEYPOINTS});
     let i64_max = json!(i64::MAX);
     let past_i64 = json!(i64::MAX as u64 + 1);
@@ -243,6 +325,25 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("track detection a string", vec![("/tracker/tracks/0/detection", json!("0"))], false, false),
         ("300 tracks", vec![("/tracker/tracks", tracks(MAX_DETECTIONS as u64))], true, true),
         ("301 tracks", vec![("/tracker/tracks", tracks(MAX_DETECTIONS as u64 + 1))], false, false),
+        ("no rules", vec![("/tracker", json!({"session": sample_json()["tracker"]["session"], "tracks": []}))], true, true),
+        ("rules that report nothing", vec![("/tracker/rules/events", json!([])), ("/tracker/rules/occupancy", json!([]))], true, true),
+        ("a rule version of 15 digits", vec![("/tracker/rules/version", json!("8f3a0000000000c"))], false, false),
+        ("a rule version uppercase", vec![("/tracker/rules/version", json!("8F3A0000000000C1"))], false, false),
+        ("an unknown rules field", vec![("/tracker/rules/extra", json!(1))], false, false),
+        ("an unknown event field", vec![("/tracker/rules/events/0/extra", json!(1))], false, false),
+        ("an unknown event kind", vec![("/tracker/rules/events/0/kind", json!("loiter"))], false, false),
+        ("event track 0", vec![("/tracker/rules/events/0/track", json!(0))], false, false),
+        ("event track at 2^63", vec![("/tracker/rules/events/0/track", past_i64.clone())], false, false),
+        ("an event at the message's frame", vec![("/tracker/rules/events/1/frame", json!(7))], true, true),
+        ("a dwell below 0", vec![("/tracker/rules/events/1/dwell_s", json!(-0.1))], false, false),
+        ("a rule of 129 characters", vec![("/tracker/rules/events/1/rule", text(MAX_LABEL_CHARS + 1, 'z'))], false, false),
+        ("a rule with NUL", vec![("/tracker/rules/events/1/rule", json!("a\u{0}b"))], false, false),
+        ("a crossing point of 3 numbers", vec![("/tracker/rules/events/2/after", json!([1.0, 2.0, 3.0]))], false, false),
+        ("occupancy of a zone with a tab", vec![("/tracker/rules/occupancy/0/zone", json!("a\tb"))], false, false),
+        ("occupancy count at 2^31", vec![("/tracker/rules/occupancy/0/count", json!(i32::MAX as u64 + 1))], false, false),
+        ("occupancy count negative", vec![("/tracker/rules/occupancy/0/count", json!(-1))], false, false),
+        ("3000 events", vec![("/tracker/rules/events", events(3000)), ("/tracker/rules/occupancy", json!([]))], true, true),
+        ("3001 events", vec![("/tracker/rules/events", events(3001)), ("/tracker/rules/occupancy", json!([]))], false, false),
         // Rules JSON Schema cannot state (they compare fields), or that the registry would not take
         // as a compatible change of v2's schema (a condition on schema_version at the root).
         ("track detection 299 of 1 detection", vec![("/tracker/tracks/0/detection", json!(MAX_DETECTIONS - 1))], true, false),
@@ -252,6 +353,21 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("a track box with x2 < x1", vec![("/tracker/tracks/0/bbox/x2", json!(-5.0))], true, false),
         ("a track box with y2 < y1", vec![("/tracker/tracks/0/bbox/y2", json!(-5.0))], true, false),
         ("schema_version 2 with a tracker", vec![("/schema_version", json!(2))], true, false),
+        ("an event after the message's frame", vec![("/tracker/rules/events/1/frame", json!(8))], true, false),
+        ("a crossing confirmed after the message's frame", vec![("/tracker/rules/events/2/confirmed_frame", json!(8))], true, false),
+        ("an exit entered after it", vec![("/tracker/rules/events/1/from_frame", json!(6))], true, false),
+        ("a track event naming a rule", vec![("/tracker/rules/events/0/rule", json!("door"))], true, false),
+        ("a zone exit without its dwell", vec![("/tracker/rules/events/1/dwell_s", Value::Null)], false, false),
+        (
+            "a crossing without its points",
+            vec![(
+                "/tracker/rules/events/2",
+                json!({"kind": "line_out", "track": 2, "rule": "door", "frame": 4, "time": 0.4, "from_frame": 3, "confirmed_frame": 7}),
+            )],
+            true,
+            false,
+        ),
+        ("3000 events and a sample", vec![("/tracker/rules/events", events(3000))], true, false),
         // JSON Schema cannot compare two fields: only the checks can.
         ("18 keypoints for a 17-keypoint model", vec![("/detections/0/keypoints", kps(18))], true, false),
         ("a box with x2 < x1", vec![("/detections/0/bbox/x2", json!(-5.0))], true, false),
@@ -279,6 +395,7 @@ fn json_schema_and_checks_agree_on_every_bound() {
 /// The schema file's bounds are this crate's constants, and it names the fields the type writes.
 #[test]
 fn json_schema_matches_the_type() {
+    use analytics::EventKind::*;
     let schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap();
     let msg = sample_json();
     let keys = |v: &Value| {
@@ -299,6 +416,17 @@ fn json_schema_matches_the_type() {
     assert_eq!(tracker["properties"]["tracks"]["maxItems"], MAX_DETECTIONS);
     assert_eq!(schema["definitions"]["track"]["properties"]["detection"]["maximum"], MAX_DETECTIONS - 1);
     assert_eq!(tracker["properties"]["session"]["not"]["const"], Uuid::nil().to_string());
+    let rules = &tracker["properties"]["rules"];
+    assert_eq!(keys(&rules["properties"]), keys(&msg["tracker"]["rules"]));
+    // The sample's events together (a zone exit, a crossing, ...) use every field.
+    let mut event_keys: Vec<String> = msg["tracker"]["rules"]["events"].as_array().unwrap().iter().flat_map(keys).collect();
+    event_keys.sort();
+    event_keys.dedup();
+    assert_eq!(keys(&schema["definitions"]["event"]["properties"]), event_keys);
+    assert_eq!(keys(&schema["definitions"]["occupancy"]["properties"]), keys(&msg["tracker"]["rules"]["occupancy"][0]));
+    assert_eq!(rules["properties"]["events"]["maxItems"], MAX_EVENTS);
+    let kinds: Vec<Value> = [TrackStart, TrackEnd, ZoneEnter, ZoneExit, LineIn, LineOut].iter().map(|k| json!(k.as_str())).collect();
+    assert_eq!(schema["definitions"]["event"]["properties"]["kind"]["enum"], json!(kinds));
     let p = &schema["properties"];
     assert_eq!(p["detections"]["maxItems"], MAX_DETECTIONS);
     assert_eq!(p["model"]["properties"]["keypoints"]["maximum"], MAX_KEYPOINTS);
