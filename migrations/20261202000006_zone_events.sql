@@ -48,46 +48,58 @@ CREATE TABLE zone_occupancy (
 CREATE INDEX zone_occupancy_camera_time ON zone_occupancy (camera_id, captured_at);
 CREATE INDEX zone_occupancy_time ON zone_occupancy (captured_at);
 
--- Entries per hour into each zone (zone_enter) and crossings of each line (line_in, line_out), as
--- distinct people: one track entering twice in an hour is one person that hour.
-CREATE VIEW zone_entries_per_hour AS
-SELECT camera_id, rule, rule_version, kind,
-       date_trunc('hour', captured_at)                      AS hour,
-       count(DISTINCT (run_id, tracker_session, track_id))  AS people,
-       count(*)                                             AS events
-FROM zone_events
-WHERE kind IN ('zone_enter', 'line_in', 'line_out')
-GROUP BY camera_id, rule, rule_version, kind, date_trunc('hour', captured_at);
+-- Reports over a time range [since, until) of capture time. Functions rather than views: the range
+-- bounds the raw captured_at, so an index or the day partitions of track_observations serve it,
+-- where a view filtered on its truncated hour or minute would read every row of every day. Plain
+-- SQL, inlined by the planner into the caller's query.
 
--- Time spent in each zone per visit, by the day the visit ended.
-CREATE VIEW zone_dwell AS
-SELECT camera_id, rule AS zone, rule_version,
-       date_trunc('day', captured_at)                                      AS day,
-       count(*)                                                            AS visits,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY dwell_s)                AS p50_s,
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY dwell_s)                AS p90_s,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY dwell_s)               AS p99_s,
-       max(dwell_s)                                                        AS max_s
-FROM zone_events
-WHERE kind = 'zone_exit'
-GROUP BY camera_id, rule, rule_version, date_trunc('day', captured_at);
+-- Entries into each zone (zone_enter) and crossings of each line (line_in, line_out) per hour, as
+-- distinct people: one track entering twice in an hour is one person that hour.
+CREATE FUNCTION zone_entries_per_hour(since timestamptz, until timestamptz)
+RETURNS TABLE (camera_id text, rule text, rule_version bigint, kind text, hour timestamptz, people bigint, events bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.camera_id, e.rule, e.rule_version, e.kind, date_trunc('hour', e.captured_at),
+           count(DISTINCT (e.run_id, e.tracker_session, e.track_id)), count(*)
+    FROM zone_events e
+    WHERE e.kind IN ('zone_enter', 'line_in', 'line_out') AND e.captured_at >= since AND e.captured_at < until
+    GROUP BY 1, 2, 3, 4, 5
+$$;
+
+-- Time spent in each zone per visit, over the visits that ended in the range.
+CREATE FUNCTION zone_dwell(since timestamptz, until timestamptz)
+RETURNS TABLE (camera_id text, zone text, rule_version bigint, visits bigint,
+               p50_s double precision, p90_s double precision, p99_s double precision, max_s double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT e.camera_id, e.rule, e.rule_version, count(*),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY e.dwell_s),
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY e.dwell_s),
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY e.dwell_s),
+           max(e.dwell_s)
+    FROM zone_events e
+    WHERE e.kind = 'zone_exit' AND e.captured_at >= since AND e.captured_at < until
+    GROUP BY 1, 2, 3
+$$;
 
 -- People per minute as distinct tracks (a person seen on every frame of a minute is one), where
 -- people_per_minute counts detections per frame.
-CREATE VIEW tracked_people_per_minute AS
-SELECT camera_id,
-       date_trunc('minute', captured_at)                    AS minute,
-       count(DISTINCT (run_id, tracker_session, track_id))  AS people
-FROM track_observations
-GROUP BY camera_id, date_trunc('minute', captured_at);
+CREATE FUNCTION tracked_people_per_minute(since timestamptz, until timestamptz)
+RETURNS TABLE (camera_id text, minute timestamptz, people bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT o.camera_id, date_trunc('minute', o.captured_at), count(DISTINCT (o.run_id, o.tracker_session, o.track_id))
+    FROM track_observations o
+    WHERE o.captured_at >= since AND o.captured_at < until
+    GROUP BY 1, 2
+$$;
 
-CREATE VIEW zone_occupancy_per_minute AS
-SELECT camera_id, zone, rule_version,
-       date_trunc('minute', captured_at)   AS minute,
-       max(people)                         AS max_people,
-       round(avg(people)::numeric, 2)      AS avg_people
-FROM zone_occupancy
-GROUP BY camera_id, zone, rule_version, date_trunc('minute', captured_at);
+-- Each zone's most and mean tracks inside per minute.
+CREATE FUNCTION zone_occupancy_per_minute(since timestamptz, until timestamptz)
+RETURNS TABLE (camera_id text, zone text, rule_version bigint, minute timestamptz, max_people integer, avg_people numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT o.camera_id, o.zone, o.rule_version, date_trunc('minute', o.captured_at), max(o.people), round(avg(o.people), 2)
+    FROM zone_occupancy o
+    WHERE o.captured_at >= since AND o.captured_at < until
+    GROUP BY 1, 2, 3, 4
+$$;
 
 -- The zones each track visited, under each rule version: the `tracks` summary's "zones visited".
 -- A view, not a column of tracks, because it depends on the rules: a recount adds a version's

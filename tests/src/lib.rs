@@ -781,10 +781,12 @@ pub fn grafana_vars(q: &str, cameras: &[&str]) -> String {
         .replace("IN ($camera)", &format!("IN ({})", cameras.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")))
 }
 
-/// A dashboard's SQL as Grafana sends it: its variables filled, `$__timeFilter(col)` as the last 6
-/// hours (and the coming one).
+/// A dashboard's SQL as Grafana sends it: its variables filled, `$__timeFilter(col)`,
+/// `$__timeFrom()` and `$__timeTo()` as the last 6 hours (and the coming one).
 pub fn grafana_sql(q: &str, cameras: &[&str]) -> String {
-    let mut out = grafana_vars(q, cameras);
+    let mut out = grafana_vars(q, cameras)
+        .replace("$__timeFrom()", "(now() - interval '6 hours')")
+        .replace("$__timeTo()", "(now() + interval '1 hour')");
     while let Some(start) = out.find("$__timeFilter(") {
         let end = out[start..].find(')').map(|e| start + e).expect("a closing parenthesis");
         let column = &out[start + "$__timeFilter(".len()..end];

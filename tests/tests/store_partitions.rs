@@ -141,9 +141,9 @@ async fn rows_go_to_their_day_and_retention_drops_whole_days_with_their_keys() -
     Ok(())
 }
 
-/// The dashboards' queries read the per-minute rollup, never `frames` or `detections`; a query of
-/// `frames` by capture time reads only the days it asks for. On a store of 30 daily partitions,
-/// by EXPLAIN.
+/// The dashboards' queries read the per-minute rollup or the zones' tables, never `frames` or
+/// `detections`, and `track_observations` only for the days of their range; a query of `frames` by
+/// capture time reads only the days it asks for. On a store of 30 daily partitions, by EXPLAIN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_read_the_rollup_and_time_queries_only_their_days() -> Result<()> {
     let db = TestDb::create("explain").await?;
@@ -152,7 +152,7 @@ async fn dashboards_read_the_rollup_and_time_queries_only_their_days() -> Result
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut conn).await?;
     for n in -28..=1 {
         let (from, to) = ((now + chrono::Duration::days(n)).date_naive(), (now + chrono::Duration::days(n + 1)).date_naive());
-        for table in ["frames", "detections"] {
+        for table in ["frames", "detections", "track_observations"] {
             let sql = format!(
                 "CREATE TABLE {}_p{} PARTITION OF {table} FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')",
                 table,
@@ -186,7 +186,14 @@ async fn dashboards_read_the_rollup_and_time_queries_only_their_days() -> Result
         let q = grafana_sql(&sql, &["cam-0", "cam-1"]);
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {q}"))).fetch_all(&mut conn).await?;
         let plan = plan.join("\n");
-        assert!(plan.contains("on people_minutes"), "{dashboard}, {panel}: {q}\n{plan}");
+        // The rollup, the zones' tables, or the tracks' observations of the range's days (at most
+        // 2 of the 30 for its 7 hours); never frames or detections.
+        let observation_days = plan.matches(" on track_observations_p").count();
+        assert!(
+            plan.contains("on people_minutes") || plan.contains("on zone_") || observation_days > 0,
+            "{dashboard}, {panel}: {q}\n{plan}"
+        );
+        assert!(observation_days <= 2, "{dashboard}, {panel} reads {observation_days} days of track_observations: {q}\n{plan}");
         assert!(!plan.contains(" on frames") && !plan.contains(" on detections"), "{dashboard}, {panel} reads the tables: {q}\n{plan}");
         checked += 1;
     }

@@ -112,7 +112,7 @@ async fn live_events_are_stored_once_and_a_recount_reproduces_them() -> Result<(
     let stored = (
         count(&mut conn, "SELECT count(*) FROM zone_events").await?,
         count(&mut conn, "SELECT count(*) FROM zone_occupancy").await?,
-        count(&mut conn, "SELECT coalesce(sum(people), 0)::bigint FROM zone_entries_per_hour").await?,
+        count(&mut conn, "SELECT coalesce(sum(people), 0)::bigint FROM zone_entries_per_hour('-infinity', 'infinity')").await?,
     );
     assert!(stored.2 > 0 && stored.2 <= of("zone_enter") + of("line_in") + of("line_out"), "{stored:?}");
     // The views: each track's zones visited are the zones it entered; each exit is a visit in
@@ -121,8 +121,11 @@ async fn live_events_are_stored_once_and_a_recount_reproduces_them() -> Result<(
         count(&mut conn, "SELECT coalesce(sum(cardinality(zones)), 0)::bigint FROM track_zones").await?,
         count(&mut conn, "SELECT count(DISTINCT (track_id, rule)) FROM zone_events WHERE kind = 'zone_enter'").await?
     );
-    assert_eq!(count(&mut conn, "SELECT coalesce(sum(visits), 0)::bigint FROM zone_dwell").await?, of("zone_exit"));
-    let per_minute = count(&mut conn, "SELECT coalesce(max(people), 0) FROM tracked_people_per_minute").await?;
+    assert_eq!(
+        count(&mut conn, "SELECT coalesce(sum(visits), 0)::bigint FROM zone_dwell('-infinity', 'infinity')").await?,
+        of("zone_exit")
+    );
+    let per_minute = count(&mut conn, "SELECT coalesce(max(people), 0) FROM tracked_people_per_minute('-infinity', 'infinity')").await?;
     assert!(per_minute > 0 && per_minute <= tracks, "{per_minute} people in a minute of {tracks} tracks");
 
     // The same file again: the same run and session, the same events: nothing new.
@@ -133,7 +136,7 @@ async fn live_events_are_stored_once_and_a_recount_reproduces_them() -> Result<(
         (
             count(&mut conn, "SELECT count(*) FROM zone_events").await?,
             count(&mut conn, "SELECT count(*) FROM zone_occupancy").await?,
-            count(&mut conn, "SELECT coalesce(sum(people), 0)::bigint FROM zone_entries_per_hour").await?
+            count(&mut conn, "SELECT coalesce(sum(people), 0)::bigint FROM zone_entries_per_hour('-infinity', 'infinity')").await?
         ),
         stored,
         "a replay stores nothing new"
