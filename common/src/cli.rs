@@ -45,7 +45,12 @@ fn names_flag(message: &str, flag: &str) -> bool {
 /// a missing subcommand, exit 2); any other error is one `ERROR` line and exit 2 (call
 /// `telemetry::init_logs` first).
 pub fn parse<T: clap::Parser>() -> (T, Given) {
-    parse_from::<T>(std::env::args_os()).unwrap_or_else(|e| match e {
+    parse_args(std::env::args_os())
+}
+
+/// [`parse`] of these arguments (the first is the program's name).
+pub fn parse_args<T: clap::Parser>(args: impl IntoIterator<Item = impl Into<OsString>>) -> (T, Given) {
+    parse_from::<T>(args).unwrap_or_else(|e| match e {
         Refused::Display(e) => {
             let _ = e.print();
             crate::telemetry::exit(e.exit_code() as u8)

@@ -10,16 +10,23 @@ use rdkafka::ClientContext;
 
 use crate::secret::{hide, is_secret_name, Secret};
 
-/// The Kafka flags of both services.
+/// The Kafka flags of both services: the connection and the topic.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers, comma-separated HOST:PORT.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    #[command(flatten)]
+    pub connection: KafkaConnection,
 
     /// Kafka topic: the detector publishes to it, the sink consumes it.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "detections")]
     pub topic: String,
+}
+
+/// Where the brokers are and how to reach them (every Kafka flag but a topic).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaConnection {
+    /// Kafka bootstrap servers, comma-separated HOST:PORT.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
 
     /// Extra librdkafka property, as kcat takes it (repeatable): -X security.protocol=SASL_SSL.
     /// Values of secret-named keys (sasl.password, ssl.key.password, ...) are never shown; give
@@ -39,6 +46,24 @@ pub struct KafkaArgs {
 pub struct PropertiesFile(pub Vec<Property>);
 
 impl KafkaArgs {
+    /// As [`KafkaConnection::apply`].
+    pub fn apply(&self, cfg: &mut ClientConfig) {
+        self.connection.apply(cfg);
+    }
+
+    /// As [`KafkaConnection::shown`].
+    pub fn shown(&self) -> Vec<String> {
+        self.connection.shown()
+    }
+
+    /// [`KafkaConnection::check`], and a topic name Kafka takes.
+    pub fn check(&self) -> Result<(), String> {
+        self.connection.check()?;
+        check_topic("--topic", &self.topic)
+    }
+}
+
+impl KafkaConnection {
     /// Sets the brokers and the properties (the file's, then `-X`); called after the service's own
     /// settings, so that the user's win over them.
     pub fn apply(&self, cfg: &mut ClientConfig) {
@@ -54,11 +79,10 @@ impl KafkaArgs {
     }
 
     /// Refuses what no broker can fix, before anything connects: an empty or malformed broker
-    /// list, a topic name Kafka does not take, a property librdkafka does not know or a value it
-    /// refuses (checked by librdkafka itself, without a connection).
+    /// list, a property librdkafka does not know or a value it refuses (checked by librdkafka
+    /// itself, without a connection).
     pub fn check(&self) -> Result<(), String> {
         check_brokers(&self.brokers)?;
-        check_topic("--topic", &self.topic)?;
         let mut cfg = ClientConfig::new();
         self.apply(&mut cfg);
         cfg.create_native_config().map(drop).map_err(|e| match e {
@@ -234,10 +258,12 @@ mod tests {
     #[test]
     fn what_no_broker_can_fix_is_refused_before_connecting() {
         let args = |brokers: &str, topic: &str, props: &[&str]| KafkaArgs {
-            brokers: brokers.into(),
+            connection: KafkaConnection {
+                brokers: brokers.into(),
+                properties: props.iter().map(|p| parse_property(p).unwrap()).collect(),
+                kafka_config: None,
+            },
             topic: topic.into(),
-            properties: props.iter().map(|p| parse_property(p).unwrap()).collect(),
-            kafka_config: None,
         };
         assert!(args("127.0.0.1:9092,[::1]:9092,SSL://b:9093,b2", "detections", &["linger.ms=5"]).check().is_ok());
         for (a, needle) in [

@@ -181,6 +181,49 @@ pub fn redact(text: &str) -> String {
     shown
 }
 
+/// `${NAME}` references replaced by the environment's values, each hidden from the logs: how a
+/// camera's credentials stay out of a cameras file or the camera catalog that many can read
+/// (`rtsp://${CAM3_USER}:${CAM3_PASSWORD}@cam-3/stream`, NAME set on each host that runs it).
+/// Why not, in a sentence that names the reference, never a value.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let name = after.find('}').map(|end| &after[..end]).filter(|n| is_variable_name(n));
+        let Some(name) = name else {
+            return Err("a ${ that does not start a reference ${NAME} (NAME: letters, digits, _)".into());
+        };
+        let value = std::env::var(name).map_err(|_| format!("${{{name}}} is not set in this host's environment"))?;
+        hide(&value);
+        out.push_str(&value);
+        rest = &after[name.len() + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_variable_name(n: &str) -> bool {
+    n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether a URL gives a secret (its password, a secret-named query value) in clear rather than as
+/// `${NAME}` references ([`expand_env`]).
+pub fn url_has_clear_secret(text: &str) -> bool {
+    let references_only = |s: &str| {
+        let mut rest = s;
+        while let Some(r) = rest.strip_prefix("${") {
+            match r.find('}') {
+                Some(end) if is_variable_name(&r[..end]) => rest = &r[end + 1..],
+                _ => return false,
+            }
+        }
+        rest.is_empty()
+    };
+    Url::parse(text).is_ok_and(|url| url_secrets(&url).into_iter().any(|s| !references_only(s)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +280,40 @@ mod tests {
             ("ssl.keystore.password", true),
         ] {
             assert_eq!(is_secret_name(name), secret, "{name}");
+        }
+    }
+
+    #[test]
+    fn references_are_expanded_from_the_environment_and_hidden() {
+        std::env::set_var("SECRET_TEST_CAM_PASSWORD", "s3cr3t-pw");
+        std::env::set_var("SECRET_TEST_CAM_USER", "viewer");
+        let url = expand_env("rtsp://${SECRET_TEST_CAM_USER}:${SECRET_TEST_CAM_PASSWORD}@cam-3/s").unwrap();
+        assert_eq!(url, "rtsp://viewer:s3cr3t-pw@cam-3/s");
+        assert_eq!(redact("opening s3cr3t-pw"), "opening ***");
+        assert_eq!(expand_env("/videos/a.mp4").unwrap(), "/videos/a.mp4");
+        assert_eq!(
+            expand_env("a${SECRET_TEST_UNSET_NAME}b").unwrap_err(),
+            "${SECRET_TEST_UNSET_NAME} is not set in this host's environment"
+        );
+        for bad in ["a${", "a${}", "a${1X}", "a${X Y}"] {
+            assert!(expand_env(bad).unwrap_err().contains("does not start a reference"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_secret_in_clear_is_told_from_a_reference() {
+        for (url, clear) in [
+            ("rtsp://u:pw@cam/s", true),
+            ("rtsp://u:${PW}@cam/s", false),
+            ("rtsp://${U}:${PW}@cam/s", false),
+            ("rtsp://u:${PW}x@cam/s", true),
+            ("rtsp://u:@cam/s", false),
+            ("rtsp://u@cam/s", false),
+            ("http://cam/s?token=abc", true),
+            ("http://cam/s?token=${TOKEN}", false),
+            ("/videos/a.mp4", false),
+        ] {
+            assert_eq!(url_has_clear_secret(url), clear, "{url}");
         }
     }
 }

@@ -22,7 +22,7 @@ pub enum OutputKind {
 /// Reads video, finds people with a YOLO model in ONNX Runtime, and publishes one JSON message per
 /// frame (wire schema v3) to Kafka.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. See docs/detector.md.")]
+#[command(version, about, long_about = None, after_help = "Logs go to standard error, at the level RUST_LOG sets (default: info). Exit codes: 0 done, 2 a setting to fix, 3 an outage, 130 a second signal. `detector cameras --help`: the camera catalog of a fleet (docs/fleet.md). See docs/detector.md.")]
 pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0). A password
     /// in the URL is never shown.
@@ -187,6 +187,14 @@ pub struct Camera {
     pub crowd: Option<Crowd>,
     /// Zones and lines over its tracks (`[camera.rules]` in the cameras file; none from flags).
     pub rules: analytics::RulesConfig,
+}
+
+/// Whether a cameras file's `${NAME}` references in sources are expanded (to run the cameras) or
+/// kept as written (to store them in the camera catalog, where they are expanded by each host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum References {
+    Expand,
+    AsWritten,
 }
 
 /// A crowd alert's threshold for one camera.
@@ -369,26 +377,22 @@ impl Config {
 
     /// The one camera of `--source`, or the entries of `--cameras` with the flags as defaults.
     fn cameras(&self) -> Result<Vec<Camera>, DetectorError> {
-        let from_flags = |id: &str, source: &str| Camera {
-            id: id.to_string(),
-            source: source.to_string(),
-            looped: self.looped,
-            realtime: self.realtime,
-            max_fps: self.max_fps,
-            open_timeout_s: self.open_timeout_s,
-            read_timeout_s: self.read_timeout_s,
-            crowd: self.crowd_people.map(|people| Crowd { people, seconds: self.crowd_seconds }),
-            rules: analytics::RulesConfig::default(),
-        };
         let Some(path) = &self.cameras else {
             // clap requires one of --source and --cameras.
-            let camera = from_flags(&self.camera_id, self.source.as_ref().map(SecretUrl::expose).unwrap_or_default());
+            let camera = self.camera_with_flags(&self.camera_id, self.source.as_ref().map(SecretUrl::expose).unwrap_or_default());
             camera.validate().map_err(DetectorError::Config)?;
             return Ok(vec![camera]);
         };
-        let in_file = |why: String| DetectorError::Config(format!("--cameras {}: {why}", path.display()));
-        let text = std::fs::read_to_string(path).map_err(|e| in_file(format!("cannot read: {e}")))?;
-        let file: CamerasFile = toml::from_str(&text).map_err(|e| {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| DetectorError::Config(format!("--cameras {}: cannot read: {e}", path.display())))?;
+        self.cameras_in(&text, &format!("--cameras {}", path.display()), References::Expand)
+    }
+
+    /// The cameras of a cameras file's text (`origin` names it in errors), the flags as defaults,
+    /// each validated; sources' `${NAME}` references expanded from the environment or not.
+    pub fn cameras_in(&self, text: &str, origin: &str, references: References) -> Result<Vec<Camera>, DetectorError> {
+        let in_file = |why: String| DetectorError::Config(format!("{origin}: {why}"));
+        let file: CamerasFile = toml::from_str(text).map_err(|e| {
             // toml's Display draws the line over several; one line with its number reads better in logs.
             let line = e.span().map_or(0, |s| text[..s.start].matches('\n').count() + 1);
             in_file(format!("line {line}: {}", e.message()))
@@ -400,8 +404,13 @@ impl Config {
         for entry in file.camera {
             let line = text[..entry.span().start].matches('\n').count() + 1;
             let e = entry.into_inner();
-            hide_url(&e.source);
-            let defaults = from_flags(&e.id, &e.source);
+            let source = match references {
+                References::Expand => common::secret::expand_env(&e.source)
+                    .map_err(|why| in_file(format!("line {line}: camera {:?}: source: {why}", e.id)))?,
+                References::AsWritten => e.source.clone(),
+            };
+            hide_url(&source);
+            let defaults = self.camera_with_flags(&e.id, &source);
             let camera = Camera {
                 looped: e.looped.unwrap_or(defaults.looped),
                 realtime: e.realtime.unwrap_or(defaults.realtime),
@@ -422,6 +431,21 @@ impl Config {
             cameras.push(camera);
         }
         Ok(cameras)
+    }
+
+    /// A camera with the flags' options.
+    fn camera_with_flags(&self, id: &str, source: &str) -> Camera {
+        Camera {
+            id: id.to_string(),
+            source: source.to_string(),
+            looped: self.looped,
+            realtime: self.realtime,
+            max_fps: self.max_fps,
+            open_timeout_s: self.open_timeout_s,
+            read_timeout_s: self.read_timeout_s,
+            crowd: self.crowd_people.map(|people| Crowd { people, seconds: self.crowd_seconds }),
+            rules: analytics::RulesConfig::default(),
+        }
     }
 
     pub fn intra_threads(&self) -> usize {

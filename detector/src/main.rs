@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use common::telemetry::exit;
 use detector::error::DetectorError;
-use detector::{config, pipeline, source};
+use detector::{catalog, config, pipeline, source};
 
 fn main() {
     // First: every line from here on passes through the redaction.
     common::telemetry::init_logs();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cameras") {
+        cameras();
+    }
     let (cfg, given) = common::cli::parse::<config::Config>();
     let stop = on_signals();
 
@@ -46,6 +49,22 @@ fn main() {
         }
         Err(DetectorError::Stopped) => {
             tracing::info!("{}", DetectorError::Stopped);
+            exit(0)
+        }
+        Err(e) => {
+            tracing::error!(blame = %e.blame(), retryable = e.retryable(), "{}", given.name_variables(&e.to_string()));
+            exit(e.exit_code() as u8)
+        }
+    }
+}
+
+/// `detector cameras ...`: manages the camera catalog (docs/fleet.md); prints what it did.
+fn cameras() -> ! {
+    let args = std::iter::once("detector cameras".into()).chain(std::env::args_os().skip(2));
+    let (cli, given) = common::cli::parse_args::<catalog::CatalogCli>(args);
+    match catalog::run(cli) {
+        Ok(out) => {
+            print!("{out}");
             exit(0)
         }
         Err(e) => {

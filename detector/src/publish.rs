@@ -192,7 +192,7 @@ impl KafkaOutput {
         stop: &AtomicBool,
     ) -> Result<Self, DetectorError> {
         let schema_id = cfg.schema_registry.as_ref().map(|url| register_schema(url.expose(), &cfg.kafka.topic)).transpose()?;
-        tracing::info!(brokers = %cfg.kafka.brokers, topic = %cfg.kafka.topic, extra = ?cfg.kafka.shown(), "connecting to kafka");
+        tracing::info!(brokers = %cfg.kafka.connection.brokers, topic = %cfg.kafka.topic, extra = ?cfg.kafka.shown(), "connecting to kafka");
         let deliveries = Arc::new(Deliveries::new(stats));
         let make = |policy: Policy| -> Result<Option<Kafka>, DetectorError> {
             if !policies.contains(&policy) {
@@ -226,7 +226,7 @@ impl KafkaOutput {
                     return Err(DetectorError::Stopped);
                 }
                 if Instant::now() >= deadline {
-                    return Err(DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.kafka.brokers)));
+                    return Err(DetectorError::Kafka(format!("cannot reach the brokers at {}: {e}", cfg.kafka.connection.brokers)));
                 }
             }
             Ok(Some(producer))
