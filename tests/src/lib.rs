@@ -397,6 +397,26 @@ pub struct Spawned {
     stderr: Arc<Mutex<String>>,
 }
 
+/// A live camera's detector started, left to publish `frames` more messages to `topic`, and
+/// stopped by SIGTERM (which must end it cleanly), `rounds` times: a restarted detector. The
+/// topic's size after the last round.
+pub fn restarted_detector(topic: &str, rounds: u32, frames: i64, detector: impl Fn() -> Command) -> Result<i64> {
+    let mut published = topic_size(topic)?;
+    for round in 0..rounds {
+        let det = Spawned::start(&mut detector())?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while topic_size(topic)? < published + frames {
+            ensure!(Instant::now() < deadline, "round {round}: no frames; stderr:\n{}", det.stderr());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        det.signal("TERM");
+        let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
+        ensure!(status.success(), "round {round}: {status}:\n{stderr}");
+        published = topic_size(topic)?;
+    }
+    Ok(published)
+}
+
 impl Spawned {
     pub fn start(cmd: &mut Command) -> Result<Self> {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;

@@ -4,7 +4,7 @@
 //! two frames.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use pipeline_tests::*;
@@ -134,23 +134,16 @@ async fn a_restarted_live_camera_keeps_every_frame_of_both_runs() -> Result<()> 
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     let mut conn = db.connect().await?;
 
-    let mut published = 0;
-    for round in 0..2 {
-        let det = Spawned::start(
-            Command::new(bin("detector"))
-                .args(["--source", &url, "--model", model().to_str().unwrap(), "--camera-id", "door", "--max-fps", "5"])
-                .args(["--topic", &topic, "--brokers", &brokers()]),
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while topic_size(&topic)? < published + 15 {
-            ensure!(Instant::now() < deadline, "round {round}: no frames; stderr:\n{}", det.stderr());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        det.signal("TERM");
-        let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
-        ensure!(status.success(), "round {round}: {status}:\n{stderr}");
-        published = topic_size(&topic)?;
-    }
+    let published = restarted_detector(&topic, 2, 15, || {
+        let mut cmd = Command::new(bin("detector"));
+        cmd.args(["--source", &url, "--model", model().to_str().unwrap(), "--camera-id", "door", "--max-fps", "5"]).args([
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers(),
+        ]);
+        cmd
+    })?;
     wait_accounted(&mut conn, &topic).await?;
     let log = sink.stop()?;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, published, "every published frame is a row\n{log}");

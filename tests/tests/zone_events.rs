@@ -196,27 +196,11 @@ async fn a_restarted_live_camera_closes_each_session_and_mixes_none() -> Result<
     let (topic, db) = fresh_topic_and_db("livezones", 1).await?;
     let sink = SinkProcess::start(&db.url, &topic, &unique("group"), &[])?;
     let mut conn = db.connect().await?;
-    let mut published = 0;
-    for round in 0..2 {
-        let det = Spawned::start(Command::new(bin("detector")).arg("--cameras").arg(&cameras).args([
-            "--model",
-            model().to_str().unwrap(),
-            "--track",
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers(),
-        ]))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        while topic_size(&topic)? < published + 20 {
-            ensure!(std::time::Instant::now() < deadline, "round {round}: no frames; stderr:\n{}", det.stderr());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        det.signal("TERM");
-        let (status, _, stderr) = det.finish(Duration::from_secs(60))?;
-        ensure!(status.success(), "round {round}: {status}:\n{stderr}");
-        published = topic_size(&topic)?;
-    }
+    let published = restarted_detector(&topic, 2, 20, || {
+        let mut cmd = Command::new(bin("detector"));
+        cmd.arg("--cameras").arg(&cameras).arg("--model").arg(model()).arg("--track").args(["--topic", &topic, "--brokers", &brokers()]);
+        cmd
+    })?;
     wait_accounted(&mut conn, &topic).await?;
     let log = sink.stop()?;
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, published, "{log}");
