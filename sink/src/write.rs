@@ -9,13 +9,16 @@
 //!    then reads again from the stored offset;
 //! 2. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
 //!    frame delivered again) redoes the part through the staging merge, which inserts only frames
-//!    not stored yet, with their own detections and track observations. Rows the database refuses for what they hold (a
-//!    CHECK a DBA added, a character the database encoding lacks, a key conflict the merge meets)
-//!    are found by bisecting the part with savepoints, sent to the dead-letter topic with the
-//!    database's error, and the rest is stored: one bad row never stops its partition;
+//!    not stored yet, with their own detections and track observations;
 //! 3. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks),
 //!    and the zone and line events of the frames it accepted, new or replayed (`events`);
 //! 4. commits.
+//!
+//! Rows the database refuses for what they hold (a CHECK a DBA added, a character the database
+//! encoding lacks, in a frame or in its events, a key conflict the merge meets) are found by
+//! bisecting the part with savepoints, each half's frames merged with their events; they are sent
+//! to the dead-letter topic with the database's error, and the rest is stored: one bad row never
+//! stops its partition.
 //!
 //! An error that may pass (classified in `error`) retries the part with backoff while the loop
 //! pauses consumption; an error that cannot pass ends the sink, with nothing of the part stored.
@@ -293,7 +296,8 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
             Some(m.new.into_iter().collect())
         }
         Path::Bisect => {
-            let (m, refused) = bisect(&mut tx, &part.batch).await?;
+            let (m, refused, events) = bisect(&mut tx, &part.batch, &w.conflicts).await?;
+            w.events = events;
             w.replayed += frames - refused.len() as u64 - m.frames - m.conflicts.len() as u64;
             (w.frames, w.detections, w.refused) = (m.frames, m.detections, refused.len() as u64);
             w.conflicts.extend(m.conflicts);
@@ -311,24 +315,46 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
     let stored: Vec<&Row> = part.batch.frames.iter().filter(|r| new.as_ref().is_none_or(|keys| keys.contains(&r.key()))).collect();
     rollup::add(&mut tx, &rollup::minutes(stored.iter().copied())).await?;
     rollup::add_tracks(&mut tx, &rollup::tracks(stored.iter().copied())).await?;
-    let accepted = part.batch.frames.iter().filter(|r| !w.conflicts.contains(&r.key()));
-    w.events = events::add(&mut tx, &events::Rows::of(accepted)).await?;
+    if path != Path::Bisect {
+        w.events = add_events(&mut tx, &part.batch.frames, &w.conflicts).await?;
+    }
     tx.commit().await?;
     Ok(Attempt::Written(w))
 }
 
-/// Finds the frames whose rows the database refuses: merges halves of the batch under savepoints,
-/// keeping what succeeds and splitting what fails, down to single frames. Returns what was
-/// merged and the refused frames' indexes with the database's error.
-async fn bisect(conn: &mut PgConnection, batch: &Batch) -> Result<(statements::Merged, BTreeMap<usize, String>), SinkError> {
+/// The zone and line events of the frames accepted (all but those whose key conflicts), stored
+/// new; how many.
+async fn add_events(conn: &mut PgConnection, frames: &[Row], conflicts: &[FrameKey]) -> Result<u64, SinkError> {
+    events::add(conn, &events::Rows::of(frames.iter().filter(|r| !conflicts.contains(&r.key())))).await
+}
+
+/// Finds the frames whose rows the database refuses: merges halves of the batch with their events
+/// under savepoints, keeping what succeeds and splitting what fails, down to single frames (so a
+/// frame whose events it refuses, a rule name its encoding lacks, is refused whole). Returns what
+/// was merged, the refused frames' indexes with the database's error, and the events stored new.
+async fn bisect(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    conflicts: &[FrameKey],
+) -> Result<(statements::Merged, BTreeMap<usize, String>, u64), SinkError> {
     let mut merged = statements::Merged { frames: 0, detections: 0, new: Vec::new(), conflicts: Vec::new() };
     let mut refused = BTreeMap::new();
+    let mut events = 0;
     let mut todo = vec![(0, batch.frames.len())];
     while let Some((lo, hi)) = todo.pop() {
         sqlx::query("SAVEPOINT bisect").execute(&mut *conn).await?;
-        match statements::merge(conn, &copy_streams(&batch.frames[lo..hi])).await {
+        let frames = &batch.frames[lo..hi];
+        let written = match statements::merge(conn, &copy_streams(frames)).await {
             Ok(m) => {
+                let conflicting: Vec<FrameKey> = conflicts.iter().chain(&m.conflicts).cloned().collect();
+                add_events(conn, frames, &conflicting).await.map(|e| (m, e))
+            }
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok((m, e)) => {
                 sqlx::query("RELEASE SAVEPOINT bisect").execute(&mut *conn).await?;
+                events += e;
                 merged.frames += m.frames;
                 merged.detections += m.detections;
                 merged.new.extend(m.new);
@@ -347,7 +373,7 @@ async fn bisect(conn: &mut PgConnection, batch: &Batch) -> Result<(statements::M
             Err(e) => return Err(e),
         }
     }
-    Ok((merged, refused))
+    Ok((merged, refused, events))
 }
 
 #[cfg(test)]

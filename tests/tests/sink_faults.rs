@@ -60,10 +60,21 @@ async fn a_sink_joining_and_leaving_under_load_repeats_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A tracked frame carrying one zone event under `rule`.
+fn with_zone_event(m: wire::FrameMessage, rule: &str) -> wire::FrameMessage {
+    let mut m = tracked_frame(m, uuid::Uuid::new_v8([9; 16]), 1);
+    let event = serde_json::json!({"kind": "zone_enter", "track": 1, "rule": rule, "frame": m.frame_seq,
+        "time": m.pts_ms as f64 / 1000.0, "confirmed_frame": m.frame_seq});
+    let event: wire::Event = serde_json::from_value(event).expect("a zone event");
+    m.tracker.as_mut().expect("tracked").rules = Some(wire::RulesOutput { version: 7, events: vec![event], occupancy: vec![] });
+    m
+}
+
 /// Rows the database refuses for what they hold, in the middle of good ones: a CHECK constraint a
-/// DBA added while the sink runs, and characters the database's encoding (LATIN1) cannot hold.
-/// Only those messages go to the dead-letter topic, with the database's error; the rest is stored
-/// and the sink carries on.
+/// DBA added while the sink runs, and characters the database's encoding (LATIN1) cannot hold, in
+/// a frame or in its zone events (a rule's name). Only those messages go to the dead-letter topic,
+/// with the database's error; the rest is stored, the good events with their frames, and the sink
+/// carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> Result<()> {
     let topic = unique("poison");
@@ -83,6 +94,11 @@ async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> Re
         } else if s % 400 == 9 {
             m.camera_id = format!("カメラ-{}", s % 3); // not in LATIN1
             bad.push((m.camera_id.clone(), s, "has no equivalent in encoding"));
+        } else if s % 500 == 11 {
+            m = with_zone_event(m, "入口"); // a rule name not in LATIN1
+            bad.push((m.camera_id.clone(), s, "has no equivalent in encoding"));
+        } else if s % 500 == 13 {
+            m = with_zone_event(m, "door");
         }
         messages.push(m);
     }
@@ -95,6 +111,8 @@ async fn rows_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> Re
     let log = sink.stop()?;
     assert_eq!(done, 3000, "{log}");
     assert_eq!(count(&mut conn, "SELECT count(*) FROM frames").await?, 3000 - bad.len() as i64, "{log}");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM zone_events WHERE rule = 'door'").await?, 6, "the good events, with their frames");
+    assert_eq!(count(&mut conn, "SELECT count(*) FROM zone_events").await?, 6, "{log}");
     assert_eq!(metric(&metrics, "sink_rows_refused_total"), Some(bad.len() as f64), "{metrics}");
     let dead = read_topic(&format!("{topic}.dlq"), Duration::from_secs(30))?;
     assert_eq!(dead.len(), bad.len(), "{log}");
