@@ -23,10 +23,9 @@ pub struct Tracker {
     session: Uuid,
     clock: wire::Clock,
     counter: analytics::Counter,
-    version: u64,
     zones: ZoneStats,
     /// Events and samples past a message's bound, for the next frame's message (a crowd on many
-    /// zones at once; `wire::MAX_EVENTS`).
+    /// zones at once; `wire::MAX_EVENTS`), under the rules' version.
     backlog: wire::RulesOutput,
 }
 
@@ -36,13 +35,12 @@ impl Tracker {
         let live = SourceKind::of(&camera.source) == SourceKind::Live;
         let session = identity::tracker_session(run, live);
         let rules = analytics::Rules::new(&camera.rules).expect("rules validated with the config");
-        tracing::info!(camera = %camera.id, %session, rule_version = format!("{:016x}", rules.version()), zones = camera.rules.zones.len(), lines = camera.rules.lines.len(), "tracking");
         let version = rules.version();
+        tracing::info!(camera = %camera.id, %session, rule_version = format!("{version:016x}"), zones = camera.rules.zones.len(), lines = camera.rules.lines.len(), "tracking");
         Tracker {
             tracker: analytics::ByteTracker::new(config),
             session,
             clock: wire::Clock::of_session(session),
-            version,
             counter: analytics::Counter::new(rules),
             zones: ZoneStats::new(&camera.id, &camera.rules),
             backlog: wire::RulesOutput::empty(version),
@@ -73,9 +71,10 @@ impl Tracker {
         let seen: Vec<analytics::Observation> = tracks.iter().map(|t| observation(t, &published)).collect();
         // Frames come in order, each track once: the counter cannot refuse them.
         let output = self.counter.update(analytics::FrameTime { seq: meta.seq, time }, &seen).expect("frames in order");
-        let new = wire::RulesOutput::new(self.version, &output);
+        let version = self.backlog.version;
+        let new = wire::RulesOutput::new(version, &output);
         self.zones.observe(&self.counter.presences(), &new.events);
-        let mut rules = std::mem::replace(&mut self.backlog, wire::RulesOutput::empty(self.version));
+        let mut rules = std::mem::replace(&mut self.backlog, wire::RulesOutput::empty(version));
         rules.append(new);
         self.backlog = rules.split_at_bound();
         (published, wire::Tracker { session: self.session, tracks, rules: Some(rules) })
@@ -85,7 +84,7 @@ impl Tracker {
     /// open presence's exit and every track's end, after what still waits in the backlog, to ride
     /// in that last frame's message.
     pub fn finish(self) -> wire::RulesOutput {
-        let ended = wire::RulesOutput::new(self.version, &self.counter.finish());
+        let ended = wire::RulesOutput::new(self.backlog.version, &self.counter.finish());
         self.zones.ended(&ended.events);
         let mut rules = self.backlog;
         rules.append(ended);
@@ -95,7 +94,7 @@ impl Tracker {
 
 /// What the rules see of a track: its box, and the keypoints of the published detection it
 /// matched (none for a low-score track, as none are stored for it).
-pub fn observation(t: &wire::Track, published: &[wire::Detection]) -> analytics::Observation {
+fn observation(t: &wire::Track, published: &[wire::Detection]) -> analytics::Observation {
     let keypoints = t.detection.and_then(|d| published[d].keypoints.as_deref());
     analytics::Observation::from_f32(t.id, [t.bbox.x1, t.bbox.y1, t.bbox.x2, t.bbox.y2], keypoints)
 }
