@@ -158,6 +158,7 @@ pub mod tests {
             model: wire::ModelInfo { name: "m".into(), sha256: "00000000".into(), keypoints: 0 },
             detections: vec![d; detections],
             tracker: None,
+            epoch: None,
         };
         Row::new(msg, Consumed { partition, offset, key: None, payload: Some(b"{}".to_vec()) })
     }

@@ -319,6 +319,7 @@ mod tests {
             model: wire::ModelInfo { name: "m".into(), sha256: "00000000".into(), keypoints: 17 },
             detections: vec![d; persons],
             tracker: None,
+            epoch: None,
         };
         Row { msg, partition: 0, offset: 0, key: None, payload: Vec::new() }
     }

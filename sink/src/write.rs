@@ -396,6 +396,7 @@ mod tests {
             model: wire::ModelInfo { name: "m".into(), sha256: "0123abcd".into(), keypoints: 0 },
             detections: vec![],
             tracker: None,
+            epoch: None,
         };
         batch.push(crate::message::Row::new(msg, crate::message::Consumed { partition: 2, offset: 41, key: None, payload: None }));
         // A frame with nobody in it is a frames row and no detections or tracks stream at all.

@@ -267,6 +267,7 @@ pub fn synthetic_frame(camera: &str, seq: u64, persons: usize) -> wire::FrameMes
         model: wire::ModelInfo { name: "synthetic".into(), sha256: "0123456789ab".into(), keypoints: 17 },
         detections,
         tracker: None,
+        epoch: None,
     }
 }
 

@@ -53,6 +53,9 @@ pub struct FrameMessage {
     pub detections: Vec<Detection>,
     /// The camera's tracker on this frame (v3, with the detector's `--track`); `None`: not tracked.
     pub tracker: Option<Tracker>,
+    /// The camera's lease when a fleet runs it (v3, `detector --fleet`): grows with every change
+    /// of the camera's host, so a frame of an older epoch than one stored is a stale host's.
+    pub epoch: Option<u64>,
 }
 
 /// Most events and occupancy samples in one message: far above what a frame reports (a track
@@ -310,6 +313,8 @@ struct Raw {
     detections: Vec<Detection>,
     #[serde(default)]
     tracker: Option<RawTracker>,
+    #[serde(default)]
+    epoch: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +359,8 @@ struct V3<'a> {
     detections: &'a [Detection],
     #[serde(skip_serializing_if = "Option::is_none")]
     tracker: Option<TrackerOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -399,6 +406,7 @@ impl FrameMessage {
                     occupancy: &r.occupancy,
                 }),
             }),
+            epoch: self.epoch,
         };
         serde_json::to_vec(&v3).expect("a FrameMessage always serializes")
     }
@@ -447,6 +455,12 @@ impl Raw {
         };
         if self.schema_version < 3 && self.tracker.is_some() {
             return Err(field("tracker", &format!("is not part of schema_version {}", self.schema_version)));
+        }
+        if self.schema_version < 3 && self.epoch.is_some() {
+            return Err(field("epoch", &format!("is not part of schema_version {}", self.schema_version)));
+        }
+        if self.epoch.is_some_and(|e| e > i64::MAX as u64) {
+            return Err(field("epoch", "must be at most 2^63 - 1"));
         }
         if !is_label(&self.camera_id, MAX_LABEL_CHARS) {
             return Err(field("camera_id", "must be 1 to 128 characters, none of them control characters"));
@@ -509,6 +523,7 @@ impl Raw {
             model: ModelInfo { name: self.model.name, sha256: self.model.sha256, keypoints: keypoints as u32 },
             detections: self.detections,
             tracker,
+            epoch: self.epoch,
         })
     }
 }

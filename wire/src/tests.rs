@@ -42,6 +42,7 @@ fn sample() -> FrameMessage {
                 occupancy: vec![Occupancy { zone: "queue".into(), second: 0, count: 1 }],
             }),
         }),
+        epoch: Some(42),
     }
 }
 
@@ -69,6 +70,7 @@ fn sample_v2() -> Value {
     let mut v = sample_json();
     v["schema_version"] = 2.into();
     v.as_object_mut().unwrap().remove("tracker");
+    v.as_object_mut().unwrap().remove("epoch");
     v
 }
 
@@ -264,6 +266,9 @@ fn json_schema_and_checks_agree_on_every_bound() {
         ("frame_seq at 2^63 - 1", vec![("/frame_seq", i64_max.clone())], true, true),
         ("frame_seq at 2^63", vec![("/frame_seq", past_i64.clone())], false, false),
         ("frame_seq negative", vec![("/frame_seq", json!(-1))], false, false),
+        ("epoch at 2^63 - 1", vec![("/epoch", i64_max.clone())], true, true),
+        ("epoch at 2^63", vec![("/epoch", past_i64.clone())], false, false),
+        ("epoch negative", vec![("/epoch", json!(-1))], false, false),
         ("pts_ms at -2^63", vec![("/pts_ms", json!(i64::MIN))], true, true),
         ("pts_ms at 2^63", vec![("/pts_ms", past_i64.clone())], false, false),
         ("frame_width 0", vec![("/frame_width", json!(0))], false, false),
@@ -406,7 +411,12 @@ fn json_schema_matches_the_type() {
     assert_eq!(keys(&schema["properties"]), keys(&msg));
     let mut required: Vec<String> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     required.sort();
-    assert_eq!(required, keys(&msg).into_iter().filter(|k| k != "tracker").collect::<Vec<_>>(), "all but the tracker");
+    assert_eq!(
+        required,
+        keys(&msg).into_iter().filter(|k| k != "tracker" && k != "epoch").collect::<Vec<_>>(),
+        "all but the tracker and the epoch"
+    );
+    assert_eq!(schema["properties"]["epoch"]["maximum"], json!(i64::MAX));
     assert_eq!(keys(&schema["properties"]["model"]["properties"]), keys(&msg["model"]));
     assert_eq!(keys(&schema["definitions"]["detection"]["properties"]), keys(&msg["detections"][0]));
     assert_eq!(schema["properties"]["schema_version"]["enum"], json!([2, SCHEMA_VERSION]), "v2's messages are v3's too");
