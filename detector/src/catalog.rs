@@ -261,15 +261,7 @@ impl Catalog {
         let mut kafka = ClientConfig::new();
         kafka.set("client.id", "detector-cameras");
         t.kafka.apply(&mut kafka);
-        let admin: AdminClient<DefaultClientContext> = kafka.create().map_err(kafka_error)?;
-        let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
-        let topic = NewTopic::new(&t.catalog, t.partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-        let created = futures_executor::block_on(admin.create_topics([&topic], &options)).map_err(kafka_error)?;
-        match created.into_iter().next() {
-            Some(Ok(_)) => tracing::info!(topic = %t.catalog, partitions = t.partitions, "camera catalog created, compacted"),
-            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) | None => Catalog::check_compacted(&admin, &t.catalog)?,
-            Some(Err((_, code))) => return Err(DetectorError::Kafka(format!("cannot create the catalog topic {}: {code}", t.catalog))),
-        }
+        create_compacted(&kafka, &t.catalog, t.partitions, "catalog")?;
         let mut producing = kafka.clone();
         producing.set("enable.idempotence", "true").set("acks", "all");
         let producer: FutureProducer = producing.create().map_err(kafka_error)?;
@@ -290,8 +282,8 @@ impl Catalog {
         Ok(Catalog { topic: t.catalog.clone(), kafka, producer, partitions })
     }
 
-    /// A catalog topic that was there already must be compacted.
-    fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<(), DetectorError> {
+    /// A topic that was there already must be compacted.
+    fn check_compacted(admin: &AdminClient<DefaultClientContext>, topic: &str, what: &str) -> Result<(), DetectorError> {
         let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
         let described =
             futures_executor::block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options)).map_err(kafka_error)?;
@@ -300,7 +292,7 @@ impl Catalog {
         let policy = config.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default();
         if !policy.split(',').any(|p| p.trim() == "compact") {
             return Err(DetectorError::Config(format!(
-                "the catalog topic {topic} has cleanup.policy={policy:?}: it must be compacted, or retention would delete cameras"
+                "the {what} topic {topic} has cleanup.policy={policy:?}: it must be compacted, or retention would delete its records"
             )));
         }
         Ok(())
@@ -401,12 +393,27 @@ impl Catalog {
     }
 }
 
+/// Creates `topic` compacted with `partitions` if it is missing; one that is there and not
+/// compacted is refused. `what` names it in messages (catalog, leases).
+pub fn create_compacted(kafka: &ClientConfig, topic: &str, partitions: i32, what: &str) -> Result<(), DetectorError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.create().map_err(kafka_error)?;
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let created = futures_executor::block_on(admin.create_topics([&new], &options)).map_err(kafka_error)?;
+    match created.into_iter().next() {
+        Some(Ok(_)) => tracing::info!(%topic, partitions, "{what} topic created, compacted"),
+        Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) | None => Catalog::check_compacted(&admin, topic, what)?,
+        Some(Err((_, code))) => return Err(DetectorError::Kafka(format!("cannot create the {what} topic {topic}: {code}"))),
+    }
+    Ok(())
+}
+
 /// The partition with the fewest cameras, the first of them on a tie.
 fn least_loaded(stored: &BTreeMap<String, Stored>, partitions: i32) -> i32 {
     (0..partitions).min_by_key(|p| stored.values().filter(|s| s.partition == *p).count()).unwrap_or(0)
 }
 
-fn kafka_error(e: rdkafka::error::KafkaError) -> DetectorError {
+pub fn kafka_error(e: rdkafka::error::KafkaError) -> DetectorError {
     DetectorError::Kafka(e.to_string())
 }
 

@@ -26,7 +26,7 @@ pub enum OutputKind {
 pub struct Config {
     /// Video file, image file, rtsp:// or http(s):// URL, or V4L2 device (/dev/video0). A password
     /// in the URL is never shown.
-    #[arg(long, env = "DETECTOR_SOURCE", hide_env_values = true, required_unless_present = "cameras", conflicts_with = "cameras")]
+    #[arg(long, env = "DETECTOR_SOURCE", hide_env_values = true, required_unless_present_any = ["cameras", "group"], conflicts_with = "cameras")]
     pub source: Option<SecretUrl>,
 
     /// TOML file listing many cameras (`[[camera]]` tables with `id`, `source` and per-camera
@@ -34,6 +34,9 @@ pub struct Config {
     /// below are the defaults for its entries. See docs/detector.md, "Many cameras".
     #[arg(long, env = "DETECTOR_CAMERAS", value_name = "FILE")]
     pub cameras: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 
     /// Frames (of any cameras) run in one ONNX Runtime call, when the model's batch dimension is
     /// dynamic (a model with a fixed batch of 1 runs them one by one).
@@ -171,6 +174,48 @@ pub struct Config {
     /// anyone with the folder can open. See docs/detector.md, "Snapshots and privacy".
     #[arg(long, env = "DETECTOR_SNAPSHOT_BLUR_HEADS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub snapshot_blur_heads: bool,
+}
+
+/// A host of a fleet: its cameras come from the camera catalog (docs/fleet.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Join the fleet of detector hosts GROUP (a Kafka consumer group on the camera catalog) and
+    /// run the cameras of the catalog partitions it is assigned, instead of --source/--cameras.
+    #[arg(long = "fleet", env = "DETECTOR_FLEET", value_name = "GROUP", conflicts_with_all = ["source", "cameras"])]
+    pub group: Option<String>,
+
+    /// The camera catalog's topic (`detector cameras`); its leases are in `<topic>.leases`.
+    #[arg(long, env = "DETECTOR_CATALOG_TOPIC", default_value = "cameras", value_name = "TOPIC")]
+    pub catalog: String,
+
+    /// This host's static member id in the group (default: the host name). A host restarted
+    /// with the same id within the session timeout gets its cameras back; two hosts must not
+    /// share one.
+    #[arg(long, env = "DETECTOR_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
+
+    /// Most cameras this host runs (0: no cap); the others of its partitions wait, counted in
+    /// detector_fleet_cameras{state="waiting"}, which an alert watches.
+    #[arg(long, env = "DETECTOR_MAX_CAMERAS", default_value_t = 0)]
+    pub max_cameras: usize,
+
+    /// How long the group waits for a silent host before its cameras go to the others.
+    #[arg(long, env = "DETECTOR_SESSION_TIMEOUT", default_value_t = 10)]
+    pub session_timeout_s: u64,
+}
+
+impl FleetArgs {
+    /// The member id: --instance-id, or the host name.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "detector".into())
+        })
+    }
 }
 
 /// One camera as the pipeline runs it: from the flags (`--source`) or an entry of `--cameras`.
@@ -340,7 +385,20 @@ impl Config {
         if self.output == OutputKind::Kafka {
             self.kafka.check().map_err(DetectorError::Config)?;
         }
-        let cameras = self.cameras()?;
+        let cameras = if self.fleet.group.is_some() {
+            if !(6..=1800).contains(&self.fleet.session_timeout_s) {
+                return Err(DetectorError::Config(format!(
+                    "--session-timeout-s must be within 6 and 1800 (the brokers' group.min/max.session.timeout.ms), got {}",
+                    self.fleet.session_timeout_s
+                )));
+            }
+            if self.output != OutputKind::Kafka {
+                return Err(DetectorError::Config("--fleet publishes to Kafka: --output stdout is for one process's own cameras".into()));
+            }
+            vec![] // from the catalog, as the group assigns them
+        } else {
+            self.cameras()?
+        };
         let has_rules = |c: &&Camera| !c.rules.zones.is_empty() || !c.rules.lines.is_empty();
         if let (false, Some(c)) = (self.track, cameras.iter().find(has_rules)) {
             return Err(DetectorError::Config(format!("camera {}'s zones and lines (rules) count tracks: they need --track", c.id)));

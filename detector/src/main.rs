@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use common::telemetry::exit;
 use detector::error::DetectorError;
-use detector::{catalog, config, pipeline, source};
+use detector::{catalog, config, fleet, pipeline, source};
 
 fn main() {
     // First: every line from here on passes through the redaction.
@@ -25,9 +25,17 @@ fn main() {
         tracing::warn!("--output stdout: {} not used (Kafka settings, for --output kafka)", unused.join(", "));
     }
     let result = cfg.validate().and_then(|cameras| {
-        // Here, while this is the only thread that reads the environment: it sets a variable.
-        source::select_rtsp_transport(cameras.iter().map(|c| c.source.as_str()), cfg.rtsp_transport);
-        pipeline::prepare(&cfg, &cameras, &stop).and_then(|p| p.run(&stop))
+        // Here, while this is the only thread that reads the environment: it sets a variable. A
+        // fleet host's cameras are not known yet: any may be RTSP.
+        let fleet = cfg.fleet.group.is_some();
+        let sources = cameras.iter().map(|c| c.source.as_str()).chain(fleet.then_some("rtsp://"));
+        source::select_rtsp_transport(sources, cfg.rtsp_transport);
+        let pipeline = pipeline::prepare(&cfg, &cameras, &stop)?;
+        if fleet {
+            fleet::run(&cfg, pipeline, &stop)
+        } else {
+            pipeline.run(&stop)
+        }
     });
     match result {
         Ok(s) => {

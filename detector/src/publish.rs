@@ -13,6 +13,7 @@
 //! takes) is counted and reported (ERROR, once per streak); once deliveries have failed for
 //! `--delivery-failure-timeout-s` without one succeeding, publishing stops with that error.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,25 +28,24 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::capture::Policy;
-use crate::config::{Camera, Config, OutputKind};
+use crate::config::{Config, OutputKind};
 use crate::decode::Decoder;
 use crate::error::DetectorError;
+use crate::lane::{Lane, Lanes, Policy};
 use crate::snapshot::Snapshots;
-use crate::stats::{self, total, CameraStats, Drop};
+use crate::stats::{self, Drop};
 use crate::track::Tracker;
-use crate::worker::{Inferred, BEAT_EVERY};
+use crate::worker::{Done, Inferred, BEAT_EVERY};
 
 /// What a message carries to its delivery report.
 pub struct Sent {
-    camera: usize,
+    lane: Arc<Lane>,
     people: usize,
     captured_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Counts delivery reports, which librdkafka hands back on its own thread, per camera.
 pub struct Deliveries {
-    stats: Arc<Vec<CameraStats>>,
     delivered: AtomicU64,
     expired: AtomicU64,
     failed: AtomicU64,
@@ -54,8 +54,8 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    fn new(stats: Arc<Vec<CameraStats>>) -> Self {
-        Deliveries { stats, delivered: AtomicU64::new(0), expired: AtomicU64::new(0), failed: AtomicU64::new(0), failing: Mutex::new(None) }
+    fn new() -> Self {
+        Deliveries { delivered: AtomicU64::new(0), expired: AtomicU64::new(0), failed: AtomicU64::new(0), failing: Mutex::new(None) }
     }
 
     /// How long deliveries have been failing, and why; `None` while they succeed.
@@ -92,7 +92,8 @@ impl ProducerContext for DeliveryContext {
 
 impl Deliveries {
     fn report(&self, result: &DeliveryResult<'_>, sent: &Sent) {
-        let camera = &self.stats[sent.camera];
+        sent.lane.reported();
+        let camera = &sent.lane.stats;
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -150,16 +151,10 @@ pub enum Output {
 
 impl Output {
     /// `client_id` names the producers to the brokers; `policies` are the cameras' policies.
-    pub fn open(
-        cfg: &Config,
-        client_id: &str,
-        policies: &[Policy],
-        stats: Arc<Vec<CameraStats>>,
-        stop: &AtomicBool,
-    ) -> Result<Self, DetectorError> {
+    pub fn open(cfg: &Config, client_id: &str, policies: &[Policy], stop: &AtomicBool) -> Result<Self, DetectorError> {
         match cfg.output {
             OutputKind::Stdout => Ok(Output::Stdout(std::io::LineWriter::new(std::io::stdout()))),
-            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stats, stop).map(Output::Kafka),
+            OutputKind::Kafka => KafkaOutput::connect(cfg, client_id, policies, stop).map(Output::Kafka),
         }
     }
 }
@@ -184,16 +179,10 @@ fn register_schema(url: &str, topic: &str) -> Result<u32, DetectorError> {
 }
 
 impl KafkaOutput {
-    fn connect(
-        cfg: &Config,
-        client_id: &str,
-        policies: &[Policy],
-        stats: Arc<Vec<CameraStats>>,
-        stop: &AtomicBool,
-    ) -> Result<Self, DetectorError> {
+    fn connect(cfg: &Config, client_id: &str, policies: &[Policy], stop: &AtomicBool) -> Result<Self, DetectorError> {
         let schema_id = cfg.schema_registry.as_ref().map(|url| register_schema(url.expose(), &cfg.kafka.topic)).transpose()?;
         tracing::info!(brokers = %cfg.kafka.connection.brokers, topic = %cfg.kafka.topic, extra = ?cfg.kafka.shown(), "connecting to kafka");
-        let deliveries = Arc::new(Deliveries::new(stats));
+        let deliveries = Arc::new(Deliveries::new());
         let make = |policy: Policy| -> Result<Option<Kafka>, DetectorError> {
             if !policies.contains(&policy) {
                 return Ok(None);
@@ -253,14 +242,7 @@ impl KafkaOutput {
 
     /// Hands the message to its policy's producer, waiting (and beating `heartbeat`) while the
     /// producer's queue is full.
-    fn send(
-        &mut self,
-        msg: &wire::FrameMessage,
-        camera: usize,
-        policy: Policy,
-        stop: &AtomicBool,
-        heartbeat: &Heartbeat,
-    ) -> Result<(), DetectorError> {
+    fn send(&mut self, msg: &wire::FrameMessage, lane: &Arc<Lane>, stop: &AtomicBool, heartbeat: &Heartbeat) -> Result<(), DetectorError> {
         if let Some((failing, why)) = self.deliveries.failing_for().filter(|(d, _)| *d >= self.failure_timeout) {
             return Err(DetectorError::Kafka(format!("deliveries have failed for {} s with none succeeding: {why}", failing.as_secs())));
         }
@@ -269,17 +251,20 @@ impl KafkaOutput {
             Some(id) => wire::envelope::frame(id, &json),
             None => json,
         };
-        let producer = match policy {
+        let producer = match lane.policy {
             Policy::Lossless => self.lossless.as_ref(),
             Policy::RealTime => self.real_time.as_ref(),
         }
         .expect("a producer for every policy in use");
-        let sent = Box::new(Sent { camera, people: msg.people(), captured_at: msg.captured_at });
+        let sent = Box::new(Sent { lane: Arc::clone(lane), people: msg.people(), captured_at: msg.captured_at });
         let mut record = BaseRecord::with_opaque_to(&self.topic, sent).key(msg.camera_id.as_str()).payload(&payload);
         let mut stopping_since = None;
         loop {
             match producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => {
+                    lane.sent();
+                    break;
+                }
                 // The local queue is full (broker slow or away): wait, which backs the pipeline up
                 // (a live source then drops its oldest frames). Once a shutdown is asked, wait no
                 // longer than the flush timeout, so SIGTERM ends a run whose broker never returns.
@@ -328,21 +313,30 @@ impl KafkaOutput {
 /// The last stage: what it needs besides the output and the frames.
 pub struct Publisher<'a> {
     pub cfg: &'a Config,
-    pub cameras: &'a [Camera],
-    pub policies: &'a [Policy],
-    pub run_ids: &'a [uuid::Uuid],
     pub decoder: &'a Decoder,
     pub model: &'a wire::ModelInfo,
-    pub stats: &'a [CameraStats],
+    pub lanes: &'a Lanes,
     pub stop: &'a AtomicBool,
     pub heartbeat: Heartbeat,
 }
 
+/// What publishing keeps of a lane between its frames.
+struct LaneState {
+    /// The camera's tracker sees the frames this stage sends, in order: not those dropped as
+    /// stale, which never reach the broker (a message that later expires in the producer's queue
+    /// was seen).
+    tracker: Option<Tracker>,
+    /// A tracked camera's message waits for its next frame, so that the last one can carry the
+    /// end of the session (its tracks' ends and open presences' exits).
+    held: Option<wire::FrameMessage>,
+    snapshots: Option<Snapshots>,
+}
+
 impl Publisher<'_> {
     /// Sends one message to the output.
-    fn emit(&self, output: &mut Output, msg: &wire::FrameMessage, camera: usize, closed: &mut bool) -> Result<(), DetectorError> {
+    fn emit(&self, output: &mut Output, msg: &wire::FrameMessage, lane: &Arc<Lane>, closed: &mut bool) -> Result<(), DetectorError> {
         match output {
-            Output::Kafka(k) => k.send(msg, camera, self.policies[camera], self.stop, &self.heartbeat)?,
+            Output::Kafka(k) => k.send(msg, lane, self.stop, &self.heartbeat)?,
             Output::Stdout(_) if *closed => {}
             Output::Stdout(out) => {
                 let mut line = msg.to_json();
@@ -350,7 +344,7 @@ impl Publisher<'_> {
                 match out.write_all(&line) {
                     Ok(()) => {
                         let since = (chrono::Utc::now() - msg.captured_at).num_milliseconds() as f64 / 1000.0;
-                        self.stats[camera].published(msg.people(), since);
+                        lane.stats.published(msg.people(), since);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                         tracing::info!("standard output closed by its reader: stopping");
@@ -364,38 +358,46 @@ impl Publisher<'_> {
         Ok(())
     }
 
+    fn state(&self, lane: &Lane) -> LaneState {
+        let cfg = self.cfg;
+        LaneState {
+            tracker: cfg.tracker().map(|t| Tracker::new(t, &lane.camera, lane.run_id)),
+            held: None,
+            snapshots: cfg.snapshot_dir.as_deref().map(|d| Snapshots::configured(d, cfg, &lane.camera.id)),
+        }
+    }
+
     /// Decodes and publishes every inferred frame until inference has stopped; the messages
     /// delivered.
-    pub fn run(&self, mut output: Output, rx: Receiver<Inferred>) -> Result<u64, DetectorError> {
-        let (cfg, stats) = (self.cfg, self.stats);
+    pub fn run(&self, mut output: Output, rx: Receiver<Done>) -> Result<u64, DetectorError> {
+        let (cfg, lanes) = (self.cfg, self.lanes);
         let mut last_report = Instant::now();
         let started = Instant::now();
         let max_age = chrono::Duration::milliseconds((cfg.max_frame_age_s * 1000.0) as i64);
         // The reader of standard output has gone (`| head -1`): the run ends as asked, quietly.
         let mut closed = false;
-        // A camera's tracker sees the frames this stage sends, in order: not those dropped as stale
-        // just below, which never reach the broker (a message that later expires in the producer's
-        // queue was seen).
-        let mut trackers: Vec<Option<Tracker>> =
-            self.cameras.iter().zip(self.run_ids).map(|(c, run)| cfg.tracker().map(|t| Tracker::new(t, c, *run))).collect();
-        let mut held: Vec<Option<wire::FrameMessage>> = vec![None; self.cameras.len()];
-        let mut snapshots: Vec<Option<Snapshots>> =
-            self.cameras.iter().map(|c| cfg.snapshot_dir.as_deref().map(|d| Snapshots::configured(d, cfg, &c.id))).collect();
+        let mut states: HashMap<u64, LaneState> = HashMap::new();
         loop {
             self.heartbeat.beat();
             let Inferred { meta, lb, output: raw } = match rx.recv_timeout(BEAT_EVERY) {
-                Ok(inferred) => inferred,
+                Ok(Done::Frame(inferred)) => inferred,
+                Ok(Done::End(lane)) => {
+                    let state = states.remove(&lane.serial);
+                    self.end(&mut output, &lane, state, &mut closed)?;
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let camera = meta.camera;
+            let lane = &meta.lane;
             // Too old to be worth sending: a real-time camera drops it.
-            if self.policies[camera] == Policy::RealTime && chrono::Utc::now() - meta.captured_at > max_age {
-                stats[camera].frame_dropped(Drop::Stale);
+            if lane.policy == Policy::RealTime && chrono::Utc::now() - meta.captured_at > max_age {
+                lane.stats.frame_dropped(Drop::Stale);
                 continue;
             }
+            let state = states.entry(lane.serial).or_insert_with(|| self.state(lane));
             let decoded = self.decoder.decode(&raw, &lb)?;
-            let (detections, tracker) = match trackers[camera].as_mut() {
+            let (detections, tracker) = match state.tracker.as_mut() {
                 Some(t) => {
                     let (published, tracker) = t.track(decoded, cfg.conf, &meta, &self.decoder.class_names);
                     (published, Some(tracker))
@@ -404,8 +406,8 @@ impl Publisher<'_> {
             };
             let msg = wire::FrameMessage {
                 schema_version: wire::SCHEMA_VERSION,
-                camera_id: self.cameras[camera].id.clone(),
-                run_id: self.run_ids[camera],
+                camera_id: lane.camera.id.clone(),
+                run_id: lane.run_id,
                 frame_seq: meta.seq,
                 captured_at: meta.captured_at,
                 pts_ms: meta.pts_ms,
@@ -414,44 +416,26 @@ impl Publisher<'_> {
                 model: self.model.clone(),
                 detections,
                 tracker,
+                epoch: lane.epoch,
             };
-            if let (Some(s), Some(image)) = (snapshots[camera].as_mut(), meta.image.as_ref()) {
+            if let (Some(s), Some(image)) = (state.snapshots.as_mut(), meta.image.as_ref()) {
                 s.offer(image, &msg);
             }
-            // A tracked camera's message waits for its next frame, so that the last one can carry
-            // the end of the session (its tracks' ends and open presences' exits).
-            let out = if trackers[camera].is_some() { held[camera].replace(msg) } else { Some(msg) };
+            let out = if state.tracker.is_some() { state.held.replace(msg) } else { Some(msg) };
             if let Some(msg) = out {
-                self.emit(&mut output, &msg, camera, &mut closed)?;
+                self.emit(&mut output, &msg, lane, &mut closed)?;
             }
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
-                let published = total(stats, |c| &c.published);
+                let published = lanes.total(|c| &c.published);
                 tracing::info!(
                     frames = published,
                     fps = format!("{:.1}", published as f64 / started.elapsed().as_secs_f64()),
-                    skipped = total(stats, |c| &c.skipped),
-                    dropped = total(stats, |c| &c.dropped),
-                    reconnects = total(stats, |c| &c.reconnects),
+                    skipped = lanes.total(|c| &c.skipped),
+                    dropped = lanes.total(|c| &c.dropped),
+                    reconnects = lanes.total(|c| &c.reconnects),
                     "progress"
                 );
-            }
-        }
-        // Every camera's frames are through: each tracker's session ends in its last message.
-        for (camera, (tracker, held)) in trackers.into_iter().zip(held).enumerate() {
-            if let (Some(tracker), Some(mut msg)) = (tracker, held) {
-                let rules = msg.tracker.as_mut().and_then(|t| t.rules.as_mut()).expect("a tracked frame has its rules' output");
-                rules.append(tracker.finish());
-                // No frame is left to carry more: the stored tracks let a recount add the rest.
-                let left_out = rules.split_at_bound();
-                if !left_out.is_empty() {
-                    tracing::warn!(
-                        camera = %self.cameras[camera].id,
-                        left_out = left_out.len(),
-                        "the session's last message cannot carry all its end events; `sink recount` with the same rules stores them"
-                    );
-                }
-                self.emit(&mut output, &msg, camera, &mut closed)?;
             }
         }
         match output {
@@ -463,8 +447,28 @@ impl Publisher<'_> {
                     }
                     _ => {}
                 }
-                Ok(total(stats, |c| &c.published))
+                Ok(lanes.total(|c| &c.published))
             }
         }
+    }
+
+    /// A lane's every frame is through: its tracker's session ends in its last message.
+    fn end(&self, output: &mut Output, lane: &Arc<Lane>, state: Option<LaneState>, closed: &mut bool) -> Result<(), DetectorError> {
+        if let Some(LaneState { tracker: Some(tracker), held: Some(mut msg), .. }) = state {
+            let rules = msg.tracker.as_mut().and_then(|t| t.rules.as_mut()).expect("a tracked frame has its rules' output");
+            rules.append(tracker.finish());
+            // No frame is left to carry more: the stored tracks let a recount add the rest.
+            let left_out = rules.split_at_bound();
+            if !left_out.is_empty() {
+                tracing::warn!(
+                    camera = %lane.camera.id,
+                    left_out = left_out.len(),
+                    "the session's last message cannot carry all its end events; `sink recount` with the same rules stores them"
+                );
+            }
+            self.emit(output, &msg, lane, closed)?;
+        }
+        lane.end();
+        Ok(())
     }
 }

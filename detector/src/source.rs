@@ -301,10 +301,17 @@ pub fn select_rtsp_transport<'a>(mut uris: impl Iterator<Item = &'a str>, transp
         RtspTransport::Tcp => "tcp",
         RtspTransport::Udp => "udp",
     };
-    // FFmpeg parses "key;value|key;value" in order, so a later key overrides an earlier one.
+    // FFmpeg parses "key;value|key;value" in order, so a later key overrides an earlier one: the
+    // user's options override the default before them, the flag overrides theirs.
+    // FFmpeg waits for 20 frames to estimate a stream's frame rate before an open returns: 2 s of
+    // a 10 fps camera, and OpenCV opens one stream at a time in a process, so a host taking over
+    // several cameras waited that long for each. A live frame is timed by its arrival, not by the
+    // rate: 2 frames are enough for the rate the log shows (an open of a 10 fps stream here: 2.9 s
+    // -> 1.1 s, docs/fleet.md).
+    const PROBE: &str = "fpsprobesize;2";
     let options = match std::env::var(VAR) {
-        Ok(user) if !user.is_empty() => format!("{user}|rtsp_transport;{transport}"),
-        _ => format!("rtsp_transport;{transport}"),
+        Ok(user) if !user.is_empty() => format!("{PROBE}|{user}|rtsp_transport;{transport}"),
+        _ => format!("{PROBE}|rtsp_transport;{transport}"),
     };
     std::env::set_var(VAR, options);
 }

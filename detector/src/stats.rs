@@ -28,12 +28,20 @@ pub const ZONE_EVENTS: &str = "detector_zone_events_total";
 pub const ZONE_CROWD_PEOPLE: &str = "detector_zone_crowd_people";
 pub const ZONE_CROWD_SECONDS: &str = "detector_zone_crowd_seconds";
 pub const ZONE_DWELL_ALERT: &str = "detector_zone_dwell_alert_seconds";
+pub const FLEET_CAMERAS: &str = "detector_fleet_cameras";
+pub const FLEET_MAX_CAMERAS: &str = "detector_fleet_max_cameras";
+pub const FLEET_PARTITIONS: &str = "detector_fleet_partitions";
+pub const FLEET_CAMERA_ASSIGNED: &str = "detector_fleet_camera_assigned";
+pub const FLEET_CAMERA_RUNNING: &str = "detector_fleet_camera_running";
+pub const FLEET_CHANGES: &str = "detector_fleet_assignment_changes_total";
+pub const FLEET_START: &str = "detector_fleet_camera_start_seconds";
 
 /// Histogram buckets of the metrics that have them.
 pub const BUCKETS: &[(&str, &[f64])] = &[
     (CAPTURE_TO_PUBLISH, &[0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
     (INFERENCE, &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0]),
     (BATCH, &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
+    (FLEET_START, &[0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0]),
 ];
 
 /// Why a frame that was read did not go out.
@@ -172,11 +180,6 @@ impl CameraStats {
     }
 }
 
-/// One count summed over the cameras.
-pub fn total(cameras: &[CameraStats], count: fn(&CameraStats) -> &AtomicU64) -> u64 {
-    cameras.iter().map(|c| c.count(count)).sum()
-}
-
 /// Describes the metrics for the endpoint's `# HELP` lines.
 pub fn describe() {
     describe_counter!(READ, "Frames decoded, whatever became of them");
@@ -206,6 +209,17 @@ pub fn describe() {
     describe_gauge!(ZONE_CROWD_PEOPLE, "The zone's crowd alert: more than this many tracks inside...");
     describe_gauge!(ZONE_CROWD_SECONDS, "...for at least this many seconds");
     describe_gauge!(ZONE_DWELL_ALERT, Unit::Seconds, "The zone's dwell alert: someone inside longer than this");
+    describe_gauge!(FLEET_CAMERAS, "A fleet host's cameras: running, or waiting (past --max-cameras, or refused)");
+    describe_gauge!(FLEET_MAX_CAMERAS, "A fleet host's --max-cameras (0: no cap)");
+    describe_gauge!(FLEET_PARTITIONS, "Catalog partitions assigned to this fleet host");
+    describe_gauge!(FLEET_CAMERA_ASSIGNED, "1 while the camera is in a catalog partition of this host");
+    describe_gauge!(FLEET_CAMERA_RUNNING, "1 while this host runs the camera");
+    describe_counter!(FLEET_CHANGES, "Catalog partitions assigned, revoked, or lost (taken while this host was away) by the group");
+    describe_histogram!(
+        FLEET_START,
+        Unit::Seconds,
+        "From a camera coming to this host (its partition assigned, or its record read) to its first delivered frame: a takeover's time on this side"
+    );
     describe_gauge!(
         DRIFT,
         Unit::Seconds,

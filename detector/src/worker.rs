@@ -6,21 +6,22 @@
 //!
 //! A run that fails is one camera's fault, not the worker's: its frames run again one by one, and
 //! a frame the model cannot run alone is dropped (counted) and handed back to its camera's capture
-//! thread ([`Downstream`]), which stops a file camera and reopens a live one, as for its other
+//! thread ([`Downstream`](crate::lane::Downstream)), which stops a file camera and reopens a live one, as for its other
 //! faults; the other cameras' frames go on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::telemetry::Heartbeat;
 use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TryRecvError};
 
-use crate::capture::{Downstream, FrameMeta, Prepared};
-use crate::config::Camera;
+use crate::capture::{FrameMeta, Prepared};
 use crate::error::DetectorError;
 use crate::infer::{Model, RawOutput};
+use crate::lane::Lane;
 use crate::preprocess::Letterbox;
-use crate::stats::{self, CameraStats, Drop};
+use crate::stats::{self, Drop};
 
 /// How often a loop that waits beats its heartbeat.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -32,58 +33,88 @@ pub struct Inferred {
     pub output: RawOutput,
 }
 
+/// What publishing gets from inference, in each lane's order: its frames, then its end.
+pub enum Done {
+    Frame(Inferred),
+    /// The lane's every frame has been through inference.
+    End(Arc<Lane>),
+}
+
+/// A camera's frames, handed to the worker when its capture starts.
+pub type Intake = (Arc<Lane>, Receiver<Prepared>);
+
 /// The shared inference worker.
 pub struct Worker<'a> {
     pub model: Model,
     pub max_batch: usize,
-    pub cameras: &'a [Camera],
-    pub stats: &'a [CameraStats],
-    pub downstream: &'a [Downstream],
     /// ONNX Runtime calls made.
     pub runs: &'a AtomicU64,
     pub heartbeat: Heartbeat,
 }
 
-/// Tells every camera's capture thread that the worker is done with its frames, however it ends.
-struct DrainedOnExit<'a>(&'a [Downstream]);
+/// The lanes the worker serves; each is told it is drained however the worker ends, so that no
+/// capture thread waits for it.
+struct Served(Vec<Arc<Lane>>);
 
-impl std::ops::Drop for DrainedOnExit<'_> {
+impl std::ops::Drop for Served {
     fn drop(&mut self) {
-        self.0.iter().for_each(Downstream::drained);
+        self.0.iter().for_each(|l| l.downstream.drained());
     }
 }
 
 impl Worker<'_> {
-    /// Runs the cameras' frames through the model until every camera's channel has closed, or
-    /// publishing has stopped.
-    pub fn run(mut self, frame_rxs: Vec<Receiver<Prepared>>, tx: Sender<Inferred>, spare_tx: Sender<Vec<f32>>) {
-        let _drained = DrainedOnExit(self.downstream);
-        let mut open: Vec<Option<Receiver<Prepared>>> = frame_rxs.into_iter().map(Some).collect();
-        let mut told: Vec<bool> = vec![false; open.len()];
+    /// Runs the cameras' frames through the model until no camera is left and no more can come
+    /// (`intake` closed), or publishing has stopped.
+    pub fn run(mut self, intake: Receiver<Intake>, tx: Sender<Done>, spare_tx: Sender<Vec<f32>>) {
+        let mut intake = Some(intake);
+        let mut served = Served(Vec::new());
+        let mut open: Vec<Option<Receiver<Prepared>>> = Vec::new();
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut first = 0;
-        while open.iter().any(Option::is_some) {
+        while intake.is_some() || !open.is_empty() {
             self.heartbeat.beat();
-            // Sleep until some camera has a frame (or its channel closes), waking to beat.
+            // Sleep until some camera has a frame (or its channel closes) or a camera comes,
+            // waking to beat.
             {
                 let mut ready = Select::new();
                 open.iter().flatten().for_each(|rx| {
                     ready.recv(rx);
                 });
+                if let Some(rx) = &intake {
+                    ready.recv(rx);
+                }
                 if ready.ready_timeout(BEAT_EVERY).is_err() {
                     continue;
                 }
             }
-            gather(&mut open, first, self.max_batch, &mut batch);
+            if let Some(rx) = &intake {
+                loop {
+                    match rx.try_recv() {
+                        Ok((lane, frames)) => {
+                            served.0.push(lane);
+                            open.push(Some(frames));
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            intake = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            if open.is_empty() {
+                continue;
+            }
+            let start = first % open.len();
+            gather(&mut open, start, self.max_batch, &mut batch);
             first = (first + 1) % open.len();
             let outputs = self.infer(&batch);
             for (Prepared { meta, lb, input }, output) in batch.drain(..).zip(outputs) {
                 let _ = spare_tx.try_send(input);
-                let camera = meta.camera;
                 match output {
                     Ok(output) => {
-                        self.downstream[camera].ran();
-                        if !self.send(&tx, Inferred { meta, lb, output }) {
+                        meta.lane.downstream.ran();
+                        if !self.send(&tx, Done::Frame(Inferred { meta, lb, output })) {
                             return; // publishing has stopped; its error is reported there
                         }
                     }
@@ -91,9 +122,18 @@ impl Worker<'_> {
                 }
             }
             // A camera whose channel closed has had its every frame through.
-            for (i, told) in told.iter_mut().enumerate().filter(|(i, t)| !**t && open[*i].is_none()) {
-                self.downstream[i].drained();
-                *told = true;
+            let mut i = 0;
+            while i < open.len() {
+                if open[i].is_some() {
+                    i += 1;
+                    continue;
+                }
+                open.remove(i);
+                let lane = served.0.remove(i);
+                lane.downstream.drained();
+                if !self.send(&tx, Done::End(lane)) {
+                    return;
+                }
             }
         }
     }
@@ -129,17 +169,17 @@ impl Worker<'_> {
 
     /// A frame the model cannot run: dropped, and its camera told.
     fn failed(&self, meta: &FrameMeta, lb: &Letterbox, e: DetectorError) {
-        let camera = meta.camera;
-        self.stats[camera].frame_dropped(Drop::Failed);
+        let lane = &meta.lane;
+        lane.stats.frame_dropped(Drop::Failed);
         let why = DetectorError::model(&self.model.path, format!("cannot run frame {} ({}x{} input): {e}", meta.seq, lb.dst_w, lb.dst_h));
         let text = why.to_string();
-        if self.downstream[camera].failed(why) == 1 {
-            tracing::warn!(camera = %self.cameras[camera].id, "{text}; the frame is dropped");
+        if lane.downstream.failed(why) == 1 {
+            tracing::warn!(camera = %lane.camera.id, "{text}; the frame is dropped");
         }
     }
 
     /// Hands a frame to publishing, beating while it waits; false once publishing has stopped.
-    fn send(&self, tx: &Sender<Inferred>, mut item: Inferred) -> bool {
+    fn send(&self, tx: &Sender<Done>, mut item: Done) -> bool {
         loop {
             self.heartbeat.beat();
             match tx.send_timeout(item, BEAT_EVERY) {
