@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use common::kafka::{check_topic, KafkaConnection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -226,9 +226,18 @@ fn entry_text(entry: toml::Value) -> String {
     toml::to_string(&file).expect("a TOML table serializes")
 }
 
-/// The flags' defaults, as this host has them (its environment included).
+/// The flags' defaults, as this host has them (its environment included). Which cameras a host
+/// runs (DETECTOR_SOURCE, DETECTOR_CAMERAS, DETECTOR_FLEET) is not a default: left out, so that a
+/// fleet host's own environment does not conflict here.
 fn defaults() -> Result<Config, DetectorError> {
-    Config::try_parse_from(["detector", "--source", "catalog"]).map_err(|e| DetectorError::Config(format!("the detector's defaults: {e}")))
+    let no_env = |a: clap::Arg| a.env(None);
+    let matches = Config::command()
+        .mut_arg("source", no_env)
+        .mut_arg("cameras", no_env)
+        .mut_arg("group", no_env)
+        .try_get_matches_from(["detector", "--source", "catalog"])
+        .and_then(|m| Config::from_arg_matches(&m));
+    matches.map_err(|e| DetectorError::Config(format!("the detector's defaults: {e}")))
 }
 
 fn no_clear_secret(id: &str, source: &str) -> Result<(), DetectorError> {

@@ -35,7 +35,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
 use crate::catalog::{create_compacted, kafka_error};
-use crate::config::{Config, References};
+use crate::config::{Camera, Config, References};
 use crate::error::DetectorError;
 use crate::lane::Lane;
 use crate::pipeline::{source_options, Cameras, Pipeline, Summary};
@@ -44,6 +44,9 @@ use crate::stats;
 
 /// How long a call to the brokers may take at start.
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a camera whose lease failed waits before the next try.
+const RETRY: Duration = Duration::from_secs(5);
 
 /// A camera's newest record in an assigned partition.
 #[derive(Clone, PartialEq)]
@@ -72,6 +75,8 @@ struct Host {
     /// Entries that cannot run (refused by validation, or a lease that failed), by the text
     /// refused, so each is said once.
     refused: BTreeMap<String, String>,
+    /// Cameras whose lease failed, not tried again before then.
+    retry_at: BTreeMap<String, Instant>,
     /// The cameras whose metrics say assigned or running, to set them back to 0.
     shown: BTreeSet<String>,
 }
@@ -302,23 +307,35 @@ fn reconcile(cfg: &Config, host: &Mutex<Host>, leases: &Leases, cameras: &Camera
         h.catalog.iter().filter(|(id, _)| !h.running.contains_key(*id)).map(|(id, e)| (id.clone(), e.clone())).collect();
     let mut waiting = 0;
     for (id, entry) in to_start {
-        if h.refused.get(&id) == Some(&entry.text) {
+        if h.refused.get(&id) == Some(&entry.text) || h.retry_at.get(&id).is_some_and(|t| *t > Instant::now()) {
             waiting += 1;
             continue;
         }
-        if cfg.fleet.max_cameras > 0 && h.running.len() >= cfg.fleet.max_cameras {
-            waiting += 1;
-            continue;
-        }
-        // Since the later of its partition's assignment and its record's arrival.
-        let since = match (h.assigned.get(&entry.partition), h.arrived.get(&id)) {
-            (Some(a), Some(r)) => *a.max(r),
-            _ => Instant::now(),
-        };
-        match start(cfg, &id, &entry, leases, cameras) {
-            Ok(lane) => {
+        // Validated first, so that an entry this host cannot run says so even while the host is full.
+        let started = camera_of(cfg, &id, &entry).and_then(|camera| {
+            if cfg.fleet.max_cameras > 0 && h.running.len() >= cfg.fleet.max_cameras {
+                return Ok(None);
+            }
+            start(camera, &entry, leases, cameras).map(Some)
+        });
+        match started {
+            Ok(Some(lane)) => {
+                // Since the later of its partition's assignment and its record's arrival.
+                let since = match (h.assigned.get(&entry.partition), h.arrived.get(&id)) {
+                    (Some(a), Some(r)) => *a.max(r),
+                    _ => Instant::now(),
+                };
                 h.refused.remove(&id);
+                h.retry_at.remove(&id);
                 h.running.insert(id, Running { entry, lane, starting: Some(since) });
+            }
+            Ok(None) => waiting += 1,
+            // An entry this host cannot run waits for its record to change; a lease the brokers
+            // did not take is tried again.
+            Err(e) if e.retryable() => {
+                tracing::error!(camera = %id, blame = %e.blame(), "{e}; trying again in {} s", RETRY.as_secs());
+                h.retry_at.insert(id, Instant::now() + RETRY);
+                waiting += 1;
             }
             Err(e) => {
                 tracing::error!(camera = %id, blame = %e.blame(), "{e}; the camera waits for its record to change");
@@ -326,9 +343,6 @@ fn reconcile(cfg: &Config, host: &Mutex<Host>, leases: &Leases, cameras: &Camera
                 waiting += 1;
             }
         }
-    }
-    if cfg.fleet.max_cameras > 0 && waiting > 0 {
-        tracing::debug!(waiting, max_cameras = cfg.fleet.max_cameras, "cameras wait: this host runs its --max-cameras");
     }
     // A lane that ended on its own (a file camera at its end) stays: it runs again when its
     // record changes or it comes back to this host.
@@ -355,8 +369,9 @@ fn reconcile(cfg: &Config, host: &Mutex<Host>, leases: &Leases, cameras: &Camera
     h.shown = now;
 }
 
-/// Validates a record, takes its lease and starts the camera; its lane.
-fn start(cfg: &Config, id: &str, entry: &Entry, leases: &Leases, cameras: &Cameras<'_, '_>) -> Result<Arc<Lane>, DetectorError> {
+/// The camera of a record, validated as a cameras file's entry is, its `${NAME}` references
+/// expanded from this host's environment.
+fn camera_of(cfg: &Config, id: &str, entry: &Entry) -> Result<Camera, DetectorError> {
     let camera = cfg
         .cameras_in(&entry.text, &format!("catalog {} partition {}", cfg.fleet.catalog, entry.partition), References::Expand)?
         .into_iter()
@@ -369,13 +384,19 @@ fn start(cfg: &Config, id: &str, entry: &Entry, leases: &Leases, cameras: &Camer
     if has_rules && !cfg.track {
         return Err(DetectorError::Config(format!("camera {id}'s zones and lines (rules) count tracks: they need --track on this host")));
     }
-    let epoch = leases.take(id, entry.partition)?;
+    Ok(camera)
+}
+
+/// Takes the camera's lease and starts it; its lane.
+fn start(camera: Camera, entry: &Entry, leases: &Leases, cameras: &Cameras<'_, '_>) -> Result<Arc<Lane>, DetectorError> {
+    let epoch = leases.take(&camera.id, entry.partition)?;
     let kind = SourceKind::of(&camera.source);
     let run = cameras.namer.run_of(&camera, kind)?;
     let lane = Arc::new(Lane::new(camera, run, kind, Some(epoch)));
     cameras.lanes().add(Arc::clone(&lane));
-    tracing::info!(camera = %id, %run, epoch, partition = entry.partition, source = %common::secret::redact_url(&lane.camera.source), policy = ?lane.policy, "camera starting on this host");
-    let (uri, opts) = (lane.camera.source.clone(), source_options(&lane.camera));
+    let c = &lane.camera;
+    tracing::info!(camera = %c.id, %run, epoch, partition = entry.partition, source = %common::secret::redact_url(&c.source), policy = ?lane.policy, "camera starting on this host");
+    let (uri, opts) = (c.source.clone(), source_options(c));
     cameras.start(Arc::clone(&lane), move || Source::open(&uri, opts));
     Ok(lane)
 }

@@ -5,6 +5,7 @@ mod config;
 mod consume;
 mod dead_letters;
 mod decide;
+mod epochs;
 mod error;
 mod events;
 mod message;

@@ -44,6 +44,7 @@ struct Totals {
     dead_letters: u64,
     refused: u64,
     fenced: u64,
+    frames_fenced: u64,
     batches: u64,
     redone: u64,
     events: u64,
@@ -499,8 +500,10 @@ impl Sink<'_> {
         t.detections += w.detections;
         t.replayed += w.replayed;
         t.conflicts += w.conflicts.len() as u64;
+        let frames_fenced: u64 = w.fenced_frames.values().sum();
         t.refused += w.refused;
-        t.dead_letters += w.refused;
+        t.frames_fenced += frames_fenced;
+        t.dead_letters += w.refused + frames_fenced;
         t.fenced += done.fenced.len() as u64;
         t.redone += w.redone;
         t.events += w.events;
@@ -510,7 +513,10 @@ impl Sink<'_> {
         metrics::counter!(telemetry::REPLAYED).increment(w.replayed);
         metrics::counter!(telemetry::CONFLICTS).increment(w.conflicts.len() as u64);
         metrics::counter!(telemetry::REFUSED).increment(w.refused);
-        metrics::counter!(telemetry::DEAD_LETTERS).increment(w.refused);
+        metrics::counter!(telemetry::DEAD_LETTERS).increment(w.refused + frames_fenced);
+        for (camera, n) in &w.fenced_frames {
+            metrics::counter!(telemetry::FENCED_FRAMES, "camera" => camera.clone()).increment(*n);
+        }
         metrics::counter!(telemetry::FENCED).increment(done.fenced.len() as u64);
         metrics::counter!(telemetry::REDONE).increment(w.redone);
         metrics::counter!(telemetry::ZONE_EVENTS).increment(w.events);
@@ -540,6 +546,7 @@ impl Sink<'_> {
             dead_letters = t.dead_letters,
             refused = t.refused,
             fenced = t.fenced,
+            frames_fenced = t.frames_fenced,
             batches = t.batches,
             redone_through_staging = t.redone,
             zone_events = t.events,

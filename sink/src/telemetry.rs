@@ -17,6 +17,7 @@ pub const REPLAYED: &str = "sink_frames_replayed_total";
 pub const CONFLICTS: &str = "sink_frames_conflicting_total";
 pub const REFUSED: &str = "sink_rows_refused_total";
 pub const FENCED: &str = "sink_partitions_fenced_total";
+pub const FENCED_FRAMES: &str = "sink_fenced_frames_total";
 pub const DEAD_LETTERS: &str = "sink_dead_letters_total";
 pub const BATCHES: &str = "sink_batches_total";
 pub const REDONE: &str = "sink_batches_redone_total";
@@ -55,7 +56,10 @@ pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
         "Frames delivered again with other content than the stored frame: the stored one is kept, the new one not merged"
     );
     describe_counter!(REGISTRY_LOOKUPS, "Schemas fetched from the schema registry by id, by result (found, unknown, failed)");
-    describe_counter!(DEAD_LETTERS, "Messages sent to the dead-letter topic: invalid ones, and frames whose rows the database refused");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages sent to the dead-letter topic: invalid ones, frames whose rows the database refused, and fenced frames"
+    );
     describe_counter!(
         REFUSED,
         "Frames whose rows the database refused (a constraint, an encoding): sent to the dead-letter topic with its error"
@@ -63,6 +67,10 @@ pub fn serve(addr: SocketAddr, heartbeat: Heartbeat) -> Result<(), String> {
     describe_counter!(
         FENCED,
         "Partitions left out of a write because another sink had stored their offsets since (after a rebalance); read again"
+    );
+    describe_counter!(
+        FENCED_FRAMES,
+        "Frames of an older epoch than their camera's newest stored (a fleet host that has lost the camera), by camera: sent to the dead-letter topic"
     );
     describe_counter!(DEAD_LETTER_RETRIES, "Dead-letter sends tried again after an error that may pass (their partition waits)");
     describe_counter!(

@@ -7,12 +7,14 @@
 //!    no longer what this sink expects was written by another sink after a rebalance; the
 //!    transaction rolls back and the part is written again without that partition, which the loop
 //!    then reads again from the stored offset;
-//! 2. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
+//! 2. fences by epoch (`epochs`): frames of a host that has lost their camera go to the dead-letter
+//!    topic and out of the part, and the cameras' newest epochs move;
+//! 3. writes the rows straight into the tables (COPY, or INSERT from UNNEST). A key conflict (a
 //!    frame delivered again) redoes the part through the staging merge, which inserts only frames
 //!    not stored yet, with their own detections and track observations;
-//! 3. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks),
+//! 4. adds the frames it stored new to the rollups (`rollup`: people per minute, and tracks),
 //!    and the zone and line events of the frames it accepted, new or replayed (`events`);
-//! 4. commits.
+//! 5. commits.
 //!
 //! Rows the database refuses for what they hold (a CHECK a DBA added, a character the database
 //! encoding lacks, in a frame or in its events, a key conflict the merge meets) are found by
@@ -37,6 +39,7 @@ mod statements;
 use crate::batch::Batch;
 use crate::config::WriteMode;
 use crate::dead_letters::DeadLetters;
+use crate::epochs;
 use crate::error::{DbFault, SinkError};
 use crate::events;
 use crate::message::{FrameKey, Row};
@@ -56,6 +59,9 @@ pub struct Written {
     pub conflicts: Vec<FrameKey>,
     /// Frames whose rows the database refused, sent to the dead-letter topic.
     pub refused: u64,
+    /// Frames of an older epoch than their camera's newest, per camera: sent to the dead-letter
+    /// topic.
+    pub fenced_frames: BTreeMap<String, u64>,
     /// Parts whose direct write failed and went through staging.
     pub redone: u64,
     /// Zone and line events stored new.
@@ -69,6 +75,9 @@ impl std::ops::AddAssign for Written {
         self.replayed += other.replayed;
         self.conflicts.extend(other.conflicts);
         self.refused += other.refused;
+        for (camera, n) in other.fenced_frames {
+            *self.fenced_frames.entry(camera).or_default() += n;
+        }
         self.redone += other.redone;
         self.events += other.events;
     }
@@ -85,6 +94,9 @@ pub struct Part {
     pub batch: Batch,
     claims: Vec<Claim>,
     streams: Option<Streams>,
+    /// The frames the epoch fence took out, per camera: a transaction redone after them still
+    /// reports them.
+    fenced_frames: BTreeMap<String, u64>,
 }
 
 impl Encoded {
@@ -95,7 +107,7 @@ impl Encoded {
             .into_iter()
             .map(|(batch, claims)| {
                 let streams = (mode != WriteMode::Unnest).then(|| copy_streams(&batch.frames));
-                Part { batch, claims, streams }
+                Part { batch, claims, streams, fenced_frames: BTreeMap::new() }
             })
             .collect();
         Encoded { parts }
@@ -272,10 +284,12 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
     if !fenced.is_empty() {
         return Ok(Attempt::Fenced(fenced.into_iter().collect()));
     }
+    fence_epochs(&mut tx, target, part).await?;
     let echoes = &part.batch.echoes;
     let mut w = Written {
         replayed: echoes.iter().filter(|e| e.same).count() as u64,
         conflicts: echoes.iter().filter(|e| !e.same).map(|e| e.key.clone()).collect(),
+        fenced_frames: part.fenced_frames.clone(),
         ..Written::default()
     };
     let frames = part.batch.frames.len() as u64;
@@ -302,13 +316,15 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
             (w.frames, w.detections, w.refused) = (m.frames, m.detections, refused.len() as u64);
             w.conflicts.extend(m.conflicts);
             // Dead letters before the commit: a crash between the two repeats the dead letters
-            // (at least once), never loses them.
-            let taken = part.batch.take_rows(&refused.keys().copied().collect());
-            part.streams = None;
-            for (row, reason) in taken.iter().zip(refused.values()) {
+            // (at least once), never loses them. The rows leave the part only once all are sent:
+            // a send that fails retries the part with them.
+            for (&i, reason) in &refused {
+                let row = &part.batch.frames[i];
                 tracing::warn!(partition = row.partition, offset = row.offset, frame = %row.key(), %reason, "the database refused a frame's rows: to the dead-letter topic");
                 target.dead_letters.send(row.partition, row.offset, row.key.as_deref(), &row.payload, reason).await?;
             }
+            part.batch.take_rows(&refused.keys().copied().collect());
+            part.streams = None;
             Some(m.new.into_iter().collect())
         }
     };
@@ -320,6 +336,42 @@ async fn in_transaction(target: &Target, part: &mut Part, path: Path) -> Result<
     }
     tx.commit().await?;
     Ok(Attempt::Written(w))
+}
+
+/// Sends the frames the epoch fence refuses to the dead-letter topic, then takes them out of the
+/// part (before the commit and in that order, as the refused rows); one warning per camera.
+async fn fence_epochs(conn: &mut PgConnection, target: &Target, part: &mut Part) -> Result<(), SinkError> {
+    let fenced = epochs::fence(conn, &part.batch.frames).await?;
+    if fenced.is_empty() {
+        return Ok(());
+    }
+    // Per camera: frames, their epochs, the newest.
+    let mut cameras: BTreeMap<&str, (u64, BTreeSet<u64>, u64)> = BTreeMap::new();
+    for f in &fenced {
+        let row = &part.batch.frames[f.index];
+        let reason = format!(
+            "camera {:?}, frame {} of run {}: epoch {} is older than the camera's newest, {}: a host that has lost the camera (fenced)",
+            row.msg.camera_id, row.msg.frame_seq, row.msg.run_id, f.epoch, f.newest
+        );
+        target.dead_letters.send(row.partition, row.offset, row.key.as_deref(), &row.payload, &reason).await?;
+        let camera = cameras.entry(&row.msg.camera_id).or_default();
+        camera.0 += 1;
+        camera.1.insert(f.epoch);
+        camera.2 = camera.2.max(f.newest);
+    }
+    for (camera, (frames, epochs, newest)) in cameras {
+        tracing::warn!(
+            camera,
+            frames,
+            ?epochs,
+            newest,
+            "frames of an older epoch than the camera's newest (a host that has lost the camera): fenced, to the dead-letter topic"
+        );
+        *part.fenced_frames.entry(camera.to_string()).or_default() += frames;
+    }
+    part.batch.take_rows(&fenced.iter().map(|f| f.index).collect());
+    part.streams = None;
+    Ok(())
 }
 
 /// The zone and line events of the frames accepted (all but those whose key conflicts), stored

@@ -15,11 +15,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
+/// As on a fleet host, whose environment says which fleet it is in: the command takes the
+/// host's defaults from its environment, but not that.
 fn cameras(topic: &str, action: &str, args: &[&str]) -> Result<Output> {
     run(
         Command::new(bin("detector"))
             .args(["cameras", action, "--catalog", topic, "--partitions", "3", "--brokers", &brokers()])
-            .args(args),
+            .args(args)
+            .env("DETECTOR_FLEET", "hosts"),
         Duration::from_secs(60),
     )
 }

@@ -148,6 +148,21 @@ fn print_gaps(drill: &str, g: &BTreeMap<String, (f64, f64)>) {
     }
 }
 
+/// Waits until the sink has stored (or dead-lettered) every message the topic held when called:
+/// live cameras keep adding more.
+async fn caught_up(conn: &mut PgConnection, topic: &str) -> Result<()> {
+    let size = topic_size(topic)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets").fetch_one(&mut *conn).await?;
+        if done >= size {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the sink accounted for {done} of {size} messages");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 type ByHost = BTreeMap<String, BTreeSet<String>>;
 
 /// Waits until what the hosts run satisfies `ready`; who runs what.
@@ -297,7 +312,7 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
         (noticed - continued).num_milliseconds() as f64 / 1000.0
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    wait_accounted(&mut conn, &topic).await?;
+    caught_up(&mut conn, &topic).await?;
     // Frames of h4's runs captured after the new owner's first frame of that camera: none stored.
     let mut late = 0i64;
     for c in &h4_cameras {
@@ -343,7 +358,7 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
     let c12 = "SELECT count(*) FROM frames WHERE camera_id = 'c12'";
     let n: i64 = sqlx::query_scalar(c12).fetch_one(&mut conn).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_accounted(&mut conn, &topic).await?;
+    caught_up(&mut conn, &topic).await?;
     ensure!(sqlx::query_scalar::<_, i64>(c12).fetch_one(&mut conn).await? == n, "c12 stopped");
     println!(
         "apply: c1 restarted, c13 started, c12 stopped; cameras per host before {:?}, after {:?}",
@@ -357,6 +372,50 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
         ensure!(status.success() || h.id == "h4", "{} stopped cleanly: {log}", h.id);
     }
     sink.stop()?;
+    drop(server);
+    Ok(())
+}
+
+/// A host given more cameras than it may run says so: `--max-cameras 1` runs one of two cameras
+/// and counts the other waiting; an entry the host cannot run (a reference its environment does
+/// not set) waits too, with an ERROR line naming the camera, and the metrics the alerts read tell
+/// which cameras are assigned and not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_says_which_cameras_wait() -> Result<()> {
+    let dir = TempDir::new("fleet-full")?;
+    let clip = dir.join("cam.mp4");
+    h264_clip(&sample("vtest.avi"), &clip, 0, Some(30))?;
+    let port = free_port()?;
+    let server = start_rtsp_server(&clip, port)?;
+    let fleet = Fleet { catalog: unique("cameras"), group: unique("fleet"), topic: unique("fleet-full") };
+    create_topic(&fleet.topic, 1).await?;
+    let file = dir.join("cameras.toml");
+    let mut entries = cameras_file(&["a", "b"], port, None).replace("/a\"", "/stream\"").replace("/b\"", "/stream\"");
+    entries.push_str("[[camera]]\nid = \"locked\"\nsource = \"rtsp://viewer:${FLEET_TEST_UNSET_PASSWORD}@127.0.0.1:1/stream\"\n");
+    std::fs::write(&file, entries)?;
+    fleet.cameras("apply", &[file.to_str().unwrap()])?;
+
+    let host = fleet.host("full", &["--max-cameras", "1"])?;
+    host.process.wait_stderr("the locked camera refused", Duration::from_secs(60), |l| l.contains("camera=locked"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let body = http_get(&host.metrics, "/metrics").unwrap_or_default();
+        if body.contains("detector_fleet_cameras{state=\"waiting\"} 2") && host.running().len() == 1 {
+            break body;
+        }
+        ensure!(Instant::now() < deadline, "no waiting cameras in:\n{body}\n{}", host.process.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let assigned: BTreeSet<&str> =
+        body.lines().filter_map(|l| l.strip_prefix("detector_fleet_camera_assigned{camera=\"")?.strip_suffix("\"} 1")).collect();
+    ensure!(assigned == BTreeSet::from(["a", "b", "locked"]), "{body}");
+    ensure!(body.contains("detector_fleet_max_cameras 1"), "{body}");
+    let log = host.process.stderr();
+    let refused = log.lines().find(|l| l.contains("camera=locked")).unwrap_or_default();
+    ensure!(refused.contains("ERROR") && refused.contains("${FLEET_TEST_UNSET_PASSWORD} is not set"), "{refused}");
+    host.process.signal("TERM");
+    let (status, _, log) = host.process.finish(Duration::from_secs(60))?;
+    ensure!(status.success(), "{log}");
     drop(server);
     Ok(())
 }
