@@ -84,7 +84,10 @@ fn cameras_file(ids: &[&str], port: u16, changed: Option<&str>) -> String {
 }
 
 /// Each camera's newest run: (run id, its first and last stored frame's capture time).
-async fn newest_runs(conn: &mut PgConnection) -> Result<BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>> {
+type Runs = BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>;
+
+/// Each camera's newest run.
+async fn newest_runs(conn: &mut PgConnection) -> Result<Runs> {
     let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
         "SELECT DISTINCT ON (camera_id) camera_id, run_id::text, min(captured_at), max(captured_at)
          FROM frames GROUP BY camera_id, run_id ORDER BY camera_id, min(captured_at) DESC",
@@ -95,12 +98,7 @@ async fn newest_runs(conn: &mut PgConnection) -> Result<BTreeMap<String, (String
 }
 
 /// Waits until `ready` holds of the cameras' newest runs; those runs.
-async fn wait_runs(
-    conn: &mut PgConnection,
-    what: &str,
-    timeout: Duration,
-    ready: impl Fn(&BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>) -> bool,
-) -> Result<BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>> {
+async fn wait_runs(conn: &mut PgConnection, what: &str, timeout: Duration, ready: impl Fn(&Runs) -> bool) -> Result<Runs> {
     let deadline = Instant::now() + timeout;
     loop {
         let runs = newest_runs(conn).await?;
@@ -114,13 +112,17 @@ async fn wait_runs(
     }
 }
 
+/// Waits until each of `cameras` publishes in a new run (another host's) that began after `fault`.
+async fn taken_over(conn: &mut PgConnection, runs: &Runs, cameras: &BTreeSet<String>, fault: DateTime<Utc>) -> Result<Runs> {
+    wait_runs(conn, &format!("{cameras:?} taken over"), Duration::from_secs(90), |r| {
+        cameras.iter().all(|c| r.get(c).is_some_and(|(run, first, _)| *run != runs[c].0 && *first > fault))
+    })
+    .await
+}
+
 /// For each camera that changed run between `before` and `after`: the gap in the table (the old
 /// run's last frame to the new run's first) and the seconds from `fault` to the new run's first.
-fn gaps(
-    before: &BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>,
-    after: &BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>,
-    fault: DateTime<Utc>,
-) -> BTreeMap<String, (f64, f64)> {
+fn gaps(before: &Runs, after: &Runs, fault: DateTime<Utc>) -> BTreeMap<String, (f64, f64)> {
     let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
     after
         .iter()
@@ -132,10 +134,7 @@ fn gaps(
         .collect()
 }
 
-fn moved(
-    before: &BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>,
-    after: &BTreeMap<String, (String, DateTime<Utc>, DateTime<Utc>)>,
-) -> BTreeSet<String> {
+fn moved(before: &Runs, after: &Runs) -> BTreeSet<String> {
     after.iter().filter(|(c, (run, _, _))| before.get(*c).is_some_and(|(old, _, _)| old != run)).map(|(c, _)| c.clone()).collect()
 }
 
@@ -267,10 +266,7 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
     // 3. SIGKILL h3: after the session timeout its cameras go to h1 and h2; theirs run on.
     let killed = Utc::now();
     h3.process.signal("KILL");
-    let taken = wait_runs(&mut conn, "h3's cameras taken over", Duration::from_secs(90), |r| {
-        h3_cameras.iter().all(|c| r.get(c).is_some_and(|(run, first, _)| *run != runs[c].0 && *first > killed))
-    })
-    .await?;
+    let taken = taken_over(&mut conn, &runs, &h3_cameras, killed).await?;
     let g = gaps(&runs, &taken, killed);
     print_gaps("SIGKILL h3", &g);
     ensure!(moved(&runs, &taken) == h3_cameras, "only h3's cameras moved: {:?}", moved(&runs, &taken));
@@ -298,10 +294,7 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
     // sink's side with stale frames for certain).
     let stopped = Utc::now();
     h4.process.signal("STOP");
-    let taken = wait_runs(&mut conn, "h4's cameras taken over", Duration::from_secs(90), |r| {
-        h4_cameras.iter().all(|c| r.get(c).is_some_and(|(run, first, _)| *run != runs[c].0 && *first > stopped))
-    })
-    .await?;
+    let taken = taken_over(&mut conn, &runs, &h4_cameras, stopped).await?;
     print_gaps("SIGSTOP h4", &gaps(&runs, &taken, stopped));
     let continued = Utc::now();
     h4.process.signal("CONT");
