@@ -269,6 +269,17 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
     let taken = taken_over(&mut conn, &runs, &h3_cameras, killed).await?;
     let g = gaps(&runs, &taken, killed);
     print_gaps("SIGKILL h3", &g);
+    // The new owners' side of it: from the partition's assignment to the first delivered frame.
+    for c in &h3_cameras {
+        let marker = format!("camera publishing on this host camera={c} ");
+        let line =
+            [&h1, &h2].iter().filter_map(|h| h.process.stderr().lines().rev().find(|l| l.contains(&marker)).map(str::to_string)).next();
+        let seconds = line.as_deref().and_then(|l| l.split("seconds=\"").nth(1)?.split('"').next().map(str::to_string));
+        println!(
+            "SIGKILL h3: camera {c}: {} s on its new host from the assignment to the first delivered frame",
+            seconds.unwrap_or_default()
+        );
+    }
     ensure!(moved(&runs, &taken) == h3_cameras, "only h3's cameras moved: {:?}", moved(&runs, &taken));
     let two = wait_running(&[&h1, &h2], 12, Duration::from_secs(30))?;
     println!("after SIGKILL: cameras per host {:?}", per_host(&two));
@@ -336,12 +347,19 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
     let mut after_ids: Vec<&str> = ids.iter().map(String::as_str).filter(|c| *c != "c12").collect();
     after_ids.sort();
     std::fs::write(&file, cameras_file(&after_ids, port, Some("c1")))?;
+    let applied_at = Utc::now();
     let applied = fleet.cameras("apply", &[file.to_str().unwrap()])?;
     ensure!(applied.contains("applied added=1 changed=1 removed=1 unchanged=10"), "{applied}");
     let after = wait_runs(&mut conn, "c1 restarted and c13 publishing", Duration::from_secs(60), |r| {
         r.get("c1").is_some_and(|(run, _, _)| *run != runs["c1"].0) && r.contains_key("c13")
     })
     .await?;
+    let since = |c: &str| (after[c].1 - applied_at).num_milliseconds() as f64 / 1000.0;
+    println!(
+        "apply: c13 (added) first frame {:.1} s, c1 (changed) first frame of its new run {:.1} s after the apply began",
+        since("c13"),
+        since("c1")
+    );
     let now_running = wait_running(&hosts, 12, Duration::from_secs(30))?;
     let running: BTreeSet<&String> = now_running.values().flatten().collect();
     ensure!(!running.contains(&"c12".to_string()) && running.contains(&"c13".to_string()), "{now_running:?}");

@@ -175,10 +175,11 @@ async fn v3_registers_after_v2_and_the_sink_stores_both() -> Result<()> {
     let mut v2 = serde_json::from_slice::<serde_json::Value>(&synthetic_frame("cam-0", 0, 2).to_json())?;
     v2["schema_version"] = 2.into();
     produce(&topic, [("cam-0", frame(v2_id, v2.to_string().as_bytes()))])?;
-    // v3 as it was first registered, before its tracker carried the rules' events: the events
-    // are a compatible evolution of it too.
+    // v3 as it was first registered, before its tracker carried the rules' events and before a
+    // fleet's frames carried their epoch: both are compatible evolutions of it too.
     let mut first_v3: serde_json::Value = serde_json::from_str(wire::JSON_SCHEMA)?;
     first_v3["properties"]["tracker"]["properties"].as_object_mut().unwrap().remove("rules");
+    first_v3["properties"].as_object_mut().unwrap().remove("epoch");
     let definitions = first_v3["definitions"].as_object_mut().unwrap();
     definitions.remove("event");
     definitions.remove("occupancy");
