@@ -272,6 +272,15 @@ fn serve(
                 Err(e) => tracing::warn!(error = %e, "reading the camera catalog"),
             }
         }
+        // A member the group has fenced for good (another host joined with this instance id)
+        // cannot take part again: its cameras are another's now, so it stops.
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            return Err(DetectorError::Kafka(format!(
+                "the catalog's group {} dropped this host for good ({code}: {reason}); does another host use --instance-id {}?",
+                cfg.fleet.group.as_deref().unwrap_or_default(),
+                cfg.fleet.instance()
+            )));
+        }
         reconcile(cfg, host, leases, cameras);
     }
     Ok(())

@@ -390,7 +390,8 @@ async fn a_fleet_shares_cameras_takes_over_and_fences() -> Result<()> {
 /// A host given more cameras than it may run says so: `--max-cameras 1` runs one of two cameras
 /// and counts the other waiting; an entry the host cannot run (a reference its environment does
 /// not set) waits too, with an ERROR line naming the camera, and the metrics the alerts read tell
-/// which cameras are assigned and not run.
+/// which cameras are assigned and not run. And a second host started with the same instance id
+/// takes over: the first stops, naming the id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_host_says_which_cameras_wait() -> Result<()> {
     let dir = TempDir::new("fleet-full")?;
@@ -424,8 +425,19 @@ async fn a_full_host_says_which_cameras_wait() -> Result<()> {
     let log = host.process.stderr();
     let refused = log.lines().find(|l| l.contains("camera=locked")).unwrap_or_default();
     ensure!(refused.contains("ERROR") && refused.contains("${FLEET_TEST_UNSET_PASSWORD} is not set"), "{refused}");
-    host.process.signal("TERM");
+
+    // The same instance id started again on another host while this one runs: the group fences
+    // the first, which stops with an error naming the id; the second runs the camera.
+    let twin = fleet.host("full", &["--max-cameras", "1"])?;
     let (status, _, log) = host.process.finish(Duration::from_secs(60))?;
+    ensure!(!status.success() && log.contains("does another host use --instance-id full?"), "{status:?}\n{log}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while twin.running().len() != 1 {
+        ensure!(Instant::now() < deadline, "the second host runs no camera:\n{}", twin.process.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    twin.process.signal("TERM");
+    let (status, _, log) = twin.process.finish(Duration::from_secs(60))?;
     ensure!(status.success(), "{log}");
     drop(server);
     Ok(())
