@@ -231,9 +231,9 @@ pub fn run(cfg: &Config, pipeline: Pipeline<'_>, stop: &AtomicBool) -> Result<Su
 
     let (summary, _) = pipeline.drive(stop, move |cameras| {
         let served = serve(cfg, &consumer, &host, &leases, cameras);
-        // Leaving: every camera stops and delivers its frames, then the group hears at once
-        // (a static member's close does not rebalance: its cameras wait for it for the session
-        // timeout, so that a restart moves nothing).
+        // Leaving: every camera stops and delivers its frames first. A static member's close
+        // does not rebalance: its partitions wait for the session timeout, so a restart with the
+        // same instance id moves nothing.
         let stopping = host.lock().unwrap().stop_where(|_| true);
         wait_flushed(&stopping, Duration::from_secs(cfg.flush_timeout_s));
         consumer.unsubscribe();
